@@ -1,0 +1,91 @@
+"""The model catalog (spec section 5): which OpenAI-compatible endpoints exist, what they cost,
+how long to wait for them and how many calls each takes at once. Loaded from YAML.
+
+API keys are never in the catalog: a model names the *environment variable* that holds its key,
+resolved by the model gateway when it calls.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from olp.errors import ConfigError
+
+
+class ModelSpec(BaseModel):
+    """One callable model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="Catalog name, used in assignments and feedback.")
+    base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://host:8000/v1.")
+    served_name: str | None = Field(None, description="`model` sent in the request; default: name.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    price_in_per_mtok: float = Field(0.0, ge=0, description="US dollars per 1M input tokens.")
+    price_out_per_mtok: float = Field(0.0, ge=0, description="US dollars per 1M output tokens.")
+    context_window: int = Field(8192, gt=0, description="Tokens the model accepts in total.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-attempt request timeout.")
+    max_concurrency: int = Field(4, ge=1, description="Calls in flight at once from one process.")
+    max_output_tokens: int = Field(512, ge=1)
+    json_schema: bool = Field(
+        True, description="The server accepts response_format with a JSON schema (grammar-constrained)."
+    )
+    verify_tls: bool = Field(True, description="Verify the endpoint's TLS certificate.")
+
+    @property
+    def request_model(self) -> str:
+        return self.served_name or self.name
+
+    def cost_usd(self, tokens_in: int, tokens_out: int) -> float:
+        return (tokens_in * self.price_in_per_mtok + tokens_out * self.price_out_per_mtok) / 1e6
+
+
+class Catalog(BaseModel):
+    """All models, and optionally which of them may fill each role."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    models: tuple[ModelSpec, ...]
+    roles: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict, description="Role -> allowed model names; a role not listed may use all."
+    )
+
+    @model_validator(mode="after")
+    def _names_are_known(self) -> Catalog:
+        names = [m.name for m in self.models]
+        if not names:
+            raise ValueError("the catalog lists no models")
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate model names in catalog: {names}")
+        for role, pool in self.roles.items():
+            unknown = set(pool) - set(names)
+            if unknown:
+                raise ValueError(f"role {role} names unknown models {sorted(unknown)}")
+        return self
+
+    def model(self, name: str) -> ModelSpec:
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        raise ConfigError(f"model {name!r} is not in the catalog")
+
+    def pool(self, role: str) -> tuple[str, ...]:
+        return self.roles.get(role) or tuple(m.name for m in self.models)
+
+
+def load_catalog(path: Path) -> Catalog:
+    """Read and validate a catalog file, with one readable error for any problem."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return Catalog.model_validate(raw)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read model catalog {path}: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"invalid model catalog {path}:\n{exc}") from exc
+
+
+def dump_catalog(catalog: Catalog, path: Path) -> None:
+    path.write_text(yaml.safe_dump(catalog.model_dump(mode="json"), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,321 @@
+"""The `olp` command line (spec section 7).
+
+olp demo                 embedded stack + sample transcript -> printed documents, then exit
+olp up                   embedded stack until Ctrl-C
+olp worker               the processors (Faust worker; one agent per role)
+olp policy-store         the Role-RL policy store (HTTP API + Kafka loop)
+olp topics ensure        create missing topics, report drift
+olp replay FILE          replay a transcript file (OLP-MINI list or JSONL) into olp.transcripts
+olp tail                 print documents as they are produced
+olp policy               show the current assignment per role
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from olp.errors import OlpError
+from olp.settings import Settings, load_settings
+
+console = Console(highlight=False)
+SAMPLE = Path(__file__).parent / "data" / "sample_livestream.jsonl"
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except OlpError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def _friendly_errors() -> Iterator[None]:
+    try:
+        yield
+    except OlpError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group()
+@click.version_option(package_name="olp-role-rl")
+def main() -> None:
+    """Online Long-context Processing with Role-RL on Kafka."""
+
+
+# --- services -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--roles",
+    default="all",
+    show_default=True,
+    help="Comma-separated stages this worker runs (chunk_splitter,topic_finder,...).",
+)
+def worker(roles: str) -> None:
+    """Run the processors: a Faust worker with one agent per OLP role."""
+    import faust
+
+    from olp.telemetry import configure_telemetry
+    from processors.app import STAGES, create_app
+
+    settings = _settings()
+    configure_telemetry("olp-processors")
+    stages = STAGES if roles == "all" else tuple(r.strip() for r in roles.split(",") if r.strip())
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with _friendly_errors():
+        app, _ = create_app(settings, stages)
+    faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+
+
+@main.command("policy-store")
+def policy_store() -> None:
+    """Run the Role-RL policy store: learns from olp.feedback, publishes olp.policy, serves HTTP."""
+    from aiohttp import web
+
+    from olp.telemetry import configure_telemetry
+    from policy_store.service import create_app
+
+    settings = _settings()
+    _logging(settings.log_level)
+    configure_telemetry("olp-policy-store")
+    with _friendly_errors():
+        app = create_app(settings)
+    web.run_app(app, host=settings.policy_store_host, port=settings.policy_store_port, print=None)
+
+
+@main.group()
+def topics() -> None:
+    """Manage the pipeline's topics."""
+
+
+@topics.command("ensure")
+def topics_ensure() -> None:
+    """Create missing topics with the configured partitions; report drift (idempotent)."""
+    from olp.topics import TopicNames, ensure_topics
+
+    settings = _settings()
+    names = TopicNames.with_prefix(settings.topic_prefix).all()
+    with _friendly_errors():
+        report = ensure_topics(
+            settings.kafka.confluent_config(),
+            names,
+            settings.kafka.partitions,
+            settings.kafka.replication_factor,
+        )
+    for name, status in report.items():
+        console.print(f"{name:32} {status}")
+    if any(s.startswith("drift") for s in report.values()):
+        sys.exit(3)
+
+
+# --- data in and out ------------------------------------------------------------------------
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _load_segments(path: Path, stream_id: str, feed: str, domain: str, lang: str) -> list[dict[str, Any]]:
+    from olp.feeds import ReplayStats, read_transcript, with_end_marker
+
+    stats = ReplayStats()
+    with _friendly_errors():
+        segments = list(
+            with_end_marker(read_transcript(path, stream_id, stats, feed=feed, domain=domain, lang=lang))
+        )
+    if stats.skipped_empty:
+        console.print(f"[yellow]skipped {stats.skipped_empty} empty sentences in {path}[/]")
+    if not segments:
+        raise click.ClickException(f"{path} holds no sentences")
+    return segments
+
+
+def _replay_with_bar(settings: Settings, segments: list[dict[str, Any]], pace_s: float) -> None:
+    from olp.clients import replay
+
+    with _progress() as bar:
+        task = bar.add_task("replaying", total=len(segments))
+        with _friendly_errors():
+            replay(settings, segments, on_sent=lambda _s: bar.advance(task), pace_s=pace_s)
+
+
+@main.command("replay")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--stream-id", default=None, help="Stream id (default: the file name).")
+@click.option("--feed", default="default", show_default=True)
+@click.option("--domain", default="ecommerce", show_default=True)
+@click.option("--lang", default="en", show_default=True)
+@click.option(
+    "--pace",
+    type=click.Choice(["max", "live"]),
+    default="max",
+    show_default=True,
+    help="live: ~2.5 sentences per second, like a speaker.",
+)
+def replay_cmd(path: Path, stream_id: str | None, feed: str, domain: str, lang: str, pace: str) -> None:
+    """Replay a transcript file (OLP-MINI `[[id, text], ...]` or JSONL) into olp.transcripts."""
+    settings = _settings()
+    segments = _load_segments(path, stream_id or path.stem, feed, domain, lang)
+    _replay_with_bar(settings, segments, 0.4 if pace == "live" else 0.0)
+    console.print(f"replayed {len(segments)} segments of stream {segments[0]['stream_id']}")
+
+
+def print_document(doc: Mapping[str, Any], full: bool = False) -> None:
+    state = "final" if doc["final"] else "open"
+    console.print(
+        f"[bold cyan]{doc['stream_id']}[/] topic {doc['topic_id']} v{doc['version']} [{state}] "
+        f"[bold]{doc['name']}[/] (sentences {doc['first_id']}-{doc['last_id']})"
+    )
+    for aspect in doc["aspects"]:
+        sentences = aspect["sentences"]
+        if not sentences:
+            continue
+        console.print(f"    [green]{aspect['name']}[/] ({len(sentences)})")
+        shown = sentences if full else sentences[:2]
+        for sentence in shown:
+            console.print(f"      [{sentence['id']}] {sentence['text']}", soft_wrap=True)
+        if len(sentences) > len(shown):
+            console.print(f"      ... {len(sentences) - len(shown)} more")
+    if doc.get("repairs"):
+        console.print(f"    [dim]repairs: {'; '.join(doc['repairs'])}[/]")
+
+
+@main.command()
+def tail() -> None:
+    """Print documents as they are produced (newest version of each topic)."""
+    from olp.clients import DocumentView, follow_documents
+
+    settings = _settings()
+    view = DocumentView()
+    with _friendly_errors(), contextlib.suppress(KeyboardInterrupt):
+        for doc in follow_documents(settings):
+            if doc is not None and view.apply(doc):
+                print_document(doc)
+
+
+@main.command()
+@click.option("--url", default=None, help="Policy store URL (default: from settings).")
+def policy(url: str | None) -> None:
+    """Show the current assignment per role, with Q-values and the reason."""
+    settings = _settings()
+    base = url or f"http://{settings.policy_store_host}:{settings.policy_store_port}"
+    try:
+        with urllib.request.urlopen(f"{base}/v1/policy", timeout=5) as resp:
+            data = json.load(resp)
+    except OSError as exc:
+        raise click.ClickException(f"policy store at {base} is not reachable: {exc}") from exc
+    _print_policy(data)
+
+
+def _print_policy(data: Mapping[str, Any]) -> None:
+    for role in data["roles"]:
+        q = ", ".join(f"{m}={v:.2f}" for m, v in role["q_values"].items())
+        console.print(f"  {role['role']:22} -> [bold]{role['model']}[/]  Q: {q}  ({role['reason']})")
+
+
+# --- the embedded stack ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stack(run_dir: Path) -> Iterator[Any]:
+    from olp.stack import EmbeddedStack
+
+    stack = EmbeddedStack(run_dir=run_dir, log=lambda line: console.print(f"[dim]{line}[/]"))
+    # SIGTERM (e.g. from a supervisor) should tear down like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        with _friendly_errors():
+            stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _run_dir() -> Path:
+    return Path(".olp") / time.strftime("run-%Y%m%d-%H%M%S")
+
+
+@main.command()
+def up() -> None:
+    """Start the embedded stack and keep it running until Ctrl-C."""
+    with _stack(_run_dir()) as stack, contextlib.suppress(KeyboardInterrupt):
+        console.print("[bold]stack is up[/]; point clients at it with:")
+        for key, value in stack.env.items():
+            if key != "OLP_API_TOKEN":
+                console.print(f"  export {key}={value}")
+        console.print(f"  (API token in {stack.run_dir}/.api-token)  Ctrl-C stops everything.")
+        (stack.run_dir / ".api-token").write_text(stack.env["OLP_API_TOKEN"])
+        while True:
+            stack.check_alive()
+            time.sleep(1)
+
+
+@main.command()
+@click.option(
+    "--transcript",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=SAMPLE,
+    show_default="the bundled live-commerce sample",
+    help="OLP-MINI list or JSONL file.",
+)
+@click.option("--stream-id", default="demo-live-1", show_default=True)
+@click.option(
+    "--timeout", "timeout_s", default=1800, show_default=True, help="Give up after this many seconds."
+)
+def demo(transcript: Path, stream_id: str, timeout_s: int) -> None:
+    """Embedded stack + a live-commerce transcript -> organised documents, printed as produced."""
+    from olp.clients import DocumentView, follow_documents
+
+    started = time.monotonic()
+    segments = _load_segments(transcript, stream_id, "default", "ecommerce", "en")
+    last_id = int(segments[-1]["segment_id"])
+    with _stack(_run_dir()) as stack:
+        assert stack.settings is not None
+        _replay_with_bar(stack.settings, segments, 0.0)
+        console.print("[bold]documents[/] (newest version of each topic, as the roles produce them)")
+        view = DocumentView()
+        deadline = time.monotonic() + timeout_s
+        for doc in follow_documents(stack.settings):
+            if doc is not None and doc["stream_id"] == stream_id and view.apply(doc):
+                print_document(doc)
+            if view.covers(stream_id, last_id):
+                break
+            if time.monotonic() > deadline:
+                raise click.ClickException(
+                    f"no complete documents after {timeout_s}s; logs in {stack.run_dir}"
+                )
+            stack.check_alive()
+        console.rule("organised transcript")
+        for doc in view.stream(stream_id):
+            print_document(doc, full=True)
+        console.rule("policy")
+        _print_policy(stack.policy())
+        console.print(
+            f"[bold green]done[/]: {len(segments)} sentences -> {len(view.stream(stream_id))} topics "
+            f"in {time.monotonic() - started:.0f}s; logs in {stack.run_dir}"
+        )

@@ -1,0 +1,160 @@
+"""Kafka clients of the command line (spec section 7): replay transcript segments into
+`olp.transcripts`, and follow `olp.documents` keeping the newest version of each topic.
+
+confluent-kafka, with the same codec as the pipeline; trace context starts here, in the headers
+of each segment, so one segment's trace spans every role.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import propagate, trace
+
+from olp.errors import CodecError, OlpError
+from olp.settings import Settings
+from olp.topics import TopicNames
+from schemas.codec import make_codec
+
+_tracer = trace.get_tracer("olp.ingest")
+
+
+def replay(
+    settings: Settings,
+    segments: Iterable[Mapping[str, Any]],
+    on_sent: Callable[[Mapping[str, Any]], None] | None = None,
+    pace_s: float = 0.0,
+) -> int:
+    """Produce segments (key stream_id) and wait until the broker has them all; returns the count."""
+    from confluent_kafka import KafkaException, Producer
+
+    topics = TopicNames.with_prefix(settings.topic_prefix)
+    codec = make_codec(settings.schema_registry_url)
+    producer = Producer(
+        {
+            **settings.kafka.confluent_config(),
+            "linger.ms": 5,
+            "enable.idempotence": True,
+            # The partitioner of the Java client, aiokafka and Faust: a stream lands on the same
+            # partition whichever client wrote it (librdkafka defaults to a CRC32 partitioner).
+            "partitioner": "murmur2_random",
+        }
+    )
+    failures: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    sent = 0
+    try:
+        for segment in segments:
+            with _tracer.start_as_current_span("ingest segment", kind=trace.SpanKind.PRODUCER) as span:
+                span.set_attribute("olp.stream_id", str(segment["stream_id"]))
+                span.set_attribute("olp.segment_id", int(segment["segment_id"]))
+                carrier: dict[str, str] = {}
+                propagate.inject(carrier)
+                value = codec.encode("TranscriptSegment", segment, topic=topics.transcripts)
+                while True:
+                    try:
+                        producer.produce(
+                            topics.transcripts,
+                            key=str(segment["stream_id"]).encode(),
+                            value=value,
+                            headers=list(carrier.items()),
+                            on_delivery=delivered,
+                        )
+                        break
+                    except BufferError:
+                        producer.poll(0.1)  # local queue full: let deliveries drain
+            producer.poll(0)
+            sent += 1
+            if on_sent:
+                on_sent(segment)
+            if pace_s:
+                time.sleep(pace_s)
+    except KafkaException as exc:
+        raise OlpError(f"replay failed: {exc}") from exc
+    finally:
+        remaining = producer.flush(30)
+    if remaining or failures:
+        raise OlpError(f"replay: {remaining} segments undelivered, errors: {failures[:3]}")
+    return sent
+
+
+@dataclass
+class DocumentView:
+    """Newest version of every topic document seen so far (the newest version wins)."""
+
+    documents: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def apply(self, document: Mapping[str, Any]) -> bool:
+        key = (str(document["stream_id"]), str(document["topic_id"]))
+        held = self.documents.get(key)
+        if held is not None and int(held["version"]) > int(document["version"]):
+            return False
+        self.documents[key] = dict(document)
+        return True
+
+    def stream(self, stream_id: str) -> list[dict[str, Any]]:
+        docs = [d for (s, _), d in self.documents.items() if s == stream_id]
+        return sorted(docs, key=lambda d: int(d["first_id"]))
+
+    def covers(self, stream_id: str, last_segment_id: int) -> bool:
+        """True once the stream's documents are final up to its last segment."""
+        docs = self.stream(stream_id)
+        return (
+            bool(docs)
+            and all(d["final"] for d in docs)
+            and max(int(d["last_id"]) for d in docs) >= last_segment_id
+        )
+
+
+def follow_documents(settings: Settings) -> Iterator[dict[str, Any] | None]:
+    """Yield decoded TopicDocuments from the start of `olp.documents` as they arrive, and None
+    whenever a poll found nothing, so callers can check their own deadlines."""
+    topics = TopicNames.with_prefix(settings.topic_prefix)
+    codec = make_codec(settings.schema_registry_url)
+    for msg in follow_topic(settings, topics.documents):
+        if msg is None:
+            yield None
+            continue
+        try:
+            yield codec.decode(msg.value(), "TopicDocument", topic=msg.topic())
+        except CodecError as exc:
+            raise OlpError(f"undecodable document at offset {msg.offset()}: {exc}") from exc
+
+
+def follow_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> Iterator[Any]:
+    """Raw messages of every partition of `topic` from the beginning, then as they arrive; None
+    on an empty poll. Reads by assignment, not in a consumer group: a reader that only follows
+    needs no offsets, and skips the group join (seconds on some brokers)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer(
+        {
+            **settings.kafka.confluent_config(),
+            "group.id": f"olp-follow-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": settings.kafka.fetch_max_wait_ms,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            raise OlpError(f"topic {topic} does not exist (run `olp topics ensure`)")
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(metadata.partitions)])
+        while True:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                yield None
+            elif msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    raise OlpError(f"reading {topic} failed: {msg.error()}")
+            else:
+                yield msg
+    finally:
+        consumer.close()

@@ -1,0 +1,216 @@
+"""One frozen, validated settings object per process (STYLE 4; spec section 7).
+
+Built once in an entry point (`olp` CLI, worker, policy store) from environment variables
+(prefix `OLP_`, nested fields with `__`) and, optionally, one YAML config file named by
+`OLP_CONFIG_FILE`; environment variables win over the file. Nothing else in the project reads the
+environment, except the model gateway resolving API keys by the variable *names* the catalog gives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from olp.errors import ConfigError
+
+ROLES: tuple[str, ...] = (
+    "topic_finder",
+    "topic_locator",
+    "relationship_checker",
+    "content_organizer",
+)
+"""The LLM roles Role-RL assigns models to (the Chunk Splitter and Format Checker use no LLM)."""
+
+DEFAULT_ASPECTS: dict[str, tuple[str, ...]] = {
+    "ecommerce": ("Opening", "Order Urging", "Price", "Product Description"),
+    "news": ("Future Plans", "Assumptions", "Opinions", "Facts"),
+}
+
+
+class KafkaSettings(BaseModel):
+    """How to reach the Kafka cluster (embedded Tansu in development)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers' certificates.")
+    partitions: int = Field(4, ge=1, description="Partitions per pipeline topic when we create them.")
+    replication_factor: int = Field(1, ge=1)
+    session_timeout_ms: int = Field(6000, description="Short, so group joins are quick (spec section 6).")
+    heartbeat_interval_ms: int = 1000
+    rebalance_timeout_ms: int = 12000
+    fetch_max_wait_ms: int = Field(
+        10, description="Tansu does not answer fetches early when data arrives, so wait little."
+    )
+    producer_max_batch_size: int = Field(
+        1,
+        description=(
+            "Records per produce batch for the Faust app. 1 keeps Faust table recovery exact on "
+            "brokers that report end offsets per batch (Tansu); raise it on a real cluster."
+        ),
+    )
+    max_message_bytes: int = Field(1_048_576, description="Larger records go to the dead-letter topic.")
+
+    def confluent_config(self) -> dict[str, Any]:
+        """librdkafka configuration for confluent-kafka clients (secrets resolved here only)."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username or ""
+            conf["sasl.password"] = self.sasl_password.get_secret_value() if self.sasl_password else ""
+        if self.ssl_cafile:
+            conf["ssl.ca.location"] = str(self.ssl_cafile)
+        return conf
+
+    def aiokafka_config(self) -> dict[str, Any]:
+        """Connection keyword arguments shared by aiokafka producers and consumers."""
+        conf: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl_mechanism"] = self.sasl_mechanism
+            conf["sasl_plain_username"] = self.sasl_username
+            conf["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            import ssl
+
+            conf["ssl_context"] = ssl.create_default_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None
+            )
+        return conf
+
+
+class FeedSettings(BaseModel):
+    """A source of transcripts: its domain, language, chunking and limits (spec section 3)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    domain: str = "ecommerce"
+    lang: str = "en"
+    chunk_size: int = Field(40, ge=4, le=400, description="K: new sentences per chunk (paper: 45-120).")
+    aspects: tuple[str, ...] | None = Field(None, description="Custom aspect set; default by domain.")
+    models: tuple[str, ...] | None = Field(None, description="Restrict this feed to these catalog models.")
+    budget_usd_per_hour: float | None = Field(None, ge=0, description="Hard spend limit for this feed.")
+
+    def aspect_names(self) -> tuple[str, ...]:
+        if self.aspects:
+            return self.aspects
+        try:
+            return DEFAULT_ASPECTS[self.domain]
+        except KeyError as exc:
+            raise ConfigError(
+                f"feed domain {self.domain!r} has no default aspects; set `aspects` for it"
+            ) from exc
+
+
+class LearnerSettings(BaseModel):
+    """Role-RL hyper-parameters (paper defaults; spec section 4)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    alpha: float = Field(0.1, gt=0, le=1)
+    gamma: float = Field(0.0, ge=0, lt=1)
+    epsilon: float = Field(0.03, ge=0, le=1)
+    reward_value: float = Field(10.0, description="v in r = k*v - k1*c - k2*t.")
+    cost_weight: float = Field(100.0, description="k1: reward points per US dollar.")
+    latency_weight: float = Field(0.1, description="k2: reward points per second of latency.")
+    snapshot_path: Path | None = Field(None, description="Where the policy store keeps its state.")
+
+
+class Settings(BaseSettings):
+    """Everything a process of this project may be configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OLP_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topic_prefix: str = Field("olp.", description="Prefix of every topic name.")
+    app_id: str = Field("olp-processors", description="Faust app id = consumer group of the roles.")
+    schema_registry_url: str | None = Field(
+        None, description="Use the Confluent wire format via this registry; else single-object Avro."
+    )
+    catalog_path: Path = Field(
+        Path(__file__).parent / "data" / "catalog.yaml", description="Model catalog (YAML)."
+    )
+    feeds: dict[str, FeedSettings] = Field(default_factory=lambda: {"default": FeedSettings()})
+    learner: LearnerSettings = LearnerSettings()
+    policy_store_host: str = "127.0.0.1"
+    policy_store_port: int = 8642
+    api_token: SecretStr | None = Field(None, description="Bearer token for state-changing HTTP calls.")
+    worker_web_port: int = Field(
+        6066, ge=0, le=65535, description="Worker health endpoints (/healthz, /readyz); 0 turns them off."
+    )
+    worker_concurrency: int = Field(4, ge=1, le=64, description="Chunks each LLM role works on at once.")
+    reask_on_junk: int = Field(1, ge=0, le=3, description="Re-asks of a model whose answer is junk.")
+    data_dir: Path = Field(Path(".olp"), description="Faust table state and runtime files.")
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlFileSource(settings_cls), file_secret_settings)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_topic_safe(cls, value: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9._-]*", value):
+            raise ValueError("topic_prefix may only hold letters, digits, '.', '_' and '-'")
+        return value
+
+    def feed(self, name: str) -> FeedSettings:
+        """The named feed's settings; unknown feeds fall back to `default`."""
+        return self.feeds.get(name) or self.feeds.get("default") or FeedSettings()
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by OLP_CONFIG_FILE (the one config file of spec section 7)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        import os
+
+        path = os.environ.get("OLP_CONFIG_FILE")
+        if not path:
+            return {}
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        return loaded
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the process's settings, turning validation errors into one readable ConfigError."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration:\n{exc}") from exc

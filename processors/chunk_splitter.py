@@ -1,0 +1,314 @@
+"""Chunk Splitter: the per-stream OLP cursor (spec section 3, "Chunk Splitter"; no LLM).
+
+Reads `olp.transcripts` (TranscriptSegment) and `olp.progress` (ChunkDone), writes `olp.chunks`
+(Chunk, `schemas/chunk.avsc`). This module is the pure logic; the Faust agent keeps one
+`SplitterState` per stream in a table (hence `to_dict`/`from_dict`) and calls:
+
+    state = add_segment(state, sentence, end_of_stream)   # for every segment
+    state, spec = next_chunk(state, k)                     # after segments and after done records
+    state = apply_done(state, done["seq"], done["next_start_id"])
+
+Chunking rule (the paper's OLP, made safe for an endless stream):
+
+1. One chunk per stream is in flight at a time: the next chunk's start depends on the topics the
+   roles found in the previous one.
+2. A chunk is the *carry-over* (sentences already sent whose topic is not final yet) followed by
+   up to `k` *new* sentences (never sent before). It is emitted once `k` new sentences are
+   buffered, or, after end of stream, with whatever is buffered.
+3. After a chunk is done, every sentence before `next_start_id` (the start of the unfinished last
+   topic) is final and is dropped; the rest is the next chunk's carry-over, so that topic is seen
+   again whole. `next_start_id = None` drops the whole chunk.
+4. Bounds: a chunk holds at most `2*k` sentences and, unless only the end of the stream is left,
+   at least `max(1, k // 2)` new ones. When the carry-over is longer than `carry_limit(k)` (so a
+   chunk could not hold it plus that many new sentences), **the carry-over is cut whole**: its
+   topic is closed at the end of the chunk that last showed it (the document version written for
+   that chunk is its last one) and the next chunk starts at the first new sentence; if the topic
+   goes on, it comes back as a new topic with a new topic_id. Cutting the whole carry-over rather
+   than its head keeps every sentence in exactly one topic document. The Format Checker applies
+   the same limit (`format_checker.check_document(carry_limit=...)`) so that document is marked
+   final; the cut here holds even when it does not.
+5. Every sentence is sent as *new* exactly once and none is dropped before it was sent.
+
+Memory per stream: the carry-over (at most 2*k sentences) plus the new sentences that arrived
+while a chunk was in flight (the stream's backlog; `backlog()` lets the shell watch it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from olp.errors import ConfigError, ValidationError
+from processors.domain import Sentence
+
+if TYPE_CHECKING:
+    import faust
+
+    from processors.app import Pipeline
+
+
+@dataclass(frozen=True, slots=True)
+class SplitterState:
+    """Everything the splitter remembers about one stream (stored in a Faust table)."""
+
+    stream_id: str
+    feed: str = "default"
+    domain: str = "ecommerce"
+    lang: str = "en"
+    buffer: tuple[Sentence, ...] = ()
+    """Sentences not final yet, in id order: the carry-over, then the new ones."""
+    max_id: int | None = None
+    """Highest sentence id taken: re-sent segments with a lower or equal id are ignored."""
+    sent_upto: int | None = None
+    """Highest sentence id that was in a chunk: buffered sentences above it are new."""
+    next_seq: int = 0
+    in_flight: int | None = None
+    """Seq of the chunk being processed, None when idle."""
+    in_flight_last: bool = False
+    """The chunk in flight was the stream's last: its done record drops all of it."""
+    end_of_stream: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stream_id": self.stream_id,
+            "feed": self.feed,
+            "domain": self.domain,
+            "lang": self.lang,
+            "buffer": [s.to_avro() for s in self.buffer],
+            "max_id": self.max_id,
+            "sent_upto": self.sent_upto,
+            "next_seq": self.next_seq,
+            "in_flight": self.in_flight,
+            "in_flight_last": self.in_flight_last,
+            "end_of_stream": self.end_of_stream,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SplitterState:
+        try:
+            return cls(
+                stream_id=str(data["stream_id"]),
+                feed=str(data["feed"]),
+                domain=str(data["domain"]),
+                lang=str(data["lang"]),
+                buffer=tuple(Sentence.from_avro(s) for s in data["buffer"]),
+                max_id=_opt_int(data["max_id"]),
+                sent_upto=_opt_int(data["sent_upto"]),
+                next_seq=int(data["next_seq"]),
+                in_flight=_opt_int(data["in_flight"]),
+                in_flight_last=bool(data["in_flight_last"]),
+                end_of_stream=bool(data["end_of_stream"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValidationError(f"corrupt splitter state: {exc!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkSpec:
+    """A chunk to send: its sentences and how many of them (at the end) are new."""
+
+    stream_id: str
+    seq: int
+    feed: str
+    domain: str
+    lang: str
+    sentences: tuple[Sentence, ...]
+    new_count: int
+    is_last: bool
+
+    @property
+    def chunk_id(self) -> str:
+        return f"{self.stream_id}:{self.seq}"
+
+    @property
+    def new_sentences(self) -> tuple[Sentence, ...]:
+        return self.sentences[len(self.sentences) - self.new_count :]
+
+    def to_avro(self, created_ms: int) -> dict[str, Any]:
+        """The Avro `Chunk` record (schemas/chunk.avsc)."""
+        return {
+            "stream_id": self.stream_id,
+            "chunk_id": self.chunk_id,
+            "seq": self.seq,
+            "feed": self.feed,
+            "domain": self.domain,
+            "lang": self.lang,
+            "sentences": [s.to_avro() for s in self.sentences],
+            "is_last": self.is_last,
+            "created_ms": created_ms,
+        }
+
+
+def min_new(k: int) -> int:
+    """New sentences every chunk carries (unless only the end of the stream is left)."""
+    return max(1, k // 2)
+
+
+def carry_limit(k: int) -> int:
+    """Longest carry-over that still leaves room for `min_new(k)` new sentences in 2*k."""
+    return 2 * k - min_new(k)
+
+
+def add_segment(state: SplitterState, sentence: Sentence, end_of_stream: bool) -> SplitterState:
+    """Take one sentence; ids at or below the highest id taken are re-sends and are ignored.
+
+    Ids increase but need not be contiguous. End of stream is sticky (also when it arrives on a
+    re-sent sentence). Sentences arriving after the end of stream are still taken and go out in
+    further last chunks. Callers skip segments whose text is None or empty.
+    """
+    eos = state.end_of_stream or end_of_stream
+    if state.max_id is not None and sentence.id <= state.max_id:
+        return state if eos == state.end_of_stream else replace(state, end_of_stream=eos)
+    return replace(state, buffer=(*state.buffer, sentence), max_id=sentence.id, end_of_stream=eos)
+
+
+def mark_end_of_stream(state: SplitterState) -> SplitterState:
+    """The stream ended on a segment with no text: every buffered sentence can go out."""
+    return state if state.end_of_stream else replace(state, end_of_stream=True)
+
+
+def next_chunk(state: SplitterState, k: int) -> tuple[SplitterState, ChunkSpec | None]:
+    """Emit the next chunk when one is due (module docstring, rules 1-4), else None."""
+    if k < 1:
+        raise ConfigError(f"chunk size k must be at least 1, got {k}")
+    if state.in_flight is not None or not state.buffer:
+        return state, None
+    carried, new = _carried_and_new(state)
+    if len(new) < k and not state.end_of_stream:
+        return state, None
+    if carried and (len(carried) > 2 * k or (new and len(carried) > carry_limit(k))):
+        # Rule 4: the topic of the carry-over is closed; this chunk starts at the new sentences.
+        carried = ()
+    take = min(len(new), k, 2 * k - len(carried))
+    sentences = (*carried, *new[:take])
+    is_last = state.end_of_stream and take == len(new)
+    spec = ChunkSpec(
+        stream_id=state.stream_id,
+        seq=state.next_seq,
+        feed=state.feed,
+        domain=state.domain,
+        lang=state.lang,
+        sentences=sentences,
+        new_count=take,
+        is_last=is_last,
+    )
+    new_state = replace(
+        state,
+        buffer=(*carried, *new),
+        sent_upto=sentences[-1].id,
+        next_seq=state.next_seq + 1,
+        in_flight=spec.seq,
+        in_flight_last=is_last,
+    )
+    return new_state, spec
+
+
+def apply_done(state: SplitterState, seq: int, next_start_id: int | None) -> SplitterState:
+    """The chunk `seq` is organised: drop its final sentences and become idle.
+
+    Drops every sentence before `next_start_id`, or all of the chunk when it is None, lies past
+    the chunk, or the chunk was the stream's last. Done records for any other seq are stale or
+    duplicated (at-least-once delivery) and change nothing.
+    """
+    if state.in_flight is None or seq != state.in_flight or state.sent_upto is None:
+        return state
+    sent_upto = state.sent_upto
+    if next_start_id is None or state.in_flight_last or next_start_id > sent_upto:
+        keep = tuple(s for s in state.buffer if s.id > sent_upto)
+    else:
+        keep = tuple(s for s in state.buffer if s.id >= next_start_id)
+    return replace(state, buffer=keep, in_flight=None, in_flight_last=False)
+
+
+def next_start_id(topics: Sequence[Mapping[str, Any]], is_last: bool) -> int | None:
+    """Where the next chunk starts: the first id of the last non-final topic, else None.
+
+    `topics` are Avro TopicDraft or TopicDocument dicts (both have `first_id` and `final`).
+    After the stream's last chunk nothing is carried over.
+    """
+    if is_last:
+        return None
+    starts = [int(t["first_id"]) for t in topics if not t.get("final") and t.get("first_id") is not None]
+    return max(starts) if starts else None
+
+
+def backlog(state: SplitterState) -> int:
+    """New sentences waiting to be sent (grows while the roles are slower than the stream)."""
+    return len(_carried_and_new(state)[1])
+
+
+def is_finished(state: SplitterState) -> bool:
+    """The stream ended and everything was processed: the shell may delete the state."""
+    return state.end_of_stream and not state.buffer and state.in_flight is None
+
+
+def _carried_and_new(state: SplitterState) -> tuple[tuple[Sentence, ...], tuple[Sentence, ...]]:
+    if state.sent_upto is None:
+        return (), state.buffer
+    cut = next((i for i, s in enumerate(state.buffer) if s.id > state.sent_upto), len(state.buffer))
+    return state.buffer[:cut], state.buffer[cut:]
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+# --- agent shell (olp.transcripts + olp.progress -> olp.chunks) ------------------------------
+
+STAGE = "chunk_splitter"
+MAX_SENTENCE_CHARS = 4000
+"""A longer 'sentence' is an ASR or feed fault; it would crowd every other sentence out of a prompt."""
+
+
+def register(app: faust.App, pipeline: Pipeline) -> None:
+    # One SplitterState per stream, kept in a changelogged table so a restarted worker resumes.
+    import faust
+
+    states = app.Table(
+        "chunk-splitter-state",
+        default=None,
+        partitions=pipeline.settings.kafka.partitions,
+        schema=faust.Schema(key_serializer="json", value_serializer="json"),
+    )
+
+    async def emit_due_chunk(state: SplitterState) -> None:
+        state, spec = next_chunk(state, pipeline.settings.feed(state.feed).chunk_size)
+        states[state.stream_id] = state.to_dict()
+        if spec is not None:
+            chunk = spec.to_avro(int(time.time() * 1000))
+            await pipeline.send(pipeline.topics.chunks, spec.stream_id, "Chunk", chunk)
+
+    def load(stream_id: str, segment: Mapping[str, Any] | None = None) -> SplitterState:
+        held = states.get(stream_id)
+        if held is not None:
+            return SplitterState.from_dict(held)
+        if segment is None:
+            raise ValidationError(f"progress for unknown stream {stream_id}")
+        return SplitterState(stream_id, feed=segment["feed"], domain=segment["domain"], lang=segment["lang"])
+
+    async def on_segment(segment: dict[str, Any]) -> None:
+        text = segment["text"].strip()
+        if len(text) > MAX_SENTENCE_CHARS:
+            raise ValidationError(f"segment text of {len(text)} chars exceeds {MAX_SENTENCE_CHARS}")
+        state = load(segment["stream_id"], segment)
+        if text:
+            state = add_segment(state, Sentence(int(segment["segment_id"]), text), segment["end_of_stream"])
+        elif segment["end_of_stream"]:
+            state = mark_end_of_stream(state)
+        else:
+            raise ValidationError("segment text is empty")
+        await emit_due_chunk(state)
+
+    async def on_done(done: dict[str, Any]) -> None:
+        state = apply_done(load(done["stream_id"]), int(done["seq"]), done["next_start_id"])
+        await emit_due_chunk(state)
+
+    @app.agent(pipeline.source(pipeline.topics.transcripts, pipeline.topics.progress), name=STAGE)
+    async def chunk_splitter(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            if event.message.topic == pipeline.topics.progress:
+                await pipeline.handle(event, STAGE, "ChunkDone", on_done)
+            else:
+                await pipeline.handle(event, STAGE, "TranscriptSegment", on_segment)

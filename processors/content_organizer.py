@@ -1,0 +1,193 @@
+"""Content Organizer: every sentence of a topic into exactly one of the feed's aspects.
+
+Spec section 3, "Content Organizer". Reads `olp.checked` (RoleResult with final spans), writes
+`olp.organized` (RoleResult whose TopicDrafts carry `aspects`: aspect name -> sentence ids).
+Aspect sets are configuration (`olp.settings.DEFAULT_ASPECTS`, `FeedSettings.aspect_names`);
+the default sets get a one-line hint each, custom aspects are shown by name only. The parser
+keeps what it can; the Format Checker places what is left unassigned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from olp.errors import ParseError
+from processors.domain import (
+    JsonSchema,
+    Prompt,
+    Sentence,
+    as_int,
+    aspect_key,
+    chat,
+    extract_json,
+    id_schema,
+    language_name,
+    render_transcript,
+    sentences_from_avro,
+)
+from processors.role_call import RoleFailed
+
+if TYPE_CHECKING:
+    import faust
+
+    from processors.app import Pipeline
+
+_HINTS = {
+    aspect_key(name): hint
+    for name, hint in {
+        "Opening": "greetings, welcome, starting to present the product",
+        "Order Urging": "pushing viewers to buy now: hurry, limited stock, add to cart, the link",
+        "Price": "prices, discounts, coupons, deals",
+        "Product Description": "what the product is like: features, material, size, how to use it",
+        "Future Plans": "what someone plans or promises to do",
+        "Assumptions": "guesses and what might happen",
+        "Opinions": "what someone thinks, judges or feels",
+        "Facts": "what happened: events, numbers, who, where, when",
+    }.items()
+}
+
+_NAME_KEYS = ("aspect", "name", "category", "group")
+_IDS_KEYS = ("ids", "sentence_ids", "sentences", "sentence_id", "id")
+
+
+def build_prompt(
+    topic_sentences: Sequence[Sentence],
+    topic_name: str,
+    aspects: Sequence[str],
+    domain: str,
+    lang: str,
+) -> Prompt:
+    """Ask to sort every sentence id of one topic into exactly one aspect."""
+    what = "product" if domain == "ecommerce" else "topic"
+    groups = [f"- {a}: {_HINTS[aspect_key(a)]}" if aspect_key(a) in _HINTS else f"- {a}" for a in aspects]
+    skeleton = ", ".join(f'"{a}": []' for a in aspects)
+    user = "\n".join(
+        [
+            f'These sentences are about the {what} "{topic_name}".',
+            "Put the id of every sentence into exactly one of these groups:",
+            *groups,
+            "An id is the number in [ ] at the start of a line. Use every id once.",
+            f"The transcript is in {language_name(lang)}.",
+            f"Answer with JSON like {{{skeleton}}}, with the ids in the lists.",
+            "",
+            render_transcript(topic_sentences),
+        ]
+    )
+    return chat(user)
+
+
+def answer_schema(aspects: Sequence[str], valid_ids: Sequence[int] | None = None) -> JsonSchema:
+    """One array-of-integers property per aspect, all required, nothing else."""
+    return {
+        "type": "object",
+        "properties": {a: {"type": "array", "items": id_schema(valid_ids)} for a in aspects},
+        "required": list(aspects),
+        "additionalProperties": False,
+    }
+
+
+def parse_answer(text: str | None, valid_ids: Sequence[int], aspects: Sequence[str]) -> dict[str, list[int]]:
+    """Aspect -> sorted ids, with every configured aspect present (possibly empty).
+
+    Aspect names match ignoring case, spaces, '_' and '-'; unknown aspects are ignored; ids not
+    in the topic are dropped; an id given twice stays where it came first. Also accepts the
+    object wrapped once ({"aspects": {...}}) and a list of {"aspect": ..., "ids": [...]}.
+    Raises ParseError on junk or when no valid id was assigned at all.
+    """
+    by_key = {aspect_key(a): a for a in aspects}
+    valid = set(valid_ids)
+    result: dict[str, list[int]] = {a: [] for a in aspects}
+    taken: set[int] = set()
+    for name, raw in _groups(extract_json(text), by_key):
+        aspect = by_key.get(aspect_key(name))
+        if aspect is None:
+            continue
+        for item in _id_items(raw):
+            sid = as_int(item)
+            if sid is None or sid not in valid or sid in taken:
+                continue
+            taken.add(sid)
+            result[aspect].append(sid)
+    if not taken:
+        raise ParseError("the answer assigns no sentence of the topic")
+    return {a: sorted(ids) for a, ids in result.items()}
+
+
+def _groups(value: Any, by_key: Mapping[str, str]) -> list[tuple[str, Any]]:
+    """(aspect name as written, ids value) pairs from the accepted answer shapes."""
+    if isinstance(value, dict):
+        if any(aspect_key(str(k)) in by_key for k in value):
+            return [(str(k), v) for k, v in value.items()]
+        inner = [v for v in value.values() if isinstance(v, dict | list)]
+        if len(inner) == 1:  # one wrapper level, e.g. {"aspects": {...}}
+            return _groups(inner[0], by_key) if isinstance(inner[0], dict) else _listed(inner[0])
+        raise ParseError("the answer names none of the aspects")
+    if isinstance(value, list):
+        return _listed(value)
+    raise ParseError("the answer is not a JSON object")
+
+
+def _listed(items: Iterable[Any]) -> list[tuple[str, Any]]:
+    pairs = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        name = next((item[k] for k in _NAME_KEYS if isinstance(item.get(k), str)), None)
+        ids = next((item[k] for k in _IDS_KEYS if k in item), None)
+        if name is not None and ids is not None:
+            pairs.append((str(name), ids))
+    return pairs
+
+
+def _id_items(raw: Any) -> list[Any]:
+    """A list of ids, or a single id given bare."""
+    if isinstance(raw, list):
+        return raw
+    return [raw] if isinstance(raw, int | str) else []
+
+
+# --- agent shell (olp.checked -> olp.organized) ----------------------------------------------
+
+ROLE = "content_organizer"
+
+
+async def organize_topics(pipeline: Pipeline, checked: dict[str, Any]) -> None:
+    chunk = checked["chunk"]
+    sentences = sentences_from_avro(chunk["sentences"])
+    aspects = pipeline.feed(chunk).aspect_names()
+    caller = pipeline.caller(ROLE)
+    used: set[str] = set()
+
+    async def organize(index: int, topic: dict[str, Any]) -> dict[str, Any]:
+        own = [s for s in sentences if topic["first_id"] <= s.id <= topic["last_id"]]
+        own_ids = [s.id for s in own]
+        try:
+            answer = await caller.ask(
+                build_prompt(own, topic["name"], aspects, chunk["domain"], chunk["lang"]),
+                lambda text: parse_answer(text, own_ids, aspects),
+                pipeline.call_context(chunk, f"{index}"),
+                answer_schema(aspects, own_ids),
+                pipeline.feed(chunk).models,
+            )
+        except RoleFailed:
+            return topic  # unorganised: the Format Checker files its sentences under the fallback aspect
+        used.add(answer.model)
+        return {**topic, "aspects": answer.value}
+
+    topics = await asyncio.gather(*(organize(i, t) for i, t in enumerate(checked["topics"])))
+    trail = [*checked["trail"], f"{ROLE}={'+'.join(sorted(used)) or 'none'}"]
+    result = {"chunk": chunk, "stage": ROLE, "topics": list(topics), "trail": trail}
+    await pipeline.send(pipeline.topics.organized, chunk["stream_id"], "RoleResult", result)
+
+
+def register(app: faust.App, pipeline: Pipeline) -> None:
+    @app.agent(
+        pipeline.source(pipeline.topics.checked), name=ROLE, concurrency=pipeline.settings.worker_concurrency
+    )
+    async def content_organizer(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await pipeline.handle(
+                event, ROLE, "RoleResult", lambda checked: organize_topics(pipeline, checked)
+            )

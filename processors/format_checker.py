@@ -1,0 +1,191 @@
+"""Format Checker: validate and repair organised topics into TopicDocuments (no LLM).
+
+Spec section 3, "Format Checker". Reads `olp.organized` (RoleResult), writes `olp.documents`
+(TopicDocument, `schemas/topic_document.avsc`, key `<stream_id>/<topic_id>`) and `olp.progress`
+(ChunkDone, `schemas/chunk_done.avsc`) back to the Chunk Splitter. Never passes malformed output
+on: a topic is either repaired (each repair listed in the document's `repairs`) or rejected with
+`olp.errors.ValidationError`.
+
+Repairs, in the order they are checked:
+- a reversed span is swapped; a span is clipped to the chunk and snapped to its sentence ids;
+- aspect names match the configured ones ignoring case, spaces, '_' and '-'; unknown aspects
+  are ignored (their ids count as unassigned);
+- ids that are not sentences of the topic's span are dropped;
+- an id assigned twice stays in the aspect where it came first (in the answer's order);
+- sentences of the span that no aspect holds go to the **fallback aspect: the last configured
+  aspect** ("Product Description" for e-commerce, "Facts" for news), the broadest of each set;
+- a non-final topic whose carry-over would exceed the splitter's `carry_limit` is closed as
+  final (see `chunk_splitter`, rule 4), so its document says so.
+Rejected: no aspects configured, an empty topic name, a topic without a span, a span with no
+sentence of the chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import faust
+
+from olp.errors import ValidationError
+from processors.chunk_splitter import next_start_id
+from processors.domain import aspect_key, normalize_name, sentences_from_avro
+
+if TYPE_CHECKING:
+    from processors.app import Pipeline
+
+
+_MAX_IDS_SHOWN = 10
+
+
+def fallback_aspect(aspects: Sequence[str]) -> str:
+    """Where unassigned sentences go: the last configured aspect."""
+    if not aspects:
+        raise ValidationError("no aspects configured")
+    return aspects[-1]
+
+
+def check_document(
+    chunk: Mapping[str, Any],
+    topic: Mapping[str, Any],
+    aspects: Sequence[str],
+    version: int,
+    now_ms: int,
+    *,
+    carry_limit: int | None = None,
+) -> dict[str, Any]:
+    """One Avro TopicDocument from a chunk and one organised TopicDraft (module docstring)."""
+    fallback = fallback_aspect(aspects)
+    name = normalize_name(str(topic.get("name") or ""))
+    if not name:
+        raise ValidationError("topic has an empty name")
+    if topic.get("first_id") is None or topic.get("last_id") is None:
+        raise ValidationError(f"topic {name!r} has no span")
+    repairs: list[str] = []
+    first, last = int(topic["first_id"]), int(topic["last_id"])
+    if first > last:
+        first, last = last, first
+        repairs.append(f"reversed span swapped to {first}-{last}")
+
+    sentences = sorted(sentences_from_avro(chunk["sentences"]), key=lambda s: s.id)
+    span = [s for s in sentences if first <= s.id <= last]
+    if not span:
+        raise ValidationError(f"topic {name!r}: span {first}-{last} holds no sentence of the chunk")
+    if (span[0].id, span[-1].id) != (first, last):
+        outside = first < sentences[0].id or last > sentences[-1].id
+        how = "clipped to the chunk" if outside else "snapped to sentence ids"
+        repairs.append(f"span {first}-{last} {how}: {span[0].id}-{span[-1].id}")
+    span_ids = {s.id for s in span}
+
+    by_key = {aspect_key(a): a for a in aspects}
+    placed: dict[str, list[int]] = {a: [] for a in aspects}
+    where: dict[int, str] = {}
+    unknown_aspects: list[str] = []
+    dropped: list[int] = []
+    duplicates: list[int] = []
+    for raw_name, ids in (topic.get("aspects") or {}).items():
+        aspect = by_key.get(aspect_key(str(raw_name)))
+        if aspect is None:
+            unknown_aspects.append(str(raw_name))
+            continue
+        for sid in ids:
+            if sid not in span_ids:
+                dropped.append(sid)
+            elif sid in where:
+                duplicates.append(sid)
+            else:
+                where[sid] = aspect
+                placed[aspect].append(sid)
+    unassigned = [s.id for s in span if s.id not in where]
+    placed[fallback].extend(unassigned)
+
+    if unknown_aspects:
+        repairs.append(f"ignored unknown aspects: {', '.join(repr(a) for a in unknown_aspects)}")
+    if dropped:
+        repairs.append(f"dropped ids not in the topic: {_ids_text(dropped)}")
+    if duplicates:
+        repairs.append(f"removed duplicate ids: {_ids_text(duplicates)}")
+    if unassigned:
+        repairs.append(f"placed unassigned ids into {fallback!r}: {_ids_text(unassigned)}")
+
+    final = bool(topic.get("final")) or bool(chunk.get("is_last"))
+    if not final and carry_limit is not None:
+        carried = sum(1 for s in sentences if s.id >= span[0].id)
+        if carried > carry_limit:
+            final = True
+            repairs.append(f"closed as final: carry-over of {carried} sentences exceeds {carry_limit}")
+
+    text = {s.id: s.text for s in span}
+    return {
+        "stream_id": chunk["stream_id"],
+        "topic_id": str(span[0].id),
+        "version": int(version),
+        "name": name,
+        "first_id": span[0].id,
+        "last_id": span[-1].id,
+        "final": final,
+        "domain": chunk["domain"],
+        "lang": chunk["lang"],
+        "aspects": [
+            {"name": a, "sentences": [{"id": sid, "text": text[sid]} for sid in sorted(placed[a])]}
+            for a in aspects
+        ],
+        "repairs": repairs,
+        "updated_ms": int(now_ms),
+    }
+
+
+def chunk_done(chunk: Mapping[str, Any], documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The Avro ChunkDone for a chunk: next chunk starts at the non-final topic, if any."""
+    return {
+        "stream_id": chunk["stream_id"],
+        "chunk_id": chunk["chunk_id"],
+        "seq": chunk["seq"],
+        "next_start_id": next_start_id(documents, bool(chunk.get("is_last"))),
+    }
+
+
+def _ids_text(ids: Sequence[int]) -> str:
+    unique = sorted(set(ids))
+    shown = ", ".join(str(i) for i in unique[:_MAX_IDS_SHOWN])
+    more = len(unique) - _MAX_IDS_SHOWN
+    return f"[{shown}]" + (f" (+{more} more)" if more > 0 else "")
+
+
+# --- agent shell (olp.organized -> olp.documents + olp.progress) -----------------------------
+
+STAGE = "format_checker"
+
+
+async def write_documents(pipeline: Pipeline, organized: dict[str, Any]) -> None:
+    chunk = organized["chunk"]
+    aspects = pipeline.feed(chunk).aspect_names()
+    now_ms = int(time.time() * 1000)
+    documents = []
+    for topic in organized["topics"]:
+        try:
+            documents.append(check_document(chunk, topic, aspects, int(chunk["seq"]), now_ms))
+        except ValidationError as exc:
+            # One irreparable topic is dead-lettered; the chunk's other topics still go out.
+            await pipeline.dead_letter(faust.current_event(), STAGE, exc)
+    for document in documents:
+        key = f"{document['stream_id']}/{document['topic_id']}"
+        await pipeline.send(pipeline.topics.documents, key, "TopicDocument", document)
+    # Documents first, then progress: the next chunk is cut only after these are written.
+    await pipeline.send(
+        pipeline.topics.progress, chunk["stream_id"], "ChunkDone", chunk_done(chunk, documents)
+    )
+
+
+def register(app: faust.App, pipeline: Pipeline) -> None:
+    @app.agent(
+        pipeline.source(pipeline.topics.organized),
+        name=STAGE,
+        concurrency=pipeline.settings.worker_concurrency,
+    )
+    async def format_checker(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await pipeline.handle(
+                event, STAGE, "RoleResult", lambda organized: write_documents(pipeline, organized)
+            )

@@ -1,0 +1,166 @@
+"""One LLM role call, the way every LLM role makes it (spec sections 3-4):
+
+choose the model from the policy (epsilon-greedy, with propensity and policy version) -> ask it
+through the gateway -> parse the answer with the role's pure parser -> on junk, re-ask once with
+the parser's complaint -> on model faults or persistent junk, fail over to the next-best model.
+Every attempt becomes a RoleOutcome for `olp.feedback` (schemas/role_outcome.avsc) with measured
+latency, token counts and cost, and a span with the GenAI semantic-convention attributes.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from opentelemetry import trace
+
+from olp.errors import ModelCallError, OlpError, ParseError
+from processors.model_gateway import Completion, ModelGateway
+from processors.policy_view import Choice, PolicyView
+
+T = TypeVar("T")
+FeedbackSink = Callable[[dict[str, Any]], Awaitable[None]]
+
+_tracer = trace.get_tracer("olp.processors")
+
+
+class RoleFailed(OlpError):
+    """Every candidate model failed or answered junk for this call."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Where a call happens: identifies it (for idempotent feedback) and gives Role-RL its context."""
+
+    stream_id: str
+    chunk_id: str
+    domain: str
+    lang: str
+    feed: str
+    chunk_size: int
+    call_key: str = "0"
+    """Distinguishes several calls of one role on one chunk (e.g. one per topic)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer(Generic[T]):
+    value: T
+    model: str
+
+
+class RoleCaller:
+    """Makes one role's LLM calls for one worker; remembers the paper's state (last model, success)."""
+
+    def __init__(
+        self,
+        role: str,
+        gateway: ModelGateway,
+        policy: PolicyView,
+        emit_feedback: FeedbackSink,
+        rng: random.Random,
+        reask: int = 1,
+    ) -> None:
+        self.role = role
+        self._gateway = gateway
+        self._policy = policy
+        self._emit = emit_feedback
+        self._rng = rng
+        self._reask = reask
+        self._last_model: str | None = None
+        self._last_success = True
+
+    async def ask(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        parse: Callable[[str], T],
+        ctx: CallContext,
+        json_schema: Mapping[str, Any] | None = None,
+        allowed_models: Sequence[str] | None = None,
+    ) -> Answer[T]:
+        choice = self._policy.choose(self.role, self._rng, allowed_models)
+        errors: list[str] = []
+        for rank, model in enumerate((choice.model, *choice.fallbacks)):
+            propensity = choice.propensity if rank == 0 else 1.0
+            conversation = [dict(m) for m in messages]
+            for attempt in range(1 + self._reask):
+                outcome_id = f"{ctx.chunk_id}:{self.role}:{ctx.call_key}:{model}:{attempt}"
+                try:
+                    completion = await self._complete(model, conversation, json_schema, choice)
+                except ModelCallError as exc:
+                    errors.append(f"{model}: {exc}")
+                    await self._record(outcome_id, model, choice, propensity, ctx, None, str(exc))
+                    break  # a model fault: the next model, not a re-ask
+                try:
+                    value = parse(completion.text)
+                except ParseError as exc:
+                    errors.append(f"{model}: {exc}")
+                    await self._record(outcome_id, model, choice, propensity, ctx, completion, str(exc))
+                    conversation += [
+                        {"role": "assistant", "content": completion.text[:2000]},
+                        {
+                            "role": "user",
+                            "content": f"That answer was invalid ({exc}). Reply again with only the JSON.",
+                        },
+                    ]
+                    continue
+                await self._record(outcome_id, model, choice, propensity, ctx, completion, None)
+                return Answer(value, model)
+        raise RoleFailed(f"{self.role}: no model gave a usable answer: {'; '.join(errors)[:1000]}")
+
+    async def _complete(
+        self,
+        model: str,
+        conversation: Sequence[Mapping[str, str]],
+        json_schema: Mapping[str, Any] | None,
+        choice: Choice,
+    ) -> Completion:
+        with _tracer.start_as_current_span(f"chat {model}", kind=trace.SpanKind.CLIENT) as span:
+            span.set_attribute("gen_ai.operation.name", "chat")
+            span.set_attribute("gen_ai.request.model", model)
+            span.set_attribute("olp.role", self.role)
+            span.set_attribute("olp.policy_version", choice.policy_version)
+            completion = await self._gateway.complete(model, conversation, json_schema)
+            span.set_attribute("gen_ai.usage.input_tokens", completion.tokens_in)
+            span.set_attribute("gen_ai.usage.output_tokens", completion.tokens_out)
+            span.set_attribute("olp.cost_usd", completion.cost_usd)
+            return completion
+
+    async def _record(
+        self,
+        event_id: str,
+        model: str,
+        choice: Choice,
+        propensity: float,
+        ctx: CallContext,
+        completion: Completion | None,
+        error: str | None,
+    ) -> None:
+        outcome = {
+            "event_id": event_id,
+            "role": self.role,
+            "model": model,
+            "policy_version": choice.policy_version,
+            "propensity": propensity,
+            "prev_model": self._last_model,
+            "prev_success": self._last_success,
+            "domain": ctx.domain,
+            "lang": ctx.lang,
+            "feed": ctx.feed,
+            "chunk_size": ctx.chunk_size,
+            "latency_ms": completion.latency_ms if completion else 0.0,
+            "tokens_in": completion.tokens_in if completion else 0,
+            "tokens_out": completion.tokens_out if completion else 0,
+            "cost_usd": completion.cost_usd if completion else 0.0,
+            "success": error is None,
+            "error": error[:500] if error else None,
+            "quality": None,
+            "source": "processor",
+            "stream_id": ctx.stream_id,
+            "chunk_id": ctx.chunk_id,
+            "ts_ms": int(time.time() * 1000),
+        }
+        self._last_model, self._last_success = model, error is None
+        await self._emit(outcome)

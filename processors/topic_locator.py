@@ -1,0 +1,262 @@
+"""Topic Locator: the first and last sentence id of each topic in a chunk.
+
+Spec section 3, "Topic Locator". Reads `olp.found` (RoleResult with names), writes `olp.located`
+(RoleResult with spans). Two ways to ask: one call per topic (`build_prompt`), or all topics in
+one call (`build_batch_prompt`), which is cheaper. Answers are checked against the chunk's ids:
+an id missing from the chunk but inside its id range snaps to the nearest id (ties to the lower
+id); an id outside the range is a ParseError; a reversed span is swapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from olp.errors import ParseError
+from processors.domain import (
+    JsonSchema,
+    Prompt,
+    Sentence,
+    TopicSpan,
+    as_int,
+    chat,
+    extract_json,
+    id_schema,
+    language_line,
+    name_key,
+    render_transcript,
+    sentences_from_avro,
+)
+from processors.role_call import RoleFailed
+
+if TYPE_CHECKING:
+    import faust
+
+    from processors.app import Pipeline
+
+_FIRST_KEYS = ("first_id", "first", "start_id", "start", "begin")
+_LAST_KEYS = ("last_id", "last", "end_id", "end", "stop")
+_NAME_KEYS = ("topic", "name", "product", "title")
+
+
+def build_prompt(
+    sentences: Sequence[Sentence], topic: str, all_topics: Sequence[str], domain: str, lang: str
+) -> Prompt:
+    """Ask where one topic starts and ends, naming the chunk's other topics as boundaries."""
+    what = "product" if domain == "ecommerce" else "topic"
+    others = [t for t in all_topics if name_key(t) != name_key(topic)]
+    lines = [
+        f'Find the sentences about the {what} "{topic}".',
+        "Give the id of the first sentence about it and the id of the last sentence about it.",
+        "An id is the number in [ ] at the start of a line.",
+    ]
+    if others:
+        lines.append("Other " + what + "s in the transcript: " + "; ".join(f'"{t}"' for t in others) + ".")
+    lines += [
+        language_line(lang),
+        'Answer with JSON like {"first_id": 12, "last_id": 30}.',
+        "",
+        render_transcript(sentences),
+    ]
+    return chat("\n".join(lines))
+
+
+def answer_schema(valid_ids: Sequence[int] | None = None) -> JsonSchema:
+    """{"first_id": int, "last_id": int}; with `valid_ids` the grammar only allows those ids."""
+    return {
+        "type": "object",
+        "properties": {"first_id": id_schema(valid_ids), "last_id": id_schema(valid_ids)},
+        "required": ["first_id", "last_id"],
+        "additionalProperties": False,
+    }
+
+
+def parse_answer(text: str | None, valid_ids: Sequence[int]) -> tuple[int, int]:
+    """(first_id, last_id), both ids of the chunk, first <= last.
+
+    Accepts {"first_id": a, "last_id": b} (also first/start/last/end keys, ids as digit strings),
+    a bare [a, b] list, fenced JSON and chatter around it.
+    """
+    return _span_of(extract_json(text), _sorted_ids(valid_ids))
+
+
+def build_batch_prompt(
+    sentences: Sequence[Sentence], topics: Sequence[str], domain: str, lang: str
+) -> Prompt:
+    """Ask for the first and last sentence id of every topic in one call."""
+    what = "product" if domain == "ecommerce" else "topic"
+    listing = "\n".join(f'- "{t}"' for t in topics)
+    example = ", ".join(f'{{"topic": "{t}", "first_id": 0, "last_id": 0}}' for t in topics[:2])
+    user = "\n".join(
+        [
+            f"For each {what} below, give the id of the first and the last sentence about it.",
+            "An id is the number in [ ] at the start of a line.",
+            f"The {what}s:",
+            listing,
+            language_line(lang),
+            f'Answer with JSON like {{"spans": [{example}]}}, one entry per {what}, in this order.',
+            "",
+            render_transcript(sentences),
+        ]
+    )
+    return chat(user)
+
+
+def batch_answer_schema(
+    topics: Sequence[str] | None = None, valid_ids: Sequence[int] | None = None
+) -> JsonSchema:
+    """{"spans": [{"topic", "first_id", "last_id"}]}; with `topics`, names and length are fixed."""
+    topic: JsonSchema = {"type": "string"}
+    spans: JsonSchema = {"type": "array"}
+    if topics:
+        topic = {"type": "string", "enum": list(dict.fromkeys(topics))}
+        spans["minItems"] = spans["maxItems"] = len(topics)
+    spans["items"] = {
+        "type": "object",
+        "properties": {"topic": topic, "first_id": id_schema(valid_ids), "last_id": id_schema(valid_ids)},
+        "required": ["topic", "first_id", "last_id"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"spans": spans},
+        "required": ["spans"],
+        "additionalProperties": False,
+    }
+
+
+def parse_batch_answer(text: str | None, topics: Sequence[str], valid_ids: Sequence[int]) -> list[TopicSpan]:
+    """One TopicSpan per topic the answer locates, in the order of `topics`.
+
+    Entries are matched to topics by name (case-insensitive); an entry without a known name takes
+    the topic at its position. Accepts {"spans": [...]}, a bare list, or an object keyed by topic
+    name ({"Wig": {"first_id": 1, "last_id": 9}} or {"Wig": [1, 9]}). Entries with bad ids and
+    topics the answer leaves out are skipped (the Relationship Checker's tiling covers their
+    sentences); ParseError when no topic could be located.
+    """
+    ids = _sorted_ids(valid_ids)
+    by_key = {name_key(t): i for i, t in reversed(list(enumerate(topics)))}
+    found: dict[int, tuple[int, int]] = {}
+    for position, (name, raw) in enumerate(_entries(extract_json(text), by_key)):
+        index = by_key.get(name_key(name)) if name is not None else None
+        if index is None:  # no name, or a misspelt one: the entry's position decides
+            index = position if position < len(topics) else None
+        if index is None or index in found:
+            continue
+        try:
+            found[index] = _span_of(raw, ids)
+        except ParseError:
+            continue
+    if not found:
+        raise ParseError("the answer locates none of the topics")
+    return [TopicSpan(topics[i], *found[i]) for i in sorted(found)]
+
+
+def _entries(value: Any, topic_keys: Mapping[str, int]) -> list[tuple[str | None, Any]]:
+    """(topic name or None, span value) pairs from the accepted answer shapes."""
+    if isinstance(value, dict):
+        if any(name_key(str(k)) in topic_keys for k in value):  # keyed by topic name
+            return [(str(k), v) for k, v in value.items()]
+        lists = [v for v in value.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise ParseError("the answer holds no list of spans")
+        value = lists[0]
+    if not isinstance(value, list):
+        raise ParseError("the answer holds no list of spans")
+    entries: list[tuple[str | None, Any]] = []
+    for item in value:
+        name = None
+        if isinstance(item, dict):
+            name = next((str(item[k]) for k in _NAME_KEYS if isinstance(item.get(k), str)), None)
+        entries.append((name, item))
+    return entries
+
+
+def _span_of(raw: Any, ids: list[int]) -> tuple[int, int]:
+    if isinstance(raw, dict):
+        first = next((raw[k] for k in _FIRST_KEYS if k in raw), None)
+        last = next((raw[k] for k in _LAST_KEYS if k in raw), None)
+    elif isinstance(raw, list) and len(raw) == 2:
+        first, last = raw
+    else:
+        raise ParseError(f"not a span: {raw!r:.80}")
+    a, b = snap_id(as_int(first), ids), snap_id(as_int(last), ids)
+    return (a, b) if a <= b else (b, a)
+
+
+def snap_id(value: int | None, ids: Sequence[int]) -> int:
+    """`value` if it is one of the sorted chunk `ids`; else the nearest id (ties to the lower)
+    when it lies inside the chunk's id range; else ParseError."""
+    if value is None:
+        raise ParseError("sentence id missing or not an integer")
+    if not ids or value < ids[0] or value > ids[-1]:
+        raise ParseError(f"sentence id {value} is outside the chunk")
+    at = bisect.bisect_left(ids, value)
+    if ids[at] == value:
+        return value
+    lower, upper = ids[at - 1], ids[at]
+    return lower if value - lower <= upper - value else upper
+
+
+def _sorted_ids(valid_ids: Sequence[int]) -> list[int]:
+    if not valid_ids:
+        raise ParseError("the chunk has no sentences")
+    return sorted(set(valid_ids))
+
+
+# --- agent shell (olp.found -> olp.located) --------------------------------------------------
+
+ROLE = "topic_locator"
+
+
+async def locate_topics(pipeline: Pipeline, found: dict[str, Any]) -> None:
+    chunk = found["chunk"]
+    sentences = sentences_from_avro(chunk["sentences"])
+    ids = [s.id for s in sentences]
+    names = [t["name"] for t in found["topics"]]
+    caller = pipeline.caller(ROLE)
+
+    async def locate(index: int, name: str) -> tuple[str, tuple[int, int] | None, str | None]:
+        try:
+            answer = await caller.ask(
+                build_prompt(sentences, name, names, chunk["domain"], chunk["lang"]),
+                lambda text: parse_answer(text, ids),
+                pipeline.call_context(chunk, f"{index}"),
+                answer_schema(ids),
+                pipeline.feed(chunk).models,
+            )
+        except RoleFailed:
+            return (
+                name,
+                None,
+                None,
+            )  # a topic nobody could place is left out; its sentences tile to neighbours
+        return name, answer.value, answer.model
+
+    located = await asyncio.gather(*(locate(i, name) for i, name in enumerate(names)))
+    topics = [
+        {"name": name, "first_id": span[0], "last_id": span[1], "final": False, "aspects": {}}
+        for name, span, _ in located
+        if span is not None
+    ]
+    if not topics:
+        raise RoleFailed(f"{ROLE}: no topic of chunk {chunk['chunk_id']} could be located")
+    models = sorted({m for _, _, m in located if m})
+    result = {
+        "chunk": chunk,
+        "stage": ROLE,
+        "topics": topics,
+        "trail": [*found["trail"], f"{ROLE}={'+'.join(models)}"],
+    }
+    await pipeline.send(pipeline.topics.located, chunk["stream_id"], "RoleResult", result)
+
+
+def register(app: faust.App, pipeline: Pipeline) -> None:
+    @app.agent(
+        pipeline.source(pipeline.topics.found), name=ROLE, concurrency=pipeline.settings.worker_concurrency
+    )
+    async def topic_locator(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await pipeline.handle(event, ROLE, "RoleResult", lambda found: locate_topics(pipeline, found))

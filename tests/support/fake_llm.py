@@ -1,0 +1,119 @@
+"""A scripted OpenAI-compatible chat-completions server (aiohttp) for tests (spec section 5).
+
+It stands in for remote model providers: a `responder(model, body) -> Reply` decides each answer,
+with optional latency and faults (HTTP status, Retry-After, dropped connection, truncated body).
+Runs on its own event loop in a thread, so subprocess workers can call it over real HTTP and the
+test can read every request it received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Reply:
+    text: str = ""
+    status: int = 200
+    delay_s: float = 0.0
+    retry_after: str | None = None
+    drop_connection: bool = False
+    truncate: bool = False
+
+
+Responder = Callable[[str, dict[str, Any]], Reply]
+
+
+@dataclass
+class ScriptedLLM:
+    responder: Responder
+    host: str = "127.0.0.1"
+    requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    port: int = 0
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+    _runner: web.AppRunner | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def models_called(self) -> list[str]:
+        with self._lock:
+            return [model for model, _ in self.requests]
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        model = str(body.get("model"))
+        with self._lock:
+            self.requests.append((model, body))
+        reply = self.responder(model, body)
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        if reply.drop_connection:
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
+        if reply.status != 200:
+            headers = {"Retry-After": reply.retry_after} if reply.retry_after else {}
+            return web.json_response(
+                {"error": {"message": "scripted fault"}}, status=reply.status, headers=headers
+            )
+        prompt_chars = sum(len(m.get("content", "")) for m in body.get("messages", []))
+        payload = {
+            "id": f"chatcmpl-{len(self.requests)}",
+            "object": "chat.completion",
+            "model": model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": "stop"}
+            ],
+            "usage": {
+                "prompt_tokens": max(1, prompt_chars // 4),
+                "completion_tokens": max(1, len(reply.text) // 4),
+                "total_tokens": max(1, prompt_chars // 4) + max(1, len(reply.text) // 4),
+            },
+        }
+        raw = json.dumps(payload).encode()
+        if reply.truncate:
+            raw = raw[: len(raw) // 2]
+        return web.Response(body=raw, content_type="application/json")
+
+    def start(self) -> ScriptedLLM:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            app = web.Application()
+            app.router.add_post("/v1/chat/completions", self._chat)
+            self._runner = web.AppRunner(app)
+            loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, self.host, self.port)
+            loop.run_until_complete(site.start())
+            server = site._server
+            assert server is not None and server.sockets
+            self.port = server.sockets[0].getsockname()[1]
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="scripted-llm", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("scripted LLM server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
