@@ -1,0 +1,383 @@
+{{/*
+Helpers of the OLP chart: names, labels, the image, the environment every component shares
+(one value -> one OLP_* / OTEL_* variable), volumes, probes and the checks that fail early on
+inconsistent values.
+*/}}
+
+{{- define "olp.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "olp.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "olp.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels shared by every object and pod of the release. */}}
+{{- define "olp.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "olp.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "olp.labels" -}}
+helm.sh/chart: {{ include "olp.chart" . }}
+{{ include "olp.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: olp
+{{- end }}
+
+{{/* Component labels: call with (dict "root" $ "component" "policy-store"). */}}
+{{- define "olp.componentSelectorLabels" -}}
+{{ include "olp.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "olp.componentLabels" -}}
+{{ include "olp.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "olp.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "olp.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The pre-install hook Job runs before the chart's ServiceAccount exists, so it cannot use it;
+it uses a ServiceAccount you manage (serviceAccount.create=false) or the namespace default one,
+never with a mounted token.
+*/}}
+{{- define "olp.hookServiceAccountName" -}}
+{{- if .Values.serviceAccount.create }}default{{ else }}{{ include "olp.serviceAccountName" . }}{{ end }}
+{{- end }}
+
+{{- define "olp.policyStoreName" -}}
+{{- printf "%s-policy-store" (include "olp.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "olp.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/*
+Roles -> the topic suffixes each role consumes (for KEDA lag triggers). Mirrors the data flow of
+spec section 3 and the module docstrings in processors/.
+*/}}
+{{- define "olp.roleInputs" -}}
+chunk_splitter: [transcripts]
+topic_finder: [chunks]
+topic_locator: [found]
+relationship_checker: [located]
+content_organizer: [checked]
+format_checker: [organized]
+{{- end }}
+
+{{/*
+Deep merge honouring explicit false/0/"" in the override (sprig's merge would let the base win
+over them): call with (dict "base" $map "override" $map); returns YAML.
+*/}}
+{{- define "olp.deepMerge" -}}
+{{- $out := deepCopy .base }}
+{{- range $key, $value := .override }}
+{{- $current := get $out $key }}
+{{- if and (kindIs "map" $value) (kindIs "map" $current) }}
+{{- $_ := set $out $key (include "olp.deepMerge" (dict "base" $current "override" $value) | fromYaml) }}
+{{- else }}
+{{- $_ := set $out $key $value }}
+{{- end }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/* The worker groups with workers.defaults merged in; returns YAML {groups: [...]}. */}}
+{{- define "olp.workerGroups" -}}
+{{- $groups := list }}
+{{- range .Values.workers.groups }}
+{{- $groups = append $groups (include "olp.deepMerge" (dict "base" $.Values.workers.defaults "override" .) | fromYaml) }}
+{{- end }}
+{{- toYaml (dict "groups" $groups) }}
+{{- end }}
+
+{{- define "olp.workerName" -}}
+{{- printf "%s-%s" (include "olp.fullname" .root) .group.name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Checks of values the schema cannot express; each fails the render with a readable message.
+*/}}
+{{- define "olp.validate" -}}
+{{- $k := .Values.kafka }}
+{{- if hasPrefix "SASL_" $k.securityProtocol }}
+{{- if not $k.sasl.mechanism }}
+{{- fail (printf "kafka.sasl.mechanism is required with kafka.securityProtocol=%s" $k.securityProtocol) }}
+{{- end }}
+{{- if not $k.sasl.existingSecret }}
+{{- fail (printf "kafka.sasl.existingSecret (the Secret holding the SASL password) is required with kafka.securityProtocol=%s" $k.securityProtocol) }}
+{{- end }}
+{{- if not (or $k.sasl.username $k.sasl.usernameKey) }}
+{{- fail "set kafka.sasl.username or kafka.sasl.usernameKey for SASL" }}
+{{- end }}
+{{- else if or $k.sasl.mechanism $k.sasl.existingSecret }}
+{{- fail (printf "kafka.sasl.* is set but kafka.securityProtocol=%s does not use SASL" $k.securityProtocol) }}
+{{- end }}
+{{- if and $k.tls.caSecret (not (has $k.securityProtocol (list "SSL" "SASL_SSL"))) }}
+{{- fail (printf "kafka.tls.caSecret is set but kafka.securityProtocol=%s does not use TLS" $k.securityProtocol) }}
+{{- end }}
+{{- if and .Values.otel.enabled (not .Values.otel.endpoint) }}
+{{- fail "otel.endpoint (your collector's OTLP endpoint) is required when otel.enabled" }}
+{{- end }}
+{{- if and .Values.modelApiKeys.envVars (not .Values.modelApiKeys.existingSecret) }}
+{{- fail "modelApiKeys.existingSecret is required when modelApiKeys.envVars lists variables" }}
+{{- end }}
+{{- range .Values.catalog.models }}
+{{- if and .api_key_env (not (has .api_key_env $.Values.modelApiKeys.envVars)) }}
+{{- fail (printf "catalog model %s reads its API key from %s: add it to modelApiKeys.envVars" .name .api_key_env) }}
+{{- end }}
+{{- end }}
+{{- $seenGroups := dict }}
+{{- $seenRoles := dict }}
+{{- range .Values.workers.groups }}
+{{- if hasKey $seenGroups .name }}
+{{- fail (printf "workers.groups: the group name %s is used twice" .name) }}
+{{- end }}
+{{- $_ := set $seenGroups .name true }}
+{{- $group := .name }}
+{{- range .roles }}
+{{- if hasKey $seenRoles . }}
+{{- fail (printf "workers.groups: role %s is in groups %s and %s; put each role in one group" . (get $seenRoles .) $group) }}
+{{- end }}
+{{- $_ := set $seenRoles . $group }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Roles that no worker group runs (NOTES warns about them). */}}
+{{- define "olp.missingRoles" -}}
+{{- $running := list }}
+{{- range .Values.workers.groups }}{{ $running = concat $running .roles }}{{ end }}
+{{- $missing := list }}
+{{- range $role, $_ := include "olp.roleInputs" . | fromYaml }}
+{{- if not (has $role $running) }}{{ $missing = append $missing $role }}{{ end }}
+{{- end }}
+{{- join ", " $missing }}
+{{- end }}
+
+{{/*
+Kafka connection variables: every component needs them. Secrets only by reference.
+*/}}
+{{- define "olp.env.kafka" -}}
+{{- $k := .Values.kafka }}
+- name: OLP_KAFKA__BOOTSTRAP_SERVERS
+  value: {{ $k.bootstrapServers | quote }}
+- name: OLP_KAFKA__SECURITY_PROTOCOL
+  value: {{ $k.securityProtocol | quote }}
+{{- if hasPrefix "SASL_" $k.securityProtocol }}
+- name: OLP_KAFKA__SASL_MECHANISM
+  value: {{ $k.sasl.mechanism | quote }}
+{{- if $k.sasl.usernameKey }}
+- name: OLP_KAFKA__SASL_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ $k.sasl.existingSecret | quote }}
+      key: {{ $k.sasl.usernameKey | quote }}
+{{- else }}
+- name: OLP_KAFKA__SASL_USERNAME
+  value: {{ $k.sasl.username | quote }}
+{{- end }}
+- name: OLP_KAFKA__SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $k.sasl.existingSecret | quote }}
+      key: {{ $k.sasl.passwordKey | quote }}
+{{- end }}
+{{- if $k.tls.caSecret }}
+- name: OLP_KAFKA__SSL_CAFILE
+  value: /etc/olp/kafka/ca.crt
+{{- end }}
+- name: OLP_KAFKA__PARTITIONS
+  value: {{ $k.partitions | quote }}
+- name: OLP_KAFKA__REPLICATION_FACTOR
+  value: {{ $k.replicationFactor | quote }}
+- name: OLP_KAFKA__PRODUCER_MAX_BATCH_SIZE
+  value: {{ $k.producerMaxBatchSize | quote }}
+- name: OLP_TOPIC_PREFIX
+  value: {{ .Values.topicPrefix | quote }}
+- name: OLP_APP_ID
+  value: {{ .Values.appId | quote }}
+{{- with .Values.schemaRegistryUrl }}
+- name: OLP_SCHEMA_REGISTRY_URL
+  value: {{ . | quote }}
+{{- end }}
+- name: OLP_LOG_LEVEL
+  value: {{ .Values.logLevel | quote }}
+- name: OLP_DATA_DIR
+  value: {{ .Values.dataDir | quote }}
+{{- end }}
+
+{{/* The catalog and the config file (not for the pre-install Job: its ConfigMaps come later). */}}
+{{- define "olp.env.files" -}}
+- name: OLP_CATALOG_PATH
+  value: /etc/olp/catalog.yaml
+- name: OLP_CONFIG_FILE
+  value: /etc/olp/config.yaml
+{{- end }}
+
+{{/* Model provider API keys, each from the existing Secret's key of the same name. */}}
+{{- define "olp.env.modelKeys" -}}
+{{- range .Values.modelApiKeys.envVars }}
+- name: {{ . }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $.Values.modelApiKeys.existingSecret | quote }}
+      key: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* OpenTelemetry: call with (dict "root" $ "component" "splitter"). */}}
+{{- define "olp.env.otel" -}}
+{{- $o := .root.Values.otel }}
+- name: K8S_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: OTEL_SERVICE_NAME
+  value: {{ printf "%s-%s" $o.serviceNamePrefix .component | quote }}
+{{- $attrs := list (printf "service.namespace=%s" .root.Release.Name) (printf "service.version=%s" .root.Chart.AppVersion) (printf "k8s.namespace.name=%s" .root.Release.Namespace) "k8s.pod.name=$(K8S_POD_NAME)" }}
+{{- range $key, $value := $o.resourceAttributes }}
+{{- $attrs = append $attrs (printf "%s=%v" $key $value) }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attrs | quote }}
+{{- if $o.enabled }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $o.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $o.protocol | quote }}
+{{- with $o.headers.existingSecret }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . | quote }}
+      key: {{ $o.headers.key | quote }}
+{{- end }}
+{{- else }}
+- name: OTEL_SDK_DISABLED
+  value: "true"
+{{- end }}
+{{- end }}
+
+{{- define "olp.env.extra" -}}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Writable emptyDirs (the root filesystem is read-only). */}}
+{{- define "olp.volumes.scratch" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.emptyDirSizeLimit }}
+- name: data
+  emptyDir:
+    sizeLimit: {{ .Values.emptyDirSizeLimit }}
+{{- end }}
+
+{{- define "olp.volumeMounts.scratch" -}}
+- name: tmp
+  mountPath: /tmp
+- name: data
+  mountPath: {{ .Values.dataDir }}
+{{- end }}
+
+{{/*
+/etc/olp: catalog.yaml, config.yaml and (with kafka.tls.caSecret) kafka/ca.crt in one read-only
+projected volume. Call with (dict "root" $ "files" true|false).
+*/}}
+{{- define "olp.volumes.etc" -}}
+{{- $root := .root }}
+{{- if or .files $root.Values.kafka.tls.caSecret }}
+- name: etc-olp
+  projected:
+    defaultMode: 0444
+    sources:
+      {{- if .files }}
+      - configMap:
+          name: {{ include "olp.fullname" $root }}-catalog
+          items:
+            - key: catalog.yaml
+              path: catalog.yaml
+      - configMap:
+          name: {{ include "olp.fullname" $root }}-config
+          items:
+            - key: config.yaml
+              path: config.yaml
+      {{- end }}
+      {{- with $root.Values.kafka.tls.caSecret }}
+      - secret:
+          name: {{ . | quote }}
+          items:
+            - key: {{ $root.Values.kafka.tls.caKey | quote }}
+              path: kafka/ca.crt
+      {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "olp.volumeMounts.etc" -}}
+{{- if or .files .root.Values.kafka.tls.caSecret }}
+- name: etc-olp
+  mountPath: /etc/olp
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* startup/liveness on /healthz, readiness on /readyz, port "http": call with a probes timing map. */}}
+{{- define "olp.probes" -}}
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: http
+  {{- toYaml .startup | nindent 2 }}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: http
+  {{- toYaml .liveness | nindent 2 }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: http
+  {{- toYaml .readiness | nindent 2 }}
+{{- end }}
+
+{{/* Rolls pods when the catalog or the config file changes. */}}
+{{- define "olp.checksumAnnotations" -}}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+{{- end }}
+
+{{- define "olp.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}

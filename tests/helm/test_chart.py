@@ -1,0 +1,718 @@
+"""Tests of the Helm chart in deploy/helm/olp (spec section 7 "Helm chart"; STYLE item 11).
+
+`helm lint` and `helm template` with the default values and with a production-like values file
+(tests/helm/values-production.yaml), then checks on the rendered objects: hardened, resourced and
+probed containers; secrets only by reference; the environment the chart sets is exactly what
+olp.settings reads and it loads; topic names agree with olp.topics; values.schema.json rejects bad
+values; values.yaml, values.schema.json and the README table agree.
+
+Needs the helm binary at .tools/helm (`bash scripts/install-helm.sh`, which CI runs); tests that
+need it skip with that reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from olp.catalog import Catalog, ModelSpec, load_catalog
+from olp.settings import FeedSettings, LearnerSettings, Settings, load_settings
+from olp.topics import TopicNames
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "olp"
+HELM = REPO / ".tools" / "helm"
+PRODUCTION = Path(__file__).resolve().parent / "values-production.yaml"
+VALUES = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+SCHEMA = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+PROD_VALUES = yaml.safe_load(PRODUCTION.read_text(encoding="utf-8"))
+
+ALL_ROLES = {
+    "chunk_splitter",
+    "topic_finder",
+    "topic_locator",
+    "relationship_checker",
+    "content_organizer",
+    "format_checker",
+}
+ROLE_INPUTS = {
+    "chunk_splitter": ["transcripts"],
+    "topic_finder": ["chunks"],
+    "topic_locator": ["found"],
+    "relationship_checker": ["located"],
+    "content_organizer": ["checked"],
+    "format_checker": ["organized"],
+}
+UID = 10001
+Docs = list[dict[str, Any]]
+Rendered = tuple[str, Docs, dict[str, Any]]  # (name, rendered objects, the values file's overrides)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _load_values_doc() -> Any:
+    path = REPO / "deploy" / "helm" / "tools" / "values_doc.py"
+    spec = importlib.util.spec_from_file_location("values_doc", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass resolves annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def helm(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    if not HELM.exists():
+        pytest.skip(f"helm is not installed at {HELM.relative_to(REPO)}: run `bash scripts/install-helm.sh`")
+    return subprocess.run(
+        [str(HELM), *map(str, args)], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def render(*args: str | Path) -> Docs:
+    result = helm("template", "olp", CHART, "--namespace", "olp", *args)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def by_kind(docs: Docs, kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def pod_specs(docs: Docs) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            yield doc, doc["spec"]["template"]["spec"]
+
+
+def containers(pod: dict[str, Any]) -> Docs:
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Helm's coalescing of a values file over values.yaml (maps merge, everything else replaces)."""
+    out = dict(base)
+    for key, value in override.items():
+        both_maps = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both_maps else value
+    return out
+
+
+def settings_env_names() -> set[str]:
+    """Every environment variable olp.settings reads (prefix OLP_, nesting with __)."""
+    names = set()
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= {f"OLP_{name}__{sub}".upper() for sub in annotation.model_fields}
+        else:
+            names.add(f"OLP_{name}".upper())
+    return names | {"OLP_CONFIG_FILE"}  # read by the settings' YAML source, not a field
+
+
+@pytest.fixture(scope="module")
+def default_docs() -> Docs:
+    return render()
+
+
+@pytest.fixture(scope="module")
+def production_docs() -> Docs:
+    return render("-f", PRODUCTION)
+
+
+@pytest.fixture(params=["default", "production"])
+def rendered(request: pytest.FixtureRequest) -> tuple[str, Docs, dict[str, Any]]:
+    """(name, rendered objects, the values file's overrides) for both value sets."""
+    if request.param == "default":
+        return "default", request.getfixturevalue("default_docs"), {}
+    return "production", request.getfixturevalue("production_docs"), PROD_VALUES
+
+
+# --- helm lint / template / install --dry-run ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["-f", str(PRODUCTION)], ["-f", str(CHART / "examples" / "values-strimzi.yaml")]],
+    ids=["default", "production", "strimzi-example"],
+)
+def test_helm_lint_passes(extra: list[str]) -> None:
+    result = helm("lint", "--strict", CHART, *extra)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("extra", [[], ["-f", str(PRODUCTION)]], ids=["default", "production"])
+def test_notes_render(extra: list[str]) -> None:
+    result = helm("install", "olp", CHART, "--dry-run=client", "--namespace", "olp", *extra)
+    assert result.returncode == 0, result.stderr
+    assert "port-forward svc/olp-policy-store" in result.stdout
+
+
+def test_default_render_has_the_expected_objects(default_docs: Docs) -> None:
+    deployments = by_kind(default_docs, "Deployment")
+    assert set(deployments) == {"olp-splitter", "olp-llm-roles", "olp-format", "olp-policy-store"}
+    assert set(by_kind(default_docs, "ConfigMap")) == {"olp-catalog", "olp-config"}
+    assert set(by_kind(default_docs, "Service")) == {"olp-policy-store"}
+    assert set(by_kind(default_docs, "PersistentVolumeClaim")) == {"olp-policy-store"}
+    assert set(by_kind(default_docs, "PodDisruptionBudget")) == {
+        "olp-splitter",
+        "olp-llm-roles",
+        "olp-format",
+    }
+    assert set(by_kind(default_docs, "ServiceAccount")) == {"olp"}
+    assert set(by_kind(default_docs, "Job")) == {"olp-topics"}
+    absent = ("HorizontalPodAutoscaler", "ScaledObject", "TriggerAuthentication", "NetworkPolicy", "Secret")
+    for kind in absent:
+        assert not by_kind(default_docs, kind), kind
+    for name in ("olp-splitter", "olp-llm-roles", "olp-format"):
+        assert deployments[name]["spec"]["replicas"] == 1
+
+
+def test_production_render_scales_and_isolates(production_docs: Docs) -> None:
+    deployments = by_kind(production_docs, "Deployment")
+    # Autoscaled groups leave replicas to the HPA / KEDA.
+    for name in ("olp-splitter", "olp-llm-roles", "olp-format"):
+        assert "replicas" not in deployments[name]["spec"], name
+    hpas = by_kind(production_docs, "HorizontalPodAutoscaler")
+    assert set(hpas) == {"olp-format"}  # the other two scale with KEDA, which makes its own HPA
+    assert hpas["olp-format"]["spec"]["minReplicas"] == 3
+    assert hpas["olp-format"]["spec"]["maxReplicas"] == 4  # the group's override of the default 12
+    assert set(by_kind(production_docs, "ScaledObject")) == {"olp-splitter", "olp-llm-roles"}
+    assert set(by_kind(production_docs, "TriggerAuthentication")) == {"olp-kafka"}
+    assert set(by_kind(production_docs, "NetworkPolicy")) == {
+        "olp-default-deny-ingress",
+        "olp-policy-store",
+        "olp-egress",
+    }
+    image = deployments["olp-policy-store"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"{PROD_VALUES['image']['repository']}@{PROD_VALUES['image']['digest']}"
+
+
+# --- pods: non-root, restricted, resourced, probed -------------------------------------------
+
+
+def test_every_container_is_hardened_and_resourced(rendered: Rendered) -> None:
+    _, docs, _ = rendered
+    seen = 0
+    for doc, pod in pod_specs(docs):
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        pod_sc = pod["securityContext"]
+        assert pod_sc["runAsNonRoot"] is True, where
+        assert pod_sc["runAsUser"] == UID and pod_sc["fsGroup"] == UID, where
+        assert pod_sc["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert pod["automountServiceAccountToken"] is False, where
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in containers(pod):
+            seen += 1
+            sc = container["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] == UID, where
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["privileged"] is False, where
+            assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add"), where
+            assert sc["seccompProfile"]["type"] == "RuntimeDefault", where
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{where} {bound}"
+            # A read-only root needs writable scratch space: /tmp and the Faust data dir.
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            data_dir = env_of(container)["OLP_DATA_DIR"]["value"]
+            for path in ("/tmp", data_dir):
+                assert "emptyDir" in volumes[mounts[path]], f"{where} {path}"
+    assert seen >= 5
+
+
+def test_long_running_containers_have_probes(rendered: Rendered) -> None:
+    _, docs, _ = rendered
+    for name, deployment in by_kind(docs, "Deployment").items():
+        for container in containers(deployment["spec"]["template"]["spec"]):
+            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+            expected_port = 8642 if name.endswith("policy-store") else 6066
+            assert ports["http"] == expected_port, name
+            probes = {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/healthz"}
+            for probe, path in probes.items():
+                assert container[probe]["httpGet"] == {"path": path, "port": "http"}, f"{name} {probe}"
+
+
+def test_commands(default_docs: Docs) -> None:
+    deployments = by_kind(default_docs, "Deployment")
+    roles_run: list[str] = []
+    for group in VALUES["workers"]["groups"]:
+        container = deployments[f"olp-{group['name']}"]["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"] == ["olp"]
+        assert container["args"] == ["worker", "--roles", ",".join(group["roles"])]
+        roles_run += group["roles"]
+    assert sorted(roles_run) == sorted(ALL_ROLES)
+    policy_store = deployments["olp-policy-store"]["spec"]["template"]["spec"]["containers"][0]
+    assert [*policy_store["command"], *policy_store["args"]] == ["olp", "policy-store"]
+    job = by_kind(default_docs, "Job")["olp-topics"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    job_container = job["spec"]["template"]["spec"]["containers"][0]
+    assert [*job_container["command"], *job_container["args"]] == ["olp", "topics", "ensure"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_service_accounts() -> None:
+    """Long-running pods use the chart's ServiceAccount; the pre-install hook runs before it exists,
+    so it uses the namespace's default one, or the one you manage."""
+    docs = render()
+    names = {d["metadata"]["name"]: pod.get("serviceAccountName") for d, pod in pod_specs(docs)}
+    assert names.pop("olp-topics") == "default"
+    assert set(names.values()) == {"olp"}
+    docs = render("--set", "serviceAccount.create=false", "--set", "serviceAccount.name=team-sa")
+    assert not by_kind(docs, "ServiceAccount")
+    assert {pod.get("serviceAccountName") for _, pod in pod_specs(docs)} == {"team-sa"}
+
+
+def test_policy_store_snapshot_and_service(rendered: Rendered) -> None:
+    _, docs, _ = rendered
+    deployment = by_kind(docs, "Deployment")["olp-policy-store"]
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["replicas"] == 1
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    snapshot = Path(env_of(container)["OLP_LEARNER__SNAPSHOT_PATH"]["value"])
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["snapshot"] == str(snapshot.parent)
+    volume = next(v for v in pod["volumes"] if v["name"] == "snapshot")
+    assert volume["persistentVolumeClaim"]["claimName"] == "olp-policy-store"
+    service = by_kind(docs, "Service")["olp-policy-store"]
+    assert service["spec"]["ports"][0]["port"] == 8642
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_snapshot_falls_back_to_empty_dir() -> None:
+    docs = render("--set", "policyStore.persistence.enabled=false")
+    assert not by_kind(docs, "PersistentVolumeClaim")
+    pod = by_kind(docs, "Deployment")["olp-policy-store"]["spec"]["template"]["spec"]
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == "snapshot")
+
+
+def test_pdb_selects_its_group(default_docs: Docs) -> None:
+    deployments = by_kind(default_docs, "Deployment")
+    for name, pdb in by_kind(default_docs, "PodDisruptionBudget").items():
+        assert pdb["spec"]["selector"] == deployments[name]["spec"]["selector"]
+        assert pdb["spec"]["maxUnavailable"] == 1
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+SECRETISH = re.compile(r"PASSWORD|TOKEN|API_KEY|SECRET|HEADERS")
+
+
+def test_secrets_are_referenced_never_inlined(rendered: Rendered) -> None:
+    _, docs, _ = rendered
+    assert not by_kind(docs, "Secret")
+    for doc, pod in pod_specs(docs):
+        for container in containers(pod):
+            for name, entry in env_of(container).items():
+                if SECRETISH.search(name):
+                    assert "value" not in entry, f"{doc['metadata']['name']}: {name} is inlined"
+                    assert "secretKeyRef" in entry["valueFrom"], name
+
+
+def test_production_secrets_come_from_the_named_existing_secrets(production_docs: Docs) -> None:
+    kafka = PROD_VALUES["kafka"]
+    expected_refs = {
+        "OLP_KAFKA__SASL_USERNAME": (kafka["sasl"]["existingSecret"], kafka["sasl"]["usernameKey"]),
+        "OLP_KAFKA__SASL_PASSWORD": (kafka["sasl"]["existingSecret"], kafka["sasl"]["passwordKey"]),
+        "OTEL_EXPORTER_OTLP_HEADERS": (PROD_VALUES["otel"]["headers"]["existingSecret"], "headers"),
+    }
+    for doc, pod in pod_specs(production_docs):
+        container = pod["containers"][0]
+        env = env_of(container)
+        for name, (secret, key) in expected_refs.items():
+            assert env[name]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": key}, name
+        # The Kafka CA comes from its Secret through the read-only /etc/olp projected volume.
+        assert env["OLP_KAFKA__SSL_CAFILE"]["value"] == "/etc/olp/kafka/ca.crt"
+        etc = next(v for v in pod["volumes"] if v["name"] == "etc-olp")["projected"]["sources"]
+        assert {"name": kafka["tls"]["caSecret"], "items": [{"key": "ca.crt", "path": "kafka/ca.crt"}]} in [
+            s["secret"] for s in etc if "secret" in s
+        ]
+        if doc["kind"] == "Deployment":
+            for var in PROD_VALUES["modelApiKeys"]["envVars"]:
+                assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "olp-model-keys", "key": var}
+    policy_store = by_kind(production_docs, "Deployment")["olp-policy-store"]["spec"]["template"]["spec"]
+    token = env_of(policy_store["containers"][0])["OLP_API_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "olp-policy-store-token", "key": "token"}
+    auth = by_kind(production_docs, "TriggerAuthentication")["olp-kafka"]["spec"]
+    assert {(r["parameter"], r["name"], r["key"]) for r in auth["secretTargetRef"]} == {
+        ("username", "olp-kafka-user", "username"),
+        ("password", "olp-kafka-user", "password"),
+        ("ca", "kafka-cluster-ca", "ca.crt"),
+    }
+
+
+PLANTED = "planted-s3cr3t-value-6a1f"
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        f"kafka.sasl.password={PLANTED}",
+        f"policyStore.apiToken.value={PLANTED}",
+        f"modelApiKeys.OPENAI_API_KEY={PLANTED}",
+        f"otel.headers.value={PLANTED}",
+    ],
+)
+def test_values_cannot_carry_secrets(setting: str) -> None:
+    """There is no value that takes a secret itself: the schema rejects the attempt."""
+    result = helm("template", "olp", CHART, "-f", PRODUCTION, "--set", setting)
+    assert result.returncode != 0
+    assert "schema" in result.stderr
+    assert PLANTED not in result.stdout
+
+
+def test_planted_secret_names_only_appear_as_references() -> None:
+    names = {
+        "kafka.sasl.existingSecret": "planted-kafka-user",
+        "modelApiKeys.existingSecret": "planted-model-keys",
+        "policyStore.apiToken.existingSecret": "planted-token",
+    }
+    args = [a for key, value in names.items() for a in ("--set", f"{key}={value}")]
+    plain_user = ["--set", "kafka.sasl.usernameKey=", "--set", "kafka.sasl.username=olp-user"]
+    result = helm("template", "olp", CHART, "-f", PRODUCTION, *args, *plain_user)
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert "kind: Secret\n" not in result.stdout
+    refs: set[str] = set()
+    for _, pod in pod_specs(docs):
+        for container in containers(pod):
+            for entry in container.get("env", []):
+                ref = entry.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    refs.add(ref["name"])
+                elif "value" in entry:
+                    assert not str(entry["value"]).startswith("planted-"), entry
+    assert set(names.values()) <= refs
+    # A plain user name is no secret: it is a value, and KEDA reads it from the container's env.
+    auth = by_kind(docs, "TriggerAuthentication")["olp-kafka"]["spec"]
+    username = {"parameter": "username", "name": "OLP_KAFKA__SASL_USERNAME", "containerName": "worker"}
+    assert auth["env"] == [username]
+
+
+# --- the environment is exactly what olp.settings reads --------------------------------------
+
+
+def test_rendered_environment_is_known_to_the_application(
+    rendered: Rendered,
+) -> None:
+    _, docs, overrides = rendered
+    known = settings_env_names()
+    api_keys = set(overrides.get("modelApiKeys", {}).get("envVars", []))
+    extra = {e["name"] for e in overrides.get("extraEnv", [])}
+    for doc, pod in pod_specs(docs):
+        for container in containers(pod):
+            for name in env_of(container):
+                if name.startswith("OLP_"):
+                    assert name in known, f"{doc['metadata']['name']}: {name} is no setting"
+                else:
+                    assert name.startswith("OTEL_") or name in api_keys | extra | {"K8S_POD_NAME"}, name
+
+
+def test_values_comments_name_real_settings() -> None:
+    """Each `(OLP_...)` a value's comment names is a setting the application reads."""
+    text = (CHART / "values.yaml").read_text(encoding="utf-8")
+    named = set(re.findall(r"`(OLP_[A-Z_]+)`", text))
+    assert named and named <= settings_env_names(), named - settings_env_names()
+
+
+def _settings_from(
+    container: dict[str, Any], docs: Docs, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Settings:
+    for name in list(os.environ):
+        if name.startswith("OLP_"):
+            monkeypatch.delenv(name)
+    files = {}
+    for configmap in by_kind(docs, "ConfigMap").values():
+        for key, text in configmap["data"].items():
+            (tmp_path / key).write_text(text, encoding="utf-8")
+            files[f"/etc/olp/{key}"] = str(tmp_path / key)
+    for name, entry in env_of(container).items():
+        if "value" in entry:
+            value = files.get(entry["value"], entry["value"])
+        elif "secretKeyRef" in entry["valueFrom"]:
+            value = "value-from-secret"
+        else:
+            value = "olp-pod-0"
+        if name.startswith("OLP_"):
+            monkeypatch.setenv(name, value)
+    return load_settings()
+
+
+def test_rendered_configuration_loads(
+    rendered: Rendered, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each container's environment plus the rendered config file and catalog build a valid
+    Settings (extra="forbid") and Catalog, with the values given."""
+    _, docs, overrides = rendered
+    values = _merged(VALUES, overrides)
+    for doc, pod in pod_specs(docs):
+        settings = _settings_from(pod["containers"][0], docs, monkeypatch, tmp_path)
+        where = doc["metadata"]["name"]
+        assert settings.kafka.bootstrap_servers == values["kafka"]["bootstrapServers"], where
+        assert settings.kafka.security_protocol == values["kafka"]["securityProtocol"], where
+        assert settings.kafka.partitions == values["kafka"]["partitions"], where
+        assert settings.kafka.producer_max_batch_size == values["kafka"]["producerMaxBatchSize"], where
+        assert settings.topic_prefix == values["topicPrefix"], where
+        assert settings.app_id == values["appId"], where
+        if doc["kind"] == "Deployment":
+            assert set(settings.feeds) == set(values["config"]["feeds"]), where
+            catalog = load_catalog(settings.catalog_path)
+            assert [m.name for m in catalog.models] == [m["name"] for m in values["catalog"]["models"]]
+        if where == "olp-policy-store":
+            assert settings.policy_store_host == "0.0.0.0"
+            assert settings.learner.snapshot_path == Path(values["policyStore"]["snapshotPath"])
+        elif doc["kind"] == "Deployment":
+            assert settings.policy_store_host == "olp-policy-store"
+        if values["kafka"]["securityProtocol"].startswith("SASL_"):
+            assert settings.kafka.sasl_password is not None
+            assert settings.kafka.sasl_password.get_secret_value() == "value-from-secret"
+
+
+def test_otel_settings(production_docs: Docs, default_docs: Docs) -> None:
+    services = set()
+    for _, pod in pod_specs(production_docs):
+        env = env_of(pod["containers"][0])
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == PROD_VALUES["otel"]["endpoint"]
+        assert "OTEL_SDK_DISABLED" not in env
+        attributes = dict(kv.split("=", 1) for kv in env["OTEL_RESOURCE_ATTRIBUTES"]["value"].split(","))
+        assert attributes["k8s.pod.name"] == "$(K8S_POD_NAME)"
+        assert attributes["deployment.environment.name"] == "production"
+        services.add(env["OTEL_SERVICE_NAME"]["value"])
+    assert services == {"olp-splitter", "olp-llm-roles", "olp-format", "olp-policy-store", "olp-topics"}
+    for _, pod in pod_specs(default_docs):
+        env = env_of(pod["containers"][0])
+        assert env["OTEL_SDK_DISABLED"]["value"] == "true"
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
+
+
+# --- topics ----------------------------------------------------------------------------------
+
+
+def test_strimzi_example_topics_match_the_application() -> None:
+    topics = [d for d in yaml.safe_load_all((CHART / "examples" / "strimzi-topics.yaml").read_text()) if d]
+    assert all(t["kind"] == "KafkaTopic" for t in topics)
+    names = [t["spec"]["topicName"] for t in topics]
+    expected = TopicNames.with_prefix(VALUES["topicPrefix"]).all()
+    assert sorted(names) == sorted(expected)
+    for topic in topics:
+        assert topic["metadata"]["name"] == topic["spec"]["topicName"].replace(".", "-")
+        # One partition count for every topic, the one `olp topics ensure` expects.
+        assert topic["spec"]["partitions"] == VALUES["kafka"]["partitions"], topic["spec"]["topicName"]
+        assert topic["spec"]["replicas"] == VALUES["kafka"]["replicationFactor"]
+        config = topic["spec"]["config"]
+        assert config["cleanup.policy"] in ("delete", "compact")
+        assert config["cleanup.policy"] == "compact" or int(config["retention.ms"]) >= 24 * 3600 * 1000
+    values = yaml.safe_load((CHART / "examples" / "values-strimzi.yaml").read_text())
+    assert values["topicsJob"]["enabled"] is False  # Strimzi owns the topics
+    assert values["kafka"]["partitions"] == VALUES["kafka"]["partitions"]
+
+
+def test_chart_topic_prefix_matches_the_application_default() -> None:
+    assert VALUES["topicPrefix"] == Settings.model_fields["topic_prefix"].default
+
+
+def test_keda_watches_the_input_topics_of_each_group(production_docs: Docs) -> None:
+    prefix = PROD_VALUES["topicPrefix"]
+    all_topics = set(TopicNames.with_prefix(prefix).all())
+    groups = {g["name"]: g for g in PROD_VALUES["workers"]["groups"]}
+    for name, scaled in by_kind(production_docs, "ScaledObject").items():
+        group = groups[name.removeprefix("olp-")]
+        kafka_triggers = [t for t in scaled["spec"]["triggers"] if t["type"] == "kafka"]
+        topics = [t["metadata"]["topic"] for t in kafka_triggers]
+        assert topics == [f"{prefix}{s}" for role in group["roles"] for s in ROLE_INPUTS[role]]
+        assert set(topics) <= all_topics
+        for trigger in kafka_triggers:
+            assert trigger["metadata"]["consumerGroup"] == PROD_VALUES["appId"]
+            assert trigger["metadata"]["sasl"] == "scram_sha512"
+            assert trigger["metadata"]["tls"] == "enable"
+            assert trigger["authenticationRef"] == {"name": "olp-kafka"}
+        assert any(t["type"] == "cpu" for t in scaled["spec"]["triggers"])
+
+
+# --- values, schema and README in step -------------------------------------------------------
+
+
+def sets(*assignments: str) -> list[str]:
+    return [arg for assignment in assignments for arg in ("--set", assignment)]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (sets("workers.defaults.replicas=three"), "want integer"),
+        (sets("kafka.securityProtocol=SASL"), "/kafka/securityProtocol"),
+        (sets("kafka.partitions=0"), "/kafka/partitions"),
+        (sets("kafka.bootstrapServers=no-port"), "/kafka/bootstrapServers"),
+        (sets("workers.groups[0].name=s", "workers.groups[0].roles={splitter}"), "roles"),
+        (sets("workers.defaults.replicaz=2"), "replicaz"),
+        (sets("config.kafka.bootstrap_servers=x:1"), "/config"),
+        (sets("catalog.models[0].name=m", "catalog.models[0].base_url=ftp://x"), "base_url"),
+    ],
+)
+def test_schema_rejects_bad_values(setting: list[str], message: str) -> None:
+    for command in (["lint", CHART], ["template", "olp", CHART]):
+        result = helm(*command, *setting)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, output
+        assert "schema" in output and message in output, output
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (sets("kafka.securityProtocol=SASL_SSL", "kafka.sasl.mechanism=PLAIN"), "existingSecret"),
+        (sets("kafka.sasl.existingSecret=x"), "does not use SASL"),
+        (sets("kafka.tls.caSecret=ca"), "does not use TLS"),
+        (sets("otel.enabled=true"), "otel.endpoint"),
+        (
+            sets(
+                "catalog.models[0].name=m",
+                "catalog.models[0].base_url=http://m/v1",
+                "catalog.models[0].api_key_env=K",
+            ),
+            "modelApiKeys.envVars",
+        ),
+        (
+            sets(
+                "workers.groups[0].name=a",
+                "workers.groups[0].roles={format_checker}",
+                "workers.groups[1].name=b",
+                "workers.groups[1].roles={format_checker}",
+            ),
+            "one group",
+        ),
+    ],
+)
+def test_inconsistent_values_fail_with_a_reason(setting: list[str], message: str) -> None:
+    result = helm("template", "olp", CHART, *setting)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_group_override_beats_defaults_even_when_false(tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "workers": {
+                    "defaults": {"autoscaling": {"enabled": True}, "spreadAcrossNodes": True},
+                    "groups": [
+                        {"name": "splitter", "roles": ["chunk_splitter"]},
+                        {
+                            "name": "rest",
+                            "roles": sorted(ALL_ROLES - {"chunk_splitter"}),
+                            "replicas": 2,
+                            "autoscaling": {"enabled": False},
+                            "spreadAcrossNodes": False,
+                        },
+                    ],
+                }
+            }
+        )
+    )
+    docs = render("-f", values)
+    assert set(by_kind(docs, "HorizontalPodAutoscaler")) == {"olp-splitter"}
+    rest = by_kind(docs, "Deployment")["olp-rest"]["spec"]
+    assert rest["replicas"] == 2
+    assert "topologySpreadConstraints" not in rest["template"]["spec"]
+    assert by_kind(docs, "HorizontalPodAutoscaler")["olp-splitter"]["spec"]["maxReplicas"] == 6
+
+
+def test_config_changes_roll_the_pods(default_docs: Docs) -> None:
+    def checksums(docs: Docs) -> dict[str, str]:
+        return {
+            name: d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            for name, d in by_kind(docs, "Deployment").items()
+        }
+
+    before = checksums(default_docs)
+    assert len(set(before.values())) == 1
+    for setting in ("config.reask_on_junk=2", "catalog.models[0].timeout_s=5"):
+        if setting.startswith("catalog"):
+            args = ["--set", "catalog.models[0].name=m", "--set", "catalog.models[0].base_url=http://m/v1"]
+        else:
+            args = []
+        after = checksums(render("--set", setting, *args))
+        assert all(after[name] != before[name] for name in before), setting
+
+
+def test_values_are_documented_and_the_readme_table_is_in_step() -> None:
+    values_doc = _load_values_doc()
+    text = (CHART / "values.yaml").read_text(encoding="utf-8")
+    rows, undocumented = values_doc.rows(text)
+    assert undocumented == [], f"values without a `# --` comment: {undocumented}"
+    readme = (CHART / "README.md").read_text(encoding="utf-8")
+    wanted = values_doc.update_readme(readme, values_doc.render_table(rows))
+    assert readme == wanted, "README values table is stale: run python deploy/helm/tools/values_doc.py"
+    table_keys = {row.key for row in rows}
+    table_top = {key.split(".")[0] for key in table_keys}
+    assert table_top == set(VALUES), f"top-level keys missing from the README: {set(VALUES) - table_top}"
+    for key in table_keys:
+        assert f"| `{key}` |" in readme
+
+
+def _resolve(node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node and "properties" not in node:
+        node = SCHEMA["$defs"][node["$ref"].rsplit("/", 1)[1]]
+    if "$ref" in node:  # properties next to a $ref: merge the referenced ones in
+        base = _resolve(SCHEMA["$defs"][node["$ref"].rsplit("/", 1)[1]])
+        return {**base, **node, "properties": {**base.get("properties", {}), **node["properties"]}}
+    return node
+
+
+def _schema_gaps(value: Any, schema: dict[str, Any], path: str) -> Iterator[str]:
+    schema = _resolve(schema)
+    if not isinstance(value, dict) or "properties" not in schema:
+        return
+    for key, sub in value.items():
+        if key in schema["properties"]:
+            yield from _schema_gaps(sub, schema["properties"][key], f"{path}.{key}")
+        elif not isinstance(schema.get("additionalProperties"), dict):
+            yield f"{path}.{key}"
+
+
+def test_schema_describes_every_value() -> None:
+    assert list(_schema_gaps(VALUES, SCHEMA, "")) == []
+    assert list(_schema_gaps(PROD_VALUES, SCHEMA, "")) == []
+    assert set(SCHEMA["properties"]) - {"global"} == set(VALUES)
+    for group in VALUES["workers"]["groups"]:
+        assert list(_schema_gaps(group, SCHEMA["$defs"]["workerGroup"], "group")) == []
+
+
+def test_schema_mirrors_the_application_models() -> None:
+    """The schema's config file and catalog sections accept exactly what olp reads."""
+    defs = SCHEMA["$defs"]
+    assert set(defs["feed"]["properties"]) == set(FeedSettings.model_fields)
+    learner = SCHEMA["properties"]["config"]["properties"]["learner"]["properties"]
+    # The snapshot path is a chart value (an environment variable), not a config file entry.
+    assert set(learner) == set(LearnerSettings.model_fields) - {"snapshot_path"}
+    assert set(SCHEMA["properties"]["config"]["properties"]) <= set(Settings.model_fields)
+    assert set(defs["catalogModel"]["properties"]) == set(ModelSpec.model_fields)
+    assert set(SCHEMA["properties"]["catalog"]["properties"]) == set(Catalog.model_fields)
+    assert set(defs["role"]["enum"]) == ALL_ROLES
+
+
+def test_install_script_is_idempotent() -> None:
+    if not HELM.exists():
+        pytest.skip("helm is not installed at .tools/helm: run `bash scripts/install-helm.sh`")
+    script = REPO / "scripts" / "install-helm.sh"
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "nothing to do" in result.stdout
