@@ -293,7 +293,7 @@ def demo(transcript: Path, stream_id: str, timeout_s: int) -> None:
 
     started = time.monotonic()
     segments = _load_segments(transcript, stream_id, "default", "ecommerce", "en")
-    last_id = int(segments[-1]["segment_id"])
+    segment_ids = [int(s["segment_id"]) for s in segments]
     with _stack(_run_dir()) as stack:
         assert stack.settings is not None
         _replay_with_bar(stack.settings, segments, 0.0)
@@ -303,7 +303,7 @@ def demo(transcript: Path, stream_id: str, timeout_s: int) -> None:
         for doc in follow_documents(stack.settings):
             if doc is not None and doc["stream_id"] == stream_id and view.apply(doc):
                 print_document(doc)
-            if view.covers(stream_id, last_id):
+            if view.covers(stream_id, segment_ids):
                 break
             if time.monotonic() > deadline:
                 raise click.ClickException(

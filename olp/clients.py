@@ -103,14 +103,11 @@ class DocumentView:
         docs = [d for (s, _), d in self.documents.items() if s == stream_id]
         return sorted(docs, key=lambda d: int(d["first_id"]))
 
-    def covers(self, stream_id: str, last_segment_id: int) -> bool:
-        """True once the stream's documents are final up to its last segment."""
-        docs = self.stream(stream_id)
-        return (
-            bool(docs)
-            and all(d["final"] for d in docs)
-            and max(int(d["last_id"]) for d in docs) >= last_segment_id
-        )
+    def covers(self, stream_id: str, segment_ids: Iterable[int]) -> bool:
+        """True once every given segment lies in a final document of the stream. (Documents of
+        one stream arrive from several partitions, so seeing the last one proves nothing.)"""
+        spans = [(int(d["first_id"]), int(d["last_id"])) for d in self.stream(stream_id) if d["final"]]
+        return bool(spans) and all(any(a <= i <= b for a, b in spans) for i in segment_ids)
 
 
 def follow_documents(settings: Settings) -> Iterator[dict[str, Any] | None]:

@@ -24,3 +24,11 @@ class ModelCallError(OlpError):
 
 class ValidationError(OlpError):
     """A record is well-formed Avro but violates the pipeline's rules (empty text, too large, ...)."""
+
+
+class FeedError(OlpError):
+    """Feed input is malformed: a transcript, subtitle or news file, or an ingest request's body."""
+
+
+class UnavailableError(OlpError):
+    """A dependency (Kafka, a remote feed, a webhook receiver) cannot be reached now; retry later."""

@@ -25,8 +25,9 @@ import aiohttp
 import faust
 from mode import Service
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 
+from olp import telemetry
 from olp.catalog import Catalog, load_catalog
 from olp.errors import CodecError, OlpError, ValidationError
 from olp.faust_transport import broker_url
@@ -67,6 +68,8 @@ class Pipeline:
     _faust_topics: dict[str, Any] = field(default_factory=dict)
     _callers: dict[str, RoleCaller] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
+    traces: telemetry.SegmentTraces = field(default_factory=telemetry.SegmentTraces)
+    """Which trace each segment started, so its chunk continues one (olp/telemetry.py)."""
 
     def topic(self, name: str) -> Any:
         """The Faust topic object for a topic name (bytes in, bytes out: we encode ourselves)."""
@@ -82,17 +85,22 @@ class Pipeline:
         return self._faust_topics[name]
 
     async def send(self, topic: str, key: str, record_type: str, record: Mapping[str, Any]) -> None:
-        """Encode and produce one record, carrying the current trace context in its headers."""
+        """Encode and produce one record, carrying the current trace context in its headers
+        (written by the aiokafka instrumentation's producer span when it is installed)."""
         value = self.codec.encode(record_type, record, topic=topic)
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        headers = [(k, v.encode()) for k, v in carrier.items()]
-        await self.topic(topic).send(key=key.encode(), value=value, headers=headers)
+        headers = None if telemetry.kafka_instrumented() else telemetry.inject_headers()
+        if record_type == "Chunk":  # continue the trace of the segment that completed it
+            with self.traces.chunk_span(record):
+                await self.topic(topic).send(key=key.encode(), value=value, headers=headers)
+        else:
+            await self.topic(topic).send(key=key.encode(), value=value, headers=headers)
+        telemetry.record_sent(topic)
 
     async def dead_letter(self, event: Any, stage: str, exc: BaseException) -> None:
         """Send the original bytes with the reason to the DLQ; the worker goes on."""
         message = event.message
         self.count(f"dlq.{stage}")
+        telemetry.record_dead_letter(stage, type(exc).__name__)
         log.warning(
             "dead-lettered: stage=%s topic=%s partition=%s offset=%s error=%s: %s",
             stage,
@@ -132,10 +140,14 @@ class Pipeline:
         """
         record: Record | None = None
         message = event.message
-        parent = propagate.extract(_header_carrier(message.headers))
+        parent = telemetry.extract_context(message.headers)
         token = otel_context.attach(parent)
+        started, error_type = time.monotonic(), None
         try:
-            with _tracer.start_as_current_span(f"{stage} process", kind=trace.SpanKind.CONSUMER) as span:
+            with (
+                telemetry.stage_scope(stage),
+                _tracer.start_as_current_span(f"{stage} process", kind=trace.SpanKind.CONSUMER) as span,
+            ):
                 span.set_attribute("messaging.destination.name", message.topic)
                 span.set_attribute("messaging.kafka.offset", int(message.offset))
                 span.set_attribute("olp.stage", stage)
@@ -146,27 +158,33 @@ class Pipeline:
                             f"{self.settings.kafka.max_message_bytes}"
                         )
                     record = self.codec.decode(message.value or b"", expected, topic=message.topic)
+                    if expected == "TranscriptSegment":
+                        segment = (record["stream_id"], record["segment_id"])
+                        self.traces.remember(*segment, span.get_span_context())
                     await self.ready.wait()
                     await process(record)
                     self.count(f"done.{stage}")
                 except (CodecError, ValidationError, RoleFailed, OlpError) as exc:
+                    error_type = type(exc).__name__
                     span.set_status(trace.StatusCode.ERROR, str(exc)[:200])
                     await self.dead_letter(event, stage, exc)
                     await self.release(record)
                 except Exception as exc:  # a bug: keep the partition moving, but loudly
                     log.exception("bug in stage %s at %s/%s", stage, message.partition, message.offset)
+                    error_type = type(exc).__name__
                     span.record_exception(exc)
                     await self.dead_letter(event, stage, exc)
                     await self.release(record)
         finally:
             otel_context.detach(token)
+            telemetry.record_consumed(stage, message.topic, time.monotonic() - started, error_type)
 
     async def release(self, record: Record | None) -> None:
         """Tell the splitter a dead chunk is done (all of it final), so its stream moves on."""
         if record is None:
             return
         # Only chunk-carrying records release; a failed ChunkDone must not echo itself forever.
-        chunk = record["chunk"] if "chunk" in record else record if "sentences" in record else None
+        chunk = record.get("chunk", record if "sentences" in record else None)
         if chunk is None:
             return
         done = {
@@ -213,11 +231,6 @@ class Pipeline:
         self.stats[name] = self.stats.get(name, 0) + 1
 
 
-def _header_carrier(headers: Any) -> dict[str, str]:
-    items = headers.items() if isinstance(headers, Mapping) else (headers or ())
-    return {str(k): v.decode(errors="replace") if isinstance(v, bytes) else str(v) for k, v in items}
-
-
 class _Lifecycle(Service):
     """Creates the model gateway and follows the policy topic for the worker's lifetime."""
 
@@ -229,6 +242,8 @@ class _Lifecycle(Service):
     async def on_start(self) -> None:
         self._session = aiohttp.ClientSession()
         self.pipeline.gateway = ModelGateway(self.pipeline.catalog, self._session, dict(os.environ))
+        app = self.pipeline.app
+        telemetry.watch_consumer_lag(lambda: telemetry.faust_consumer_lag(app))
         self.pipeline.ready.set()
 
     @Service.task
@@ -366,3 +381,11 @@ def _register_health(app: faust.App, pipeline: Pipeline) -> None:
     async def readyz(web: Any, request: Any) -> Any:
         ready = pipeline.ready.is_set()
         return web.json({"ready": ready, "stats": pipeline.stats}, status=200 if ready else 503)
+
+    @app.page("/metrics")
+    async def prometheus_metrics(web: Any, request: Any) -> Any:
+        scrape = telemetry.prometheus_text()
+        if scrape is None:
+            return web.text("prometheus exporter off (OTEL_METRICS_EXPORTER)\n", status=404)
+        body, content_type = scrape
+        return web.bytes(body, content_type=content_type.split(";")[0])

@@ -22,7 +22,6 @@ from processors.domain import (
     aspect_key,
     chat,
     extract_json,
-    id_schema,
     language_name,
     render_transcript,
     sentences_from_avro,
@@ -53,37 +52,48 @@ _IDS_KEYS = ("ids", "sentence_ids", "sentences", "sentence_id", "id")
 
 
 def build_prompt(
+    chunk_sentences: Sequence[Sentence],
     topic_sentences: Sequence[Sentence],
     topic_name: str,
     aspects: Sequence[str],
     domain: str,
     lang: str,
 ) -> Prompt:
-    """Ask to sort every sentence id of one topic into exactly one aspect."""
+    """Ask for one aspect label per sentence of one topic, in order.
+
+    Labels, not id lists: the answer's length is fixed by the number of sentences, so a small
+    model cannot loop (asked for id lists, SmolLM2 repeats ids until max_tokens). The whole chunk
+    is shown first (the prefix the model server caches); the task names the topic's id range.
+    """
     what = "product" if domain == "ecommerce" else "topic"
     groups = [f"- {a}: {_HINTS[aspect_key(a)]}" if aspect_key(a) in _HINTS else f"- {a}" for a in aspects]
-    skeleton = ", ".join(f'"{a}": []' for a in aspects)
-    user = "\n".join(
+    first, last = topic_sentences[0].id, topic_sentences[-1].id
+    task = "\n".join(
         [
-            f'These sentences are about the {what} "{topic_name}".',
-            "Put the id of every sentence into exactly one of these groups:",
+            f'Sentences {first} to {last} are about the {what} "{topic_name}".',
+            "Label each of these sentences with one of these aspects:",
             *groups,
-            "An id is the number in [ ] at the start of a line. Use every id once.",
             f"The transcript is in {language_name(lang)}.",
-            f"Answer with JSON like {{{skeleton}}}, with the ids in the lists.",
-            "",
-            render_transcript(topic_sentences),
+            f"Answer with JSON: {{\"labels\": [...]}}, exactly {len(topic_sentences)} aspect names, "
+            f"one per sentence from {first} to {last}, in order.",
         ]
     )
-    return chat(user)
+    return chat(render_transcript(chunk_sentences), task)
 
 
-def answer_schema(aspects: Sequence[str], valid_ids: Sequence[int] | None = None) -> JsonSchema:
-    """One array-of-integers property per aspect, all required, nothing else."""
+def answer_schema(aspects: Sequence[str], sentence_count: int) -> JsonSchema:
+    """{"labels": [aspect name, ...]} with exactly one label per sentence of the topic."""
     return {
         "type": "object",
-        "properties": {a: {"type": "array", "items": id_schema(valid_ids)} for a in aspects},
-        "required": list(aspects),
+        "properties": {
+            "labels": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": 40},
+                "minItems": sentence_count,
+                "maxItems": sentence_count,
+            }
+        },
+        "required": ["labels"],
         "additionalProperties": False,
     }
 
@@ -91,28 +101,49 @@ def answer_schema(aspects: Sequence[str], valid_ids: Sequence[int] | None = None
 def parse_answer(text: str | None, valid_ids: Sequence[int], aspects: Sequence[str]) -> dict[str, list[int]]:
     """Aspect -> sorted ids, with every configured aspect present (possibly empty).
 
-    Aspect names match ignoring case, spaces, '_' and '-'; unknown aspects are ignored; ids not
-    in the topic are dropped; an id given twice stays where it came first. Also accepts the
-    object wrapped once ({"aspects": {...}}) and a list of {"aspect": ..., "ids": [...]}.
-    Raises ParseError on junk or when no valid id was assigned at all.
+    `valid_ids` are the topic's sentence ids in order. Accepts the labels answer
+    ({"labels": [...]} or a bare list of aspect names, matched by position; unknown labels leave
+    their sentence unassigned) and, from stronger models, the grouped form {aspect: [ids]}, also
+    wrapped once ({"aspects": {...}}) or as a list of {"aspect": ..., "ids": [...]}: aspect names
+    match ignoring case, spaces, '_' and '-'; unknown aspects are ignored; ids not in the topic
+    are dropped; an id given twice stays where it came first. Raises ParseError on junk or when
+    no valid id was assigned at all.
     """
     by_key = {aspect_key(a): a for a in aspects}
     valid = set(valid_ids)
     result: dict[str, list[int]] = {a: [] for a in aspects}
     taken: set[int] = set()
-    for name, raw in _groups(extract_json(text), by_key):
-        aspect = by_key.get(aspect_key(name))
-        if aspect is None:
-            continue
-        for item in _id_items(raw):
-            sid = as_int(item)
-            if sid is None or sid not in valid or sid in taken:
+    answer = extract_json(text)
+    labels = _labels(answer)
+    if labels is not None:
+        for sid, label in zip(valid_ids, labels, strict=False):
+            aspect = by_key.get(aspect_key(label))
+            if aspect is not None and sid not in taken:
+                taken.add(sid)
+                result[aspect].append(sid)
+    else:
+        for name, raw in _groups(answer, by_key):
+            aspect = by_key.get(aspect_key(name))
+            if aspect is None:
                 continue
-            taken.add(sid)
-            result[aspect].append(sid)
+            for item in _id_items(raw):
+                sid = as_int(item)
+                if sid is None or sid not in valid or sid in taken:
+                    continue
+                taken.add(sid)
+                result[aspect].append(sid)
     if not taken:
         raise ParseError("the answer assigns no sentence of the topic")
     return {a: sorted(ids) for a, ids in result.items()}
+
+
+def _labels(value: Any) -> list[str] | None:
+    """The positional labels, when the answer has that shape; None otherwise."""
+    if isinstance(value, dict) and isinstance(value.get("labels"), list):
+        value = value["labels"]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return [str(v) for v in value]
+    return None
 
 
 def _groups(value: Any, by_key: Mapping[str, str]) -> list[tuple[str, Any]]:
@@ -165,10 +196,10 @@ async def organize_topics(pipeline: Pipeline, checked: dict[str, Any]) -> None:
         own_ids = [s.id for s in own]
         try:
             answer = await caller.ask(
-                build_prompt(own, topic["name"], aspects, chunk["domain"], chunk["lang"]),
+                build_prompt(sentences, own, topic["name"], aspects, chunk["domain"], chunk["lang"]),
                 lambda text: parse_answer(text, own_ids, aspects),
                 pipeline.call_context(chunk, f"{index}"),
-                answer_schema(aspects, own_ids),
+                answer_schema(aspects, len(own)),
                 pipeline.feed(chunk).models,
             )
         except RoleFailed:

@@ -144,15 +144,28 @@ def render_transcript(sentences: Iterable[Sentence]) -> str:
     return "<transcript>\n" + "\n".join(lines) + "\n</transcript>"
 
 
-def chat(user: str) -> Prompt:
-    """The two-message prompt every role sends: the fixed system message, then the task."""
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+def chat(transcript: str, task: str) -> Prompt:
+    """The prompt every role sends: the fixed system message, then the chunk's transcript, then
+    the role's task.
+
+    The transcript comes first so that all calls about one chunk share a long identical prefix:
+    llama.cpp servers reuse its evaluated KV cache, so the chunk is read once, not once per call
+    (prompt evaluation dominates the cost of small local models).
+    """
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": f"{transcript}\n\n{task}"},
+    ]
 
 
-def id_schema(valid_ids: Sequence[int] | None) -> JsonSchema:
-    """An integer, restricted to the chunk's ids when given (so the grammar cannot invent ids)."""
-    if valid_ids:
-        return {"type": "integer", "enum": sorted(set(valid_ids))}
+def id_schema(valid_ids: Sequence[int] | None = None) -> JsonSchema:
+    """A sentence id: a plain integer.
+
+    Not an enum of the chunk's ids: llama.cpp's grammar sampler is an order of magnitude slower
+    with a large enum (8 s instead of 0.7 s for a Topic Locator answer with SmolLM2 on 2 cores).
+    The parsers check every id against the chunk instead.
+    """
+    del valid_ids
     return {"type": "integer"}
 
 

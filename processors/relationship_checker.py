@@ -69,12 +69,13 @@ def iou_threshold(domain: str) -> float:
     return IOU_THRESHOLD.get(domain, DEFAULT_IOU_THRESHOLD)
 
 
-def build_prompt(sentences: Sequence[Sentence], a: TopicSpan, b: TopicSpan, domain: str, lang: str) -> Prompt:
-    """Ask whether two adjacent topics are one, showing only the sentences of both spans."""
-    low, high = min(a.first_id, b.first_id), max(a.last_id, b.last_id)
-    shown = [s for s in sentences if low <= s.id <= high] or list(sentences)
+def build_prompt(
+    sentences: Sequence[Sentence], a: TopicSpan, b: TopicSpan, domain: str, lang: str
+) -> Prompt:
+    """Ask whether two adjacent topics are one. The whole chunk is shown (the shared prefix that
+    the model server caches across this chunk's calls); the task names both spans."""
     question = _QUESTIONS.get(domain, _DEFAULT_QUESTION).format(a=a.name, b=b.name)
-    user = "\n".join(
+    task = "\n".join(
         [
             question,
             f'"{a.name}" is in sentences {a.first_id} to {a.last_id}. '
@@ -83,11 +84,9 @@ def build_prompt(sentences: Sequence[Sentence], a: TopicSpan, b: TopicSpan, doma
             'If they are the same, answer {"related": true, "name": "one name for both"}.',
             'If they are different, answer {"related": false, "name": ""}.',
             language_line(lang),
-            "",
-            render_transcript(shown),
         ]
     )
-    return chat(user)
+    return chat(render_transcript(sentences), task)
 
 
 def answer_schema() -> JsonSchema:

@@ -12,19 +12,20 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from opentelemetry import trace
+from opentelemetry.trace import Span
 
+from olp import telemetry
 from olp.errors import ModelCallError, OlpError, ParseError
 from processors.model_gateway import Completion, ModelGateway
 from processors.policy_view import Choice, PolicyView
 
 T = TypeVar("T")
 FeedbackSink = Callable[[dict[str, Any]], Awaitable[None]]
-
-_tracer = trace.get_tracer("olp.processors")
 
 
 class RoleFailed(OlpError):
@@ -87,46 +88,74 @@ class RoleCaller:
             conversation = [dict(m) for m in messages]
             for attempt in range(1 + self._reask):
                 outcome_id = f"{ctx.chunk_id}:{self.role}:{ctx.call_key}:{model}:{attempt}"
-                try:
-                    completion = await self._complete(model, conversation, json_schema, choice)
-                except ModelCallError as exc:
-                    errors.append(f"{model}: {exc}")
-                    await self._record(outcome_id, model, choice, propensity, ctx, None, str(exc))
-                    break  # a model fault: the next model, not a re-ask
-                try:
-                    value = parse(completion.text)
-                except ParseError as exc:
-                    errors.append(f"{model}: {exc}")
-                    await self._record(outcome_id, model, choice, propensity, ctx, completion, str(exc))
-                    conversation += [
-                        {"role": "assistant", "content": completion.text[:2000]},
-                        {
-                            "role": "user",
-                            "content": f"That answer was invalid ({exc}). Reply again with only the JSON.",
-                        },
-                    ]
-                    continue
-                await self._record(outcome_id, model, choice, propensity, ctx, completion, None)
-                return Answer(value, model)
+                # One span per call; the feedback record is sent inside it, so it carries the
+                # call's trace context to the policy store.
+                with self._span(model, choice, propensity, attempt, conversation) as span:
+                    started = time.monotonic()
+                    try:
+                        completion = await self._gateway.complete(model, conversation, json_schema)
+                    except ModelCallError as exc:
+                        telemetry.record_llm_call(
+                            span,
+                            self.role,
+                            model,
+                            ctx.feed,
+                            time.monotonic() - started,
+                            error_type=type(exc).__name__,
+                        )
+                        errors.append(f"{model}: {exc}")
+                        await self._record(outcome_id, model, choice, propensity, ctx, None, str(exc))
+                        break  # a model fault: the next model, not a re-ask
+                    self._annotate(span, model, ctx, completion)
+                    try:
+                        value = parse(completion.text)
+                    except ParseError as exc:
+                        span.set_attribute("error.type", "ParseError")
+                        span.set_status(trace.StatusCode.ERROR, "unusable answer")
+                        errors.append(f"{model}: {exc}")
+                        await self._record(outcome_id, model, choice, propensity, ctx, completion, str(exc))
+                        complaint = f"That answer was invalid ({exc}). Reply again with only the JSON."
+                        conversation += [
+                            {"role": "assistant", "content": completion.text[:2000]},
+                            {"role": "user", "content": complaint},
+                        ]
+                        continue
+                    await self._record(outcome_id, model, choice, propensity, ctx, completion, None)
+                    return Answer(value, model)
         raise RoleFailed(f"{self.role}: no model gave a usable answer: {'; '.join(errors)[:1000]}")
 
-    async def _complete(
+    # --- telemetry (GenAI semantic conventions; olp/telemetry.py) --------------------------
+
+    def _span(
         self,
         model: str,
-        conversation: Sequence[Mapping[str, str]],
-        json_schema: Mapping[str, Any] | None,
         choice: Choice,
-    ) -> Completion:
-        with _tracer.start_as_current_span(f"chat {model}", kind=trace.SpanKind.CLIENT) as span:
-            span.set_attribute("gen_ai.operation.name", "chat")
-            span.set_attribute("gen_ai.request.model", model)
-            span.set_attribute("olp.role", self.role)
-            span.set_attribute("olp.policy_version", choice.policy_version)
-            completion = await self._gateway.complete(model, conversation, json_schema)
-            span.set_attribute("gen_ai.usage.input_tokens", completion.tokens_in)
-            span.set_attribute("gen_ai.usage.output_tokens", completion.tokens_out)
-            span.set_attribute("olp.cost_usd", completion.cost_usd)
-            return completion
+        propensity: float,
+        attempt: int,
+        conversation: Sequence[Mapping[str, str]],
+    ) -> AbstractContextManager[Span]:
+        try:
+            base_url: str | None = self._gateway.catalog.model(model).base_url
+        except Exception:
+            base_url = None
+        return telemetry.start_llm_span(
+            model, self.role, choice.policy_version, propensity, attempt, base_url, conversation
+        )
+
+    def _annotate(self, span: Span, model: str, ctx: CallContext, completion: Completion) -> None:
+        telemetry.record_llm_call(
+            span,
+            self.role,
+            model,
+            ctx.feed,
+            completion.latency_ms / 1000.0,
+            completion.tokens_in,
+            completion.tokens_out,
+            completion.cost_usd,
+            response_model=completion.model,
+            finish_reason=completion.finish_reason,
+            answer=completion.text,
+        )
 
     async def _record(
         self,

@@ -48,17 +48,16 @@ _DEFAULT_TASK = "List the main topics of this transcript. Give each topic a shor
 
 def build_prompt(sentences: Sequence[Sentence], domain: str, lang: str) -> Prompt:
     """Ask for the chunk's topic names, in order of first appearance, as JSON."""
-    user = "\n".join(
+    task = "\n".join(
         [
             _TASKS.get(domain, _DEFAULT_TASK),
             "Keep the order in which they first appear. Name each one only once.",
             language_line(lang),
-            'Answer with JSON like {"topics": ["first name", "second name"]}.',
-            "",
-            render_transcript(sentences),
+            # No example names: a small model copies them into its answer.
+            'Answer with JSON: {"topics": [...]}, a list of short names.',
         ]
     )
-    return chat(user)
+    return chat(render_transcript(sentences), task)
 
 
 def answer_schema(domain: str) -> JsonSchema:

@@ -56,11 +56,9 @@ def build_prompt(
         lines.append("Other " + what + "s in the transcript: " + "; ".join(f'"{t}"' for t in others) + ".")
     lines += [
         language_line(lang),
-        'Answer with JSON like {"first_id": 12, "last_id": 30}.',
-        "",
-        render_transcript(sentences),
+        'Answer with JSON: {"first_id": <id>, "last_id": <id>}.',
     ]
-    return chat("\n".join(lines))
+    return chat(render_transcript(sentences), "\n".join(lines))
 
 
 def answer_schema(valid_ids: Sequence[int] | None = None) -> JsonSchema:
@@ -89,7 +87,7 @@ def build_batch_prompt(
     what = "product" if domain == "ecommerce" else "topic"
     listing = "\n".join(f'- "{t}"' for t in topics)
     example = ", ".join(f'{{"topic": "{t}", "first_id": 0, "last_id": 0}}' for t in topics[:2])
-    user = "\n".join(
+    task = "\n".join(
         [
             f"For each {what} below, give the id of the first and the last sentence about it.",
             "An id is the number in [ ] at the start of a line.",
@@ -97,11 +95,9 @@ def build_batch_prompt(
             listing,
             language_line(lang),
             f'Answer with JSON like {{"spans": [{example}]}}, one entry per {what}, in this order.',
-            "",
-            render_transcript(sentences),
         ]
     )
-    return chat(user)
+    return chat(render_transcript(sentences), task)
 
 
 def batch_answer_schema(

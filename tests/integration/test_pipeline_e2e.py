@@ -73,7 +73,7 @@ def test_transcript_becomes_exact_documents(
         stack.start_worker()
         segments = sample_segments("e2e-1")
         assert replay(stack.settings(), segments) == len(segments)
-        view = stack.wait_for_documents("e2e-1", segments[-1]["segment_id"])
+        view = stack.wait_for_documents("e2e-1", [s["segment_id"] for s in segments])
         got = [
             {k: d[k] for k in ("topic_id", "name", "first_id", "last_id", "final", "aspects")}
             for d in view.stream("e2e-1")
@@ -122,7 +122,7 @@ def test_malformed_record_goes_to_dlq_and_pipeline_goes_on(
         segments = sample_segments("dlq-1")[:40]
         segments[-1]["end_of_stream"] = True
         replay(stack.settings(), segments)
-        view = stack.wait_for_documents("dlq-1", segments[-1]["segment_id"])
+        view = stack.wait_for_documents("dlq-1", [s["segment_id"] for s in segments])
         assert view.stream("dlq-1")[0]["name"] == "Human hair wig"
         dead = read_topic(stack.settings(), f"{topic_prefix}dlq", "DeadLetter", lambda r: len(r) >= 1)
         assert dead[0]["value"] == b"\x00not avro at all"
@@ -156,7 +156,7 @@ def test_feedback_changes_policy_and_processor_calls_new_model(
         stack.start_worker()
         segments = sample_segments("policy-1")
         replay(stack.settings(), segments)
-        stack.wait_for_documents("policy-1", segments[-1]["segment_id"])
+        stack.wait_for_documents("policy-1", [s["segment_id"] for s in segments])
         settings = stack.settings()
         policy = read_topic(
             settings,

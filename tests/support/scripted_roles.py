@@ -24,6 +24,7 @@ PRODUCTS: list[tuple[str, int, int]] = [
 """(name, first id, last id) of each product; ids 69-71 are an off-topic aside."""
 
 _ID_LINE = re.compile(r"^\[(\d+)\] (.*)$", re.MULTILINE)
+_RANGE = re.compile(r"Sentences (\d+) to (\d+) are about")
 _TOPIC = re.compile(r'sentences about the (?:product|topic) "([^"]+)"')
 
 
@@ -79,10 +80,10 @@ def perfect_answer(body: dict[str, Any]) -> str:
         return json.dumps({"first_id": ids[0], "last_id": ids[-1]})
     if role == "relationship_checker":
         return json.dumps({"related": False, "name": ""})
-    answer: dict[str, list[int]] = {"Opening": [], "Order Urging": [], "Price": [], "Product Description": []}
-    for i, text in sentences:
-        answer[aspect_of(text)].append(i)
-    return json.dumps(answer)
+    task = body["messages"][1]["content"].split("</transcript>")[-1]
+    bounds = _RANGE.search(task)
+    first, last = (int(bounds.group(1)), int(bounds.group(2))) if bounds else (ids[0], ids[-1])
+    return json.dumps({"labels": [aspect_of(text) for i, text in sentences if first <= i <= last]})
 
 
 def perfect(model: str, body: dict[str, Any]) -> Reply:

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,13 +112,23 @@ class ServiceStack:
         for child in reversed(self.children):
             child.stop()
 
-    def wait_for_documents(self, stream_id: str, last_id: int, timeout_s: float = 120) -> DocumentView:
+    def wait_for_documents(
+        self, stream_id: str, segment_ids: Iterable[int] | int, timeout_s: float = 120
+    ) -> DocumentView:
+        """Documents of the stream once every segment id lies in a final one (an int means the
+        stream's ids run from its first document's start up to that id)."""
+        last = segment_ids if isinstance(segment_ids, int) else None
+        ids = [] if isinstance(segment_ids, int) else list(segment_ids)
         view = DocumentView()
         deadline = time.monotonic() + timeout_s
         for doc in follow_documents(self.settings()):
             if doc is not None and doc["stream_id"] == stream_id:
                 view.apply(doc)
-            if view.covers(stream_id, last_id):
+            docs = view.stream(stream_id)
+            if last is not None and docs:
+                ids = [i for i in range(int(docs[0]["first_id"]), last + 1)]
+                ids = [i for i in ids if not any(d["last_id"] < i < n["first_id"] for d, n in zip(docs, docs[1:]))]
+            if ids and view.covers(stream_id, ids):
                 return view
             if time.monotonic() > deadline:
                 raise AssertionError(
