@@ -1,0 +1,53 @@
+"""The processors' epsilon-greedy choice from the newest Assignment (hot swap by version)."""
+
+from __future__ import annotations
+
+import random
+
+from processors.policy_view import PolicyView
+
+
+def assignment(model: str, version: int, epsilon: float = 0.0) -> dict:
+    return {
+        "role": "r",
+        "model": model,
+        "q_values": {"a": 1.0, "b": 3.0, "c": 2.0},
+        "epsilon": epsilon,
+        "candidates": ["a", "b", "c"],
+        "version": version,
+        "reason": "",
+        "ts_ms": 0,
+    }
+
+
+def test_before_any_assignment_the_first_model_of_the_pool_serves() -> None:
+    choice = PolicyView({"r": ["a", "b"]}).choose("r", random.Random(0))
+    assert (choice.model, choice.propensity, choice.policy_version, choice.fallbacks) == ("a", 1.0, 0, ("b",))
+
+
+def test_newer_versions_replace_older_ones_only() -> None:
+    view = PolicyView({"r": ["a", "b", "c"]})
+    assert view.apply(assignment("b", 2))
+    assert not view.apply(assignment("a", 1))
+    assert not view.apply(assignment("a", 2))
+    choice = view.choose("r", random.Random(0))
+    assert (choice.model, choice.policy_version) == ("b", 2)
+    assert choice.fallbacks == ("c", "a")  # by Q-value, best first
+
+
+def test_exploration_rate_and_propensities() -> None:
+    view = PolicyView({"r": ["a", "b", "c"]})
+    view.apply(assignment("b", 1, epsilon=0.2))
+    rng = random.Random(7)
+    choices = [view.choose("r", rng) for _ in range(5000)]
+    explored = [c for c in choices if c.explored]
+    assert abs(len(explored) / 5000 - 0.2) < 0.02
+    assert {c.propensity for c in explored} == {0.1}
+    assert {c.propensity for c in choices if not c.explored} == {0.8}
+
+
+def test_a_feed_restriction_narrows_the_candidates() -> None:
+    view = PolicyView({"r": ["a", "b", "c"]})
+    view.apply(assignment("b", 1))
+    choice = view.choose("r", random.Random(0), allowed=["a", "c"])
+    assert choice.model == "c" and choice.fallbacks == ("a",)
