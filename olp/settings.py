@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from olp.errors import ConfigError
+from olp.service_settings import DocumentsSettings, IngestSettings
 
 ROLES: tuple[str, ...] = (
     "topic_finder",
@@ -152,6 +153,8 @@ class Settings(BaseSettings):
     policy_store_host: str = "127.0.0.1"
     policy_store_port: int = 8642
     api_token: SecretStr | None = Field(None, description="Bearer token for state-changing HTTP calls.")
+    ingest: IngestSettings = Field(default_factory=IngestSettings, description="The HTTP/WebSocket ingest service.")
+    documents: DocumentsSettings = Field(default_factory=DocumentsSettings, description="The document read API.")
     worker_web_port: int = Field(
         6066, ge=0, le=65535, description="Worker health endpoints (/healthz, /readyz); 0 turns them off."
     )

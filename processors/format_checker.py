@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 
 from olp.errors import ValidationError
-from processors.chunk_splitter import next_start_id
+from processors.chunk_splitter import carry_limit, next_start_id
 from processors.domain import aspect_key, normalize_name, sentences_from_avro
 
 if TYPE_CHECKING:
@@ -160,12 +160,15 @@ STAGE = "format_checker"
 
 async def write_documents(pipeline: Pipeline, organized: dict[str, Any]) -> None:
     chunk = organized["chunk"]
-    aspects = pipeline.feed(chunk).aspect_names()
+    feed = pipeline.feed(chunk)
+    aspects, chunk_size = feed.aspect_names(), feed.chunk_size
     now_ms = int(time.time() * 1000)
     documents = []
     for topic in organized["topics"]:
         try:
-            documents.append(check_document(chunk, topic, aspects, int(chunk["seq"]), now_ms))
+            documents.append(
+                check_document(chunk, topic, aspects, int(chunk["seq"]), now_ms, carry_limit=carry_limit(chunk_size))
+            )
         except ValidationError as exc:
             # One irreparable topic is dead-lettered; the chunk's other topics still go out.
             await pipeline.dead_letter(faust.current_event(), STAGE, exc)

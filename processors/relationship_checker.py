@@ -80,9 +80,8 @@ def build_prompt(
             question,
             f'"{a.name}" is in sentences {a.first_id} to {a.last_id}. '
             f'"{b.name}" is in sentences {b.first_id} to {b.last_id}.',
-            "Answer with JSON.",
-            'If they are the same, answer {"related": true, "name": "one name for both"}.',
-            'If they are different, answer {"related": false, "name": ""}.',
+            'Answer with JSON: {"related": true or false, "name": ...}.',
+            "If they are the same, name is one short name that fits both; if not, name is empty.",
             language_line(lang),
         ]
     )

@@ -36,7 +36,7 @@ MAX_NAME_CHARS = 120
 _TASKS = {
     "ecommerce": (
         "List the products the host is selling in this live-stream transcript, for example an "
-        "item that gets a price. Give each product a short name."
+        "item that gets a price. Name each product in two to five words, not a whole sentence."
     ),
     "news": (
         "List the news topics in this transcript. When several topics belong to one bigger "

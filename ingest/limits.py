@@ -1,0 +1,124 @@
+"""What the ingest service lets through (issue 9): a token bucket per feed, the back-pressure
+rule, and the highest segment id accepted per stream. Pure: the caller passes the time.
+
+Back-pressure is answered, never buffered: a sender over its feed's rate, or arriving while too
+many segments wait for Kafka, gets `RateLimited` (HTTP 429 with Retry-After) and sends again;
+segment ids make that re-send idempotent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingest.segments import TooLargeError
+from olp.errors import OlpError
+
+
+class RateLimited(OlpError):
+    """Too much, too fast: try again after `retry_after_s` seconds."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retry_after_header(self) -> str:
+        """Whole seconds, at least 1 (the Retry-After header takes an integer)."""
+        return str(max(1, math.ceil(self.retry_after_s)))
+
+
+@dataclass
+class TokenBucket:
+    """`rate` tokens per second up to `burst`; one token per segment."""
+
+    rate: float
+    burst: int
+    tokens: float = -1.0
+    updated: float = 0.0
+
+    def take(self, n: int, now: float) -> float:
+        """Take `n` tokens: 0.0 when granted, else the seconds until `n` tokens will be there
+        (nothing is taken then)."""
+        if self.tokens < 0:  # first use: a full bucket
+            self.tokens, self.updated = float(self.burst), now
+        self.tokens = min(float(self.burst), self.tokens + max(0.0, now - self.updated) * self.rate)
+        self.updated = now
+        if n <= self.tokens:
+            self.tokens -= n
+            return 0.0
+        return (n - self.tokens) / self.rate
+
+
+@dataclass
+class RateLimits:
+    """One bucket per feed, created full on the feed's first request."""
+
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)
+
+    def check(self, feed: str, n: int, rate: float, burst: int, now: float) -> None:
+        """Raise RateLimited unless `feed` may send `n` segments now; TooLargeError when `n`
+        exceeds the burst (no wait would help)."""
+        if n > burst:
+            raise TooLargeError(
+                f"{n} segments in one request exceed the burst of feed {feed!r} ({burst}); "
+                "send smaller batches"
+            )
+        bucket = self.buckets.setdefault(feed, TokenBucket(rate, burst))
+        wait = bucket.take(n, now)
+        if wait > 0:
+            raise RateLimited(f"feed {feed!r} is over its rate of {rate:g} segments/s", wait)
+
+
+def check_backpressure(pending: int, incoming: int, limit: int) -> None:
+    """Raise RateLimited when `incoming` more segments would exceed `limit` awaiting Kafka."""
+    if pending > 0 and pending + incoming > limit:
+        raise RateLimited(f"{pending} segments are waiting for Kafka; try again shortly", 1.0)
+
+
+class AcceptedIds:
+    """Highest segment id delivered per stream (and whether its end was), for the last
+    `capacity` streams used.
+
+    Answers a re-send quickly ("duplicates") without producing it again. Best effort only: the
+    Chunk Splitter, which ignores ids at or below the highest it took, is what makes re-sending
+    idempotent, also across restarts of this service.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._held: OrderedDict[str, tuple[int, bool]] = OrderedDict()
+
+    def highest(self, stream_id: str) -> int | None:
+        held = self._held.get(stream_id)
+        return held[0] if held else None
+
+    def fresh(self, segments: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], int]:
+        """(segments not delivered before, number of duplicates). An old id that carries the
+        end-of-stream mark is not a duplicate unless the stream's end was delivered: the mark
+        may be news to the splitter."""
+        fresh = []
+        for segment in segments:
+            held = self._held.get(str(segment["stream_id"]))
+            if (
+                held is None
+                or int(segment["segment_id"]) > held[0]
+                or (segment.get("end_of_stream") and not held[1])
+            ):
+                fresh.append(segment)
+        return fresh, len(segments) - len(fresh)
+
+    def record(self, segments: Iterable[Mapping[str, Any]]) -> None:
+        """Remember the delivered segments' ids (call after Kafka acknowledged them)."""
+        if self.capacity <= 0:
+            return
+        for segment in segments:
+            stream_id, segment_id = str(segment["stream_id"]), int(segment["segment_id"])
+            highest, ended = self._held.get(stream_id, (segment_id, False))
+            self._held[stream_id] = (max(highest, segment_id), ended or bool(segment.get("end_of_stream")))
+            self._held.move_to_end(stream_id)
+        while len(self._held) > self.capacity:
+            self._held.popitem(last=False)
