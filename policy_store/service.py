@@ -1,0 +1,230 @@
+"""The policy store service (spec section 4; STYLE 8): an aiohttp app factory around the pure
+Role-RL learner (`policy_store.role_rl`).
+
+Reads `olp.feedback` (RoleOutcome) in consumer group `<app_id>-policy-store`, lets the learner
+observe each outcome, and publishes a new versioned Assignment to `olp.policy` (key role) whenever
+a role's choice changes, so processors hot-swap. State is snapshotted to a file after changes and
+on shutdown, and restored at start; feedback offsets are committed only after the snapshot that
+contains them, so a restart replays exactly what the snapshot lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from opentelemetry.trace import SpanContext
+from policy_store.role_rl import RoleRL, RoleRLParams
+
+from olp import telemetry
+from olp.catalog import Catalog, load_catalog
+from olp.errors import CodecError
+from olp.settings import ROLES, Settings
+from olp.topics import TopicNames
+from schemas.codec import Codec, make_codec
+
+log = logging.getLogger("olp.policy_store")
+
+
+@dataclass
+class PolicyState:
+    """The learner plus what the service needs to publish consistently."""
+
+    learner: RoleRL
+    version: int = 0
+    published: dict[str, dict[str, Any]] = field(default_factory=dict)
+    observed: int = 0
+    kafka_ready: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def assignment_record(self, role: str, reason: str | None = None) -> dict[str, Any]:
+        view = self.learner.assignment(role)
+        self.version += 1
+        return {
+            "role": role,
+            "model": view.model,
+            "q_values": {k: float(v) for k, v in view.q_values.items()},
+            "epsilon": float(view.epsilon),
+            "candidates": list(view.candidates),
+            "version": self.version,
+            "reason": reason or view.reason,
+            "ts_ms": int(time.time() * 1000),
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"version": self.version, "published": self.published, "learner": self.learner.snapshot()}
+
+
+SETTINGS = web.AppKey("settings", Settings)
+STATE = web.AppKey("state", PolicyState)
+CODEC = web.AppKey("codec", Codec)
+TOPICS = web.AppKey("topics", TopicNames)
+PRODUCER = web.AppKey("producer", Any)
+
+
+def learner_params(settings: Settings) -> RoleRLParams:
+    learner = settings.learner
+    return RoleRLParams(
+        alpha=learner.alpha,
+        gamma=learner.gamma,
+        epsilon=learner.epsilon,
+        reward_value=learner.reward_value,
+        cost_weight=learner.cost_weight,
+        latency_weight=learner.latency_weight,
+    )
+
+
+def initial_state(settings: Settings, catalog: Catalog, seed: int | None = None) -> PolicyState:
+    """Fresh learner, or the one in the snapshot file when there is one."""
+    rng = random.Random(seed)
+    path = settings.learner.snapshot_path
+    if path and Path(path).is_file():
+        data = json.loads(Path(path).read_text())
+        log.info("restoring policy state from %s (version %s)", path, data.get("version"))
+        return PolicyState(
+            learner=RoleRL.restore(data["learner"], rng),
+            version=int(data["version"]),
+            published=dict(data.get("published", {})),
+        )
+    pools = {role: list(catalog.pool(role)) for role in ROLES}
+    return PolicyState(learner=RoleRL(pools, learner_params(settings), rng))
+
+
+def save_snapshot(state: PolicyState, path: Path | None) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state.snapshot()))
+    tmp.replace(path)  # atomic: a crash leaves the old or the new snapshot, never half of one
+
+
+async def publish(
+    app: web.Application, role: str, reason: str | None = None, causes: Sequence[SpanContext] = ()
+) -> dict[str, Any]:
+    """Publish the learner's current assignment for `role` as a new version (one span each,
+    continuing the trace of the feedback in `causes` that changed it; olp/telemetry.py)."""
+    state, topics, codec = app[STATE], app[TOPICS], app[CODEC]
+    with telemetry.policy_update_span(role, causes) as span:
+        record = state.assignment_record(role, reason)
+        state.published[role] = record
+        value = codec.encode("Assignment", record, topic=topics.policy)
+        headers = None if telemetry.kafka_instrumented() else telemetry.inject_headers()
+        await app[PRODUCER].send_and_wait(topics.policy, value=value, key=role.encode(), headers=headers)
+        telemetry.record_policy_update(span, record)
+    log.info(
+        "published %s -> %s (version %s): %s", role, record["model"], record["version"], record["reason"]
+    )
+    return record
+
+
+async def _consume_feedback(app: web.Application) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    settings, state, topics, codec = app[SETTINGS], app[STATE], app[TOPICS], app[CODEC]
+    kafka = settings.kafka
+    consumer = AIOKafkaConsumer(
+        topics.feedback,
+        **kafka.aiokafka_config(),
+        group_id=f"{settings.app_id}-policy-store",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+        rebalance_timeout_ms=kafka.rebalance_timeout_ms,
+    )
+    await consumer.start()
+    state.kafka_ready = True
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            if not batches:
+                continue
+            changed: dict[str, list[SpanContext]] = {}  # role -> the feedback spans that changed it
+            async with state.lock:
+                for records in batches.values():
+                    for msg in records:
+                        with telemetry.feedback_span(msg) as span:
+                            try:
+                                outcome = codec.decode(msg.value, "RoleOutcome", topic=msg.topic)
+                            except CodecError as exc:
+                                log.warning(
+                                    "feedback at %s/%s undecodable, skipped: %s",
+                                    msg.partition,
+                                    msg.offset,
+                                    exc,
+                                )
+                                continue
+                            state.observed += 1
+                            accepted = outcome["role"] in ROLES and state.learner.observe(outcome)
+                            telemetry.record_feedback(span, outcome, accepted, _reward(state, outcome))
+                            if accepted:
+                                changed.setdefault(str(outcome["role"]), []).append(span.get_span_context())
+                for role in sorted(changed):
+                    await publish(app, role, causes=changed[role])
+                save_snapshot(state, settings.learner.snapshot_path)
+            await consumer.commit()
+    finally:
+        state.kafka_ready = False
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+
+
+def _reward(state: PolicyState, outcome: dict[str, Any]) -> float | None:
+    """The paper's reward of an outcome, for telemetry only (None when it cannot be had)."""
+    try:
+        from policy_store.role_rl import reward
+
+        return float(reward(outcome, state.learner.params))
+    except Exception:
+        return None
+
+
+async def kafka_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Producer + feedback consumer for the app's lifetime, cancelled cleanly on shutdown."""
+    from aiokafka import AIOKafkaProducer
+
+    settings = app[SETTINGS]
+    producer = AIOKafkaProducer(**settings.kafka.aiokafka_config(), linger_ms=0)
+    await producer.start()
+    app[PRODUCER] = producer
+    for role in ROLES:
+        if role not in app[STATE].published:
+            await publish(app, role, "initial assignment")
+    task = asyncio.create_task(_consume_feedback(app), name="feedback-consumer")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        save_snapshot(app[STATE], settings.learner.snapshot_path)
+        await producer.stop()
+
+
+def create_app(
+    settings: Settings, catalog: Catalog | None = None, seed: int | None = None
+) -> web.Application:
+    """The policy store: learner state, Kafka loop and HTTP API."""
+    from policy_store import dashboard
+    from policy_store.routes import error_middleware, routes
+
+    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
+    app[SETTINGS] = settings
+    app[TOPICS] = TopicNames.with_prefix(settings.topic_prefix)
+    app[CODEC] = make_codec(settings.schema_registry_url)
+    app[STATE] = initial_state(settings, catalog or load_catalog(settings.catalog_path), seed)
+    app.add_routes(routes)
+    app.cleanup_ctx.append(kafka_ctx)
+    dashboard.setup(app)  # GET /dashboard, /v1/dashboard, /metrics (policy_store/dashboard.py)
+    return app
