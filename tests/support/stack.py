@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 from olp.catalog import Catalog, ModelSpec, dump_catalog
 from olp.clients import DocumentView, follow_documents, follow_topic
-from olp.embedded import ChildProcess, free_port
+from olp.embedded import ChildProcess, free_port, http_ok
 from olp.settings import Settings, load_settings
 
 
@@ -27,14 +26,6 @@ def scripted_catalog(base_url: str, names: tuple[str, ...] = ("scripted",)) -> C
             for i, n in enumerate(names)
         )
     )
-
-
-def _ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
 
 
 @dataclass
@@ -88,7 +79,7 @@ class ServiceStack:
             self.run_dir / "policy-store.log",
         ).start()
         self.children.append(child)
-        child.wait_until(lambda: _ok(f"{self.api_url}/readyz"), 60, "policy store")
+        child.wait_until(lambda: http_ok(f"{self.api_url}/readyz"), 60, "policy store")
         return child
 
     def start_worker(self, roles: str = "all") -> ChildProcess:
@@ -102,7 +93,7 @@ class ServiceStack:
             self.run_dir / f"worker-{index}.log",
         ).start()
         self.children.append(child)
-        child.wait_until(lambda: _ok(f"http://127.0.0.1:{port}/readyz"), 90, "worker")
+        child.wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), 90, "worker")
         return child
 
     def logs(self) -> str:

@@ -1,0 +1,102 @@
+"""The policy store's HTTP API and Kafka loop against the real broker (spec section 4,
+"Explainability and control over HTTP"): reads, pin/ban with a bearer token, human feedback,
+4xx with messages, versioned assignments on the policy topic, state restored after a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from olp.catalog import Catalog, ModelSpec
+from olp.settings import ROLES, Settings, load_settings
+from policy_store.service import create_app
+from tests.support.stack import read_topic
+
+pytestmark = pytest.mark.integration
+
+CATALOG = Catalog(
+    models=tuple(
+        ModelSpec(name=n, base_url="http://127.0.0.1:9/v1", price_in_per_mtok=p)
+        for n, p in (("small", 0.1), ("big", 5.0))
+    )
+)
+AUTH = {"Authorization": "Bearer s3cret-token"}
+
+
+def settings(broker: str, prefix: str, run_dir: Path, token: str | None = "s3cret-token") -> Settings:
+    return load_settings(
+        kafka={"bootstrap_servers": broker},
+        topic_prefix=prefix,
+        app_id=f"{prefix}app",
+        api_token=token,
+        learner={"snapshot_path": str(run_dir / "policy.json"), "epsilon": 0.0},
+    )
+
+
+async def test_reads_and_operator_controls(
+    aiohttp_client: Any, broker: str, topic_prefix: str, run_dir: Path
+) -> None:
+    client = await aiohttp_client(create_app(settings(broker, topic_prefix, run_dir), CATALOG, seed=1))
+    resp = await client.get("/v1/policy")
+    assert resp.status == 200
+    body = await resp.json()
+    assert [r["role"] for r in body["roles"]] == list(ROLES)
+    assert all(r["model"] in ("small", "big") and r["reason"] for r in body["roles"])
+
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        resp = await client.put("/v1/policy/topic_finder/pin", json={"model": "big"}, headers=headers)
+        assert resp.status == 401 and "token" in (await resp.json())["error"]
+    resp = await client.put("/v1/policy/topic_finder/pin", json={"model": "big"}, headers=AUTH)
+    assert resp.status == 200
+    published = (await resp.json())["published"]
+    assert published["model"] == "big" and "pinned" in published["reason"]
+    assert (await (await client.get("/v1/policy/topic_finder")).json())["model"] == "big"
+
+    resp = await client.put("/v1/policy/no_such_role/pin", json={"model": "big"}, headers=AUTH)
+    assert resp.status == 404
+    resp = await client.put("/v1/policy/topic_finder/pin", data=b"{not json", headers=AUTH)
+    assert resp.status == 400 and "JSON" in (await resp.json())["error"]
+    resp = await client.post(
+        "/v1/feedback", json={"role": "topic_finder", "model": "big", "quality": 7}, headers=AUTH
+    )
+    assert resp.status == 400 and "[-1, 1]" in (await resp.json())["error"]
+    resp = await client.post("/v1/feedback", data=b"x" * 100_000, headers=AUTH)
+    assert resp.status == 413
+
+    resp = await client.put("/v1/policy/topic_locator/ban/small", headers=AUTH)
+    assert resp.status == 200 and (await resp.json())["published"]["model"] == "big"
+
+    records = read_topic(
+        settings(broker, topic_prefix, run_dir),
+        f"{topic_prefix}policy",
+        "Assignment",
+        lambda r: any(a["role"] == "topic_locator" and a["model"] == "big" for a in r),
+    )
+    versions = [a["version"] for a in records]
+    assert len(set(versions)) == len(versions), "every published assignment has its own version"
+
+
+async def test_without_a_configured_token_changes_are_refused(
+    aiohttp_client: Any, broker: str, topic_prefix: str, run_dir: Path
+) -> None:
+    client = await aiohttp_client(create_app(settings(broker, topic_prefix, run_dir, token=None), CATALOG))
+    resp = await client.put("/v1/policy/topic_finder/pin", json={"model": "big"}, headers=AUTH)
+    assert resp.status == 403
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_state_and_versions_survive_a_restart(
+    aiohttp_client: Any, broker: str, topic_prefix: str, run_dir: Path
+) -> None:
+    first = await aiohttp_client(create_app(settings(broker, topic_prefix, run_dir), CATALOG, seed=1))
+    await first.put("/v1/policy/content_organizer/pin", json={"model": "big"}, headers=AUTH)
+    before = await (await first.get("/v1/policy")).json()
+    await first.close()
+    assert (run_dir / "policy.json").is_file()
+
+    second = await aiohttp_client(create_app(settings(broker, topic_prefix, run_dir), CATALOG, seed=2))
+    after = await (await second.get("/v1/policy")).json()
+    assert [r["model"] for r in after["roles"]] == [r["model"] for r in before["roles"]]
+    assert after["version"] >= before["version"], "versions never go backwards"
