@@ -148,9 +148,9 @@ def follow_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> Ite
             msg = consumer.poll(0.2)
             if msg is None:
                 yield None
-            elif msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    raise OlpError(f"reading {topic} failed: {msg.error()}")
+            elif (error := msg.error()) is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    raise OlpError(f"reading {topic} failed: {error}")
             else:
                 yield msg
     finally:

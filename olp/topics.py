@@ -6,7 +6,9 @@ topics with 4 partitions and cannot add partitions later (spec section 6).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 from olp.errors import OlpError
 
@@ -36,7 +38,7 @@ class TopicNames:
 
 
 def ensure_topics(
-    conf: dict[str, object],
+    conf: Mapping[str, Any],
     names: list[str],
     partitions: int,
     replication_factor: int = 1,
@@ -48,7 +50,7 @@ def ensure_topics(
     that exists with another partition count) instead of failing late.
     """
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient(dict(conf))
     try:

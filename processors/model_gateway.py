@@ -126,7 +126,7 @@ class ModelGateway:
                 json=body,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
-                ssl=None if spec.verify_tls else False,
+                ssl=spec.verify_tls,  # True: verify with the default CA bundle
             ) as resp:
                 raw = await resp.read()
                 if resp.status == 429 or resp.status >= 500:
