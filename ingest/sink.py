@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from opentelemetry import propagate, trace
 
 from olp.errors import UnavailableError
+from olp.telemetry import kafka_instrumented
 from schemas.codec import Codec
 
 _tracer = trace.get_tracer("olp.ingest")
@@ -58,7 +59,8 @@ class KafkaSink:
                         span.set_attribute("olp.stream_id", str(segment["stream_id"]))
                         span.set_attribute("olp.segment_id", int(segment["segment_id"]))
                         carrier: dict[str, str] = {}
-                        propagate.inject(carrier)
+                        if not kafka_instrumented():  # else the aiokafka instrumentation injects it
+                            propagate.inject(carrier)
                         value = self._codec.encode("TranscriptSegment", segment, topic=self._topic)
                         futures.append(
                             await self._producer.send(

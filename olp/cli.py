@@ -1,20 +1,21 @@
 """The `olp` command line (spec section 7).
 
-olp demo                 embedded stack + sample transcript -> printed documents, then exit
-olp up                   embedded stack until Ctrl-C
-olp worker               the processors (Faust worker; one agent per role)
-olp policy-store         the Role-RL policy store (HTTP API + Kafka loop)
-olp topics ensure        create missing topics, report drift
-olp replay FILE          replay a transcript file (OLP-MINI list or JSONL) into olp.transcripts
-olp tail                 print documents as they are produced
-olp policy               show the current assignment per role
+    olp demo                 embedded stack + sample transcript -> printed documents, then exit
+    olp up                   embedded stack until Ctrl-C
+    olp worker               the processors (Faust worker; one agent per role)
+    olp policy-store         the Role-RL policy store (HTTP API + Kafka loop)
+    olp topics ensure        create missing topics, report drift
+    olp replay FILE          replay a transcript file (OLP-MINI list or JSONL) into olp.transcripts
+    olp policy               show the current assignment per role
+
+The feed commands (`olp ingest`, `olp ingest-server`, `olp documents-server`, `olp tail`,
+`olp doc`) live in `olp.cli_feeds` and are registered on the same group.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import signal
 import sys
 import time
@@ -49,8 +50,28 @@ def _friendly_errors() -> Iterator[None]:
         raise click.ClickException(str(exc)) from exc
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _logging(settings: Settings) -> None:
+    """Structured, redacted logs (olp.telemetry): secrets never reach a log line, and prompts
+    only with the `log_prompts` debug flag."""
+    from olp.telemetry import configure_logging
+
+    configure_logging(
+        settings.log_level, settings.log_format == "json", _secrets(settings), settings.log_prompts
+    )
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """The settings' secrets plus the model API keys the catalog names (read here, at the entry
+    point, like the gateway's keys)."""
+    import os
+
+    from olp.catalog import load_catalog
+
+    try:
+        names = [m.api_key_env for m in load_catalog(settings.catalog_path).models if m.api_key_env]
+    except OlpError:
+        names = []
+    return settings.secret_values() + [os.environ[n] for n in names if os.environ.get(n)]
 
 
 @click.group()
@@ -82,7 +103,20 @@ def worker(roles: str) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with _friendly_errors():
         app, _ = create_app(settings, stages)
-    faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    from olp.telemetry import install_log_redaction, logging_config
+
+    install_log_redaction(_secrets(settings), settings.log_prompts)
+    runner = faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        quiet=True,
+        logging_config=logging_config(settings.log_level, settings.log_format == "json"),
+    )
+    # Faust's terminal spinner sets the root logger to DEBUG so that every log call turns it:
+    # each debug call of aiokafka and Faust then builds a record (a third of a busy worker's
+    # CPU in bench/pipeline_throughput.py --profile). Without it the configured level holds.
+    runner.spinner = None
+    runner.execute_from_commandline()
 
 
 @main.command("policy-store")
@@ -94,7 +128,7 @@ def policy_store() -> None:
     from policy_store.service import create_app
 
     settings = _settings()
-    _logging(settings.log_level)
+    _logging(settings)
     configure_telemetry("olp-policy-store")
     with _friendly_errors():
         app = create_app(settings)

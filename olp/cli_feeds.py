@@ -301,7 +301,7 @@ def ingest_server_cmd() -> None:
 
     base = _base()
     settings: Settings = base._settings()
-    base._logging(settings.log_level)
+    base._logging(settings)
     configure_telemetry("olp-ingest")
     ingest = ingest_settings(settings)
     with base._friendly_errors():
@@ -319,7 +319,7 @@ def documents_server_cmd() -> None:
 
     base = _base()
     settings: Settings = base._settings()
-    base._logging(settings.log_level)
+    base._logging(settings)
     configure_telemetry("olp-documents")
     docs = documents_settings(settings)
     with base._friendly_errors():

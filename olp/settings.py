@@ -58,6 +58,15 @@ class KafkaSettings(BaseModel):
             "brokers that report end offsets per batch (Tansu); raise it on a real cluster."
         ),
     )
+    data_max_batch_size: int = Field(
+        262_144,
+        ge=0,
+        description=(
+            "Bytes per produce batch for every topic but table changelogs (which keep "
+            "producer_max_batch_size): records sent while a request is in flight share the next "
+            "one. 0 or equal to producer_max_batch_size: one producer for everything."
+        ),
+    )
     max_message_bytes: int = Field(1_048_576, description="Larger records go to the dead-letter topic.")
 
     def confluent_config(self) -> dict[str, Any]:
@@ -132,6 +141,30 @@ class LearnerSettings(BaseModel):
     snapshot_path: Path | None = Field(None, description="Where the policy store keeps its state.")
 
 
+class JudgeSettings(BaseModel):
+    """The board of judges (spec section 4; processors/judge.py): which models judge a sample of
+    the roles' answers and publish their verdicts as feedback."""
+
+    model_config = ConfigDict(frozen=True)
+
+    models: tuple[str, ...] = Field((), description="Catalog models on the board; empty: no judging.")
+    sample_rate: float = Field(
+        0.05, ge=0, le=1, description="Share of successful role calls the board judges (judging costs)."
+    )
+    roles: tuple[str, ...] = Field(ROLES, description="Roles whose answers are judged.")
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="Board weight per judge; unlisted judges weigh 1 (equal)."
+    )
+    apply_corrections: bool = Field(
+        False,
+        description=(
+            "Await the board on sampled calls and let its correction replace the answer downstream "
+            "(the paper's board); otherwise judging runs beside the pipeline and never delays it."
+        ),
+    )
+    max_pending: int = Field(4, ge=1, le=256, description="Judgings in flight per worker; more are skipped.")
+
+
 class Settings(BaseSettings):
     """Everything a process of this project may be configured with."""
 
@@ -150,6 +183,7 @@ class Settings(BaseSettings):
     )
     feeds: dict[str, FeedSettings] = Field(default_factory=lambda: {"default": FeedSettings()})
     learner: LearnerSettings = LearnerSettings()
+    judges: JudgeSettings = Field(default_factory=JudgeSettings, description="The board of judges.")
     policy_store_host: str = "127.0.0.1"
     policy_store_port: int = 8642
     api_token: SecretStr | None = Field(None, description="Bearer token for state-changing HTTP calls.")
@@ -159,9 +193,38 @@ class Settings(BaseSettings):
         6066, ge=0, le=65535, description="Worker health endpoints (/healthz, /readyz); 0 turns them off."
     )
     worker_concurrency: int = Field(4, ge=1, le=64, description="Chunks each LLM role works on at once.")
+    splitter_batch: int = Field(
+        500,
+        ge=1,
+        le=10_000,
+        description=(
+            "Events the Chunk Splitter takes at once; the state of each stream they touch is "
+            "written once per batch (one changelog record), not once per segment."
+        ),
+    )
+    splitter_batch_wait_ms: float = Field(
+        10.0, gt=0, le=1000, description="Longest wait for a Chunk Splitter batch to fill (latency at low load)."
+    )
     reask_on_junk: int = Field(1, ge=0, le=3, description="Re-asks of a model whose answer is junk.")
+    chunk_timeout_s: float = Field(
+        600.0,
+        ge=1.0,
+        description=(
+            "A chunk in flight longer than this is sent again by the Chunk Splitter (its record may "
+            "have been lost); deterministic chunk ids make the re-send idempotent."
+        ),
+    )
     data_dir: Path = Field(Path(".olp"), description="Faust table state and runtime files.")
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = Field("json", description="Structured JSON logs, or plain text.")
+    log_prompts: bool = Field(
+        False, description="Debug only: let prompts and answers into logs (never API keys)."
+    )
+
+    def secret_values(self) -> list[str]:
+        """Every secret this process knows, for log redaction."""
+        secrets = [s.get_secret_value() for s in (self.api_token, self.kafka.sasl_password) if s]
+        return [s for s in secrets if s]
 
     @classmethod
     def settings_customise_sources(

@@ -10,11 +10,15 @@ Configuration (standard `OTEL_*` variables only; nothing project-specific):
 - Traces: `OTEL_TRACES_EXPORTER` = `otlp`, `console` or `none` (comma-separated). Unset means
   `otlp` when `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set, else
   off. OTLP is OTLP/HTTP protobuf; the exporter reads every other `OTEL_EXPORTER_OTLP_*` variable
-  itself, the batch processor the `OTEL_BSP_*` ones.
+  itself, the batch processor the `OTEL_BSP_*` ones. `OTEL_EXPORTER_OTLP_PROTOCOL=grpc` uses
+  OTLP/gRPC when the optional `opentelemetry-exporter-otlp-proto-grpc` is installed (it pulls in
+  grpcio), else HTTP/protobuf with a warning.
 - Metrics: `OTEL_METRICS_EXPORTER` = `otlp`, `console`, `prometheus` or `none`; unset follows
   the OTLP endpoint like traces. `prometheus` serves the scrape text on the process's own HTTP
   port at `/metrics` (policy store and worker web port); `OTEL_METRIC_EXPORT_INTERVAL` applies.
-- `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SDK_DISABLED` as usual.
+- `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SDK_DISABLED`, `OTEL_TRACES_SAMPLER` as
+  usual; the sampler only adds one rule: Faust's table changelog writes, flushed from a background
+  buffer without a parent, are dropped instead of each becoming a one-span trace.
 - `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true` (the GenAI conventions' opt-in) puts
   prompts and answers on LLM spans; without it, spans and logs never hold prompt text.
 
@@ -35,6 +39,11 @@ caused; the other segments' traces are reachable over links. The segment context
 memory per worker (`SegmentTraces`, bounded); after a restart or rebalance a chunk whose
 segments another process saw simply continues the current context.
 
+Logs: `install_log_redaction` (installed by `configure_telemetry`) masks secret values and
+tokens in every log record and cuts messages longer than `MAX_LOG_CHARS` unless the debug flag
+(`log_prompts`) is on; `configure_logging` / `logging_config` make them JSON lines carrying the
+current trace and span ids.
+
 A telemetry failure never breaks the data path: set-up errors disable telemetry with a warning,
 helpers swallow and log their own errors.
 """
@@ -50,12 +59,15 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, StatusCode
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
 
 log = logging.getLogger("olp.telemetry")
 
@@ -93,19 +105,14 @@ def configure_telemetry(service_name: str, env: Mapping[str, str] | None = None)
     traces, metric_exporters = _exporters("traces", env), _exporters("metrics", env)
     if not (traces or metric_exporters):
         return False
-    if env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf") not in ("http/protobuf", ""):
-        log.warning(
-            "only OTLP over http/protobuf is installed; using it instead of %s",
-            env.get("OTEL_EXPORTER_OTLP_PROTOCOL"),
-        )
     try:
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 
         resource = Resource.create({SERVICE_NAME: env.get("OTEL_SERVICE_NAME") or service_name})
         if traces:
-            _install_tracing(resource, traces)
+            _install_tracing(resource, traces, env)
         if metric_exporters:
-            _prometheus_enabled = _install_metrics(resource, metric_exporters)
+            _prometheus_enabled = _install_metrics(resource, metric_exporters, env)
         if traces:
             _install_instrumentations(env)
         log.info("telemetry on: traces=%s metrics=%s", traces or "off", metric_exporters or "off")
@@ -115,17 +122,48 @@ def configure_telemetry(service_name: str, env: Mapping[str, str] | None = None)
         return False
 
 
-def _install_tracing(resource: Any, names: Sequence[str]) -> None:
+def _otlp_grpc(signal: str, env: Mapping[str, str]) -> bool:
+    """True when the standard variables ask for OTLP over gRPC and its exporter is installed
+    (`opentelemetry-exporter-otlp-proto-grpc`, optional: it pulls in grpcio). Otherwise OTLP goes
+    over HTTP/protobuf, the one installed by default; asking for another protocol logs a warning."""
+    protocol = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL") or env.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+    )
+    if protocol == "http/protobuf":
+        return False
+    if protocol == "grpc":
+        try:
+            import opentelemetry.exporter.otlp.proto.grpc  # noqa: F401
+        except ImportError:
+            log.warning("OTLP/gRPC asked for but not installed; exporting %s over HTTP/protobuf", signal)
+            return False
+        return True
+    log.warning("OTLP protocol %r not available; exporting %s over HTTP/protobuf", protocol, signal)
+    return False
+
+
+def _install_tracing(resource: Any, names: Sequence[str], env: Mapping[str, str]) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+    from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
 
-    provider = TracerProvider(resource=resource)
+    # The sampler the standard OTEL_TRACES_SAMPLER variables choose, minus one kind of noise.
+    provider = TracerProvider(
+        resource=resource, sampler=_skip_orphan_changelog_writes(_get_from_env_or_default())
+    )
     for name in names:
         exporter: SpanExporter
         if name == "otlp":
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            if _otlp_grpc("traces", env):
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                    OTLPSpanExporter as GrpcSpanExporter,
+                )
 
-            exporter = OTLPSpanExporter()
+                exporter = GrpcSpanExporter()
+            else:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+                exporter = OTLPSpanExporter()
         elif name == "console":
             exporter = ConsoleSpanExporter()
         else:
@@ -135,7 +173,37 @@ def _install_tracing(resource: Any, names: Sequence[str]) -> None:
     trace.set_tracer_provider(provider)
 
 
-def _install_metrics(resource: Any, names: Sequence[str]) -> bool:
+def _skip_orphan_changelog_writes(inner: Sampler) -> Sampler:
+    """A sampler that drops Faust's table changelog writes when they have no parent: Faust
+    flushes them from a background buffer, so the aiokafka instrumentation would otherwise open
+    a one-span trace per table update. The record's own processing span already covers it."""
+    from opentelemetry.sdk.trace.sampling import Decision, SamplingResult
+    from opentelemetry.sdk.trace.sampling import Sampler as SdkSampler
+
+    class SkipOrphanChangelogWrites(SdkSampler):
+        def should_sample(
+            self,
+            parent_context: otel_context.Context | None,
+            trace_id: int,
+            name: str,
+            kind: SpanKind | None = None,
+            attributes: Any = None,
+            links: Sequence[Link] | None = None,
+            trace_state: Any = None,
+        ) -> SamplingResult:
+            if name.endswith("-changelog send") and not (
+                trace.get_current_span(parent_context).get_span_context().is_valid
+            ):
+                return SamplingResult(Decision.DROP)
+            return inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+        def get_description(self) -> str:
+            return f"SkipOrphanChangelogWrites{{{inner.get_description()}}}"
+
+    return SkipOrphanChangelogWrites()
+
+
+def _install_metrics(resource: Any, names: Sequence[str], env: Mapping[str, str]) -> bool:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import (
         ConsoleMetricExporter,
@@ -147,9 +215,16 @@ def _install_metrics(resource: Any, names: Sequence[str]) -> bool:
     prometheus = False
     for name in names:
         if name == "otlp":
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+            if _otlp_grpc("metrics", env):
+                from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+                    OTLPMetricExporter as GrpcMetricExporter,
+                )
 
-            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+                readers.append(PeriodicExportingMetricReader(GrpcMetricExporter()))
+            else:
+                from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+                readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
         elif name == "console":
             readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
         elif name == "prometheus":
@@ -307,9 +382,17 @@ def watch_consumer_lag(observer: Observer) -> None:
     _lag_observers.append(observer)
 
 
-def watch_budget(spent: Observer, limit: Observer) -> None:
+def watch_budget(spent: Observer, limit: Observer) -> Callable[[], None]:
+    """Report budget gauges from these observers until the returned function is called."""
     _budget_observers.append(spent)
     _budget_limit_observers.append(limit)
+
+    def unwatch() -> None:
+        with contextlib.suppress(ValueError):
+            _budget_observers.remove(spent)
+            _budget_limit_observers.remove(limit)
+
+    return unwatch
 
 
 def _safely(fn: Callable[..., None]) -> Callable[..., None]:
@@ -604,7 +687,7 @@ def feedback_span(message: Any) -> contextlib.AbstractContextManager[Span]:
 
 
 @_safely
-def record_feedback(span: Span, outcome: Mapping[str, Any], accepted: bool, reward: float | None) -> None:
+def record_feedback(span: Span, outcome: Mapping[str, Any], changed: bool, reward: float | None) -> None:
     """Name and annotate the feedback span (a judge verdict gets its own name) and count it."""
     source = str(outcome.get("source") or "processor")
     role, model = str(outcome.get("role")), str(outcome.get("model"))
@@ -613,14 +696,14 @@ def record_feedback(span: Span, outcome: Mapping[str, Any], accepted: bool, rewa
         span.set_attribute("olp.role", role)
         span.set_attribute("gen_ai.request.model", model)
         span.set_attribute("olp.feedback.source", source)
-        span.set_attribute("olp.feedback.accepted", bool(accepted))
+        span.set_attribute("olp.policy.changed", bool(changed))
         span.set_attribute("olp.policy_version", int(outcome.get("policy_version") or 0))
         if outcome.get("quality") is not None:
             span.set_attribute("olp.quality", float(outcome["quality"]))
         if reward is not None:
             span.set_attribute("olp.reward", float(reward))
     attrs = {"olp.role": role, "gen_ai.request.model": model, "olp.feedback.source": source}
-    FEEDBACK.add(1, {**attrs, "olp.feedback.accepted": bool(accepted)})
+    FEEDBACK.add(1, {**attrs, "olp.policy.changed": bool(changed)})
     if reward is not None:
         REWARD.record(float(reward), attrs)
 
@@ -698,7 +781,9 @@ def install_log_redaction(secrets: Iterable[str] = (), log_prompts: bool = False
                 message, _redaction["secrets"], None if _redaction["log_prompts"] else MAX_LOG_CHARS
             )
             if cleaned != message:
-                record.msg, record.args = cleaned, None
+                # () not None: mode's formatter (Faust workers) turns None into (None,) and
+                # then fails to format the already formatted message ("not all arguments converted").
+                record.msg, record.args = cleaned, ()
             span_context = trace.get_current_span().get_span_context()
             if span_context.is_valid:
                 record.trace_id = format(span_context.trace_id, "032x")

@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 from opentelemetry.trace import SpanContext
-from policy_store.role_rl import RoleRL, RoleRLParams
 
 from olp import telemetry
 from olp.catalog import Catalog, load_catalog
 from olp.errors import CodecError
 from olp.settings import ROLES, Settings
 from olp.topics import TopicNames
+from policy_store.role_rl import RoleRL, RoleRLParams
 from schemas.codec import Codec, make_codec
 
 log = logging.getLogger("olp.policy_store")
@@ -68,7 +69,7 @@ SETTINGS = web.AppKey("settings", Settings)
 STATE = web.AppKey("state", PolicyState)
 CODEC = web.AppKey("codec", Codec)
 TOPICS = web.AppKey("topics", TopicNames)
-PRODUCER = web.AppKey("producer", Any)
+PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 
 
 def learner_params(settings: Settings) -> RoleRLParams:
@@ -166,9 +167,9 @@ async def _consume_feedback(app: web.Application) -> None:
                                 )
                                 continue
                             state.observed += 1
-                            accepted = outcome["role"] in ROLES and state.learner.observe(outcome)
-                            telemetry.record_feedback(span, outcome, accepted, _reward(state, outcome))
-                            if accepted:
+                            moved = outcome["role"] in ROLES and state.learner.observe(outcome)
+                            telemetry.record_feedback(span, outcome, moved, _reward(state, outcome))
+                            if moved:
                                 changed.setdefault(str(outcome["role"]), []).append(span.get_span_context())
                 for role in sorted(changed):
                     await publish(app, role, causes=changed[role])
@@ -190,17 +191,73 @@ def _reward(state: PolicyState, outcome: dict[str, Any]) -> float | None:
         return None
 
 
+async def _highest_published_version(app: web.Application, timeout_s: float = 10.0) -> int:
+    """The highest Assignment version on the policy topic (0 when empty), read by assignment up to
+    each partition's fetch-reported high watermark (end offsets can be wrong: spec section 6)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    settings, topic, codec = app[SETTINGS], app[TOPICS].policy, app[CODEC]
+    consumer = AIOKafkaConsumer(
+        **settings.kafka.aiokafka_config(),
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
+    )
+    await consumer.start()
+    highest = 0
+    try:
+        await consumer.topics()  # refreshes the metadata
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            return 0
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        pending, deadline = set(tps), time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for msg in records:
+                    try:
+                        version = int(codec.decode(msg.value, "Assignment", topic=topic)["version"])
+                    except CodecError:
+                        continue
+                    highest = max(highest, version)
+            for tp in list(pending):
+                watermark = consumer.highwater(tp)
+                if watermark is not None and await consumer.position(tp) >= watermark:
+                    pending.discard(tp)
+        if pending:
+            log.warning("policy topic not read to its end in %.0fs; highest version %s", timeout_s, highest)
+    finally:
+        await consumer.stop()
+    return highest
+
+
 async def kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     """Producer + feedback consumer for the app's lifetime, cancelled cleanly on shutdown."""
-    from aiokafka import AIOKafkaProducer
-
     settings = app[SETTINGS]
     producer = AIOKafkaProducer(**settings.kafka.aiokafka_config(), linger_ms=0)
     await producer.start()
     app[PRODUCER] = producer
+    # Versions only grow, even when the snapshot lags what was published (a crash between
+    # publishing and saving) or is gone: processors ignore an assignment whose version is not
+    # above the one they hold. Behind the topic, every role is published again, so processors
+    # hold what this restored learner decides.
+    state = app[STATE]
+    highest = await _highest_published_version(app)
+    behind = highest > state.version
+    if behind:
+        log.warning(
+            "policy topic holds version %s but the snapshot only %s: continuing from %s, republishing",
+            highest,
+            state.version,
+            highest,
+        )
+        state.version = highest
     for role in ROLES:
-        if role not in app[STATE].published:
+        if role not in state.published:
             await publish(app, role, "initial assignment")
+        elif behind:
+            await publish(app, role, "republished after restart")
     task = asyncio.create_task(_consume_feedback(app), name="feedback-consumer")
     try:
         yield

@@ -33,6 +33,7 @@ from olp.errors import CodecError, OlpError, ValidationError
 from olp.faust_transport import broker_url
 from olp.settings import ROLES, FeedSettings, Settings
 from olp.topics import TopicNames
+from processors.judge import JudgeBoard
 from processors.model_gateway import ModelGateway
 from processors.policy_view import PolicyView
 from processors.role_call import CallContext, RoleCaller, RoleFailed
@@ -64,6 +65,8 @@ class Pipeline:
     app: faust.App
     rng: random.Random = field(default_factory=random.Random)
     gateway: ModelGateway | None = None
+    board: JudgeBoard | None = None
+    """The board of judges (processors/judge.py), when `settings.judges.models` names any."""
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     _faust_topics: dict[str, Any] = field(default_factory=dict)
     _callers: dict[str, RoleCaller] = field(default_factory=dict)
@@ -220,7 +223,13 @@ class Pipeline:
             if self.gateway is None:
                 raise OlpError("model gateway used before the worker started")
             self._callers[role] = RoleCaller(
-                role, self.gateway, self.policy, self._emit_feedback, self.rng, self.settings.reask_on_junk
+                role,
+                self.gateway,
+                self.policy,
+                self._emit_feedback,
+                self.rng,
+                self.settings.reask_on_junk,
+                judge=self.board.review if self.board is not None else None,
             )
         return self._callers[role]
 
@@ -229,6 +238,28 @@ class Pipeline:
 
     def count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
+
+
+def make_board(pipeline: Pipeline) -> JudgeBoard | None:
+    """The worker's board of judges from `settings.judges`; None when it names no model."""
+    judges = pipeline.settings.judges
+    if not judges.models or pipeline.gateway is None:
+        return None
+    for model in judges.models:
+        pipeline.catalog.model(model)  # ConfigError at start-up for a judge not in the catalog
+    return JudgeBoard(
+        pipeline.gateway,
+        judges.models,
+        pipeline.send,
+        pipeline.topics.verdicts,
+        pipeline.topics.feedback,
+        random.Random(pipeline.rng.random()),
+        sample_rate=judges.sample_rate,
+        roles=judges.roles,
+        weights=judges.weights,
+        apply_corrections=judges.apply_corrections,
+        max_pending=judges.max_pending,
+    )
 
 
 class _Lifecycle(Service):
@@ -242,6 +273,7 @@ class _Lifecycle(Service):
     async def on_start(self) -> None:
         self._session = aiohttp.ClientSession()
         self.pipeline.gateway = ModelGateway(self.pipeline.catalog, self._session, dict(os.environ))
+        self.pipeline.board = make_board(self.pipeline)
         app = self.pipeline.app
         telemetry.watch_consumer_lag(lambda: telemetry.faust_consumer_lag(app))
         self.pipeline.ready.set()
@@ -282,6 +314,8 @@ class _Lifecycle(Service):
             await consumer.stop()
 
     async def on_stop(self) -> None:
+        if self.pipeline.board is not None:
+            await self.pipeline.board.close()
         if self._session is not None:
             await self._session.close()
 
@@ -335,6 +369,7 @@ def create_app(
         autodiscover=False,
     )
     app.olp_fetch_max_wait_ms = kafka.fetch_max_wait_ms  # read by olp.faust_transport
+    app.olp_data_max_batch_size = kafka.data_max_batch_size  # ditto: batching of non-changelog topics
     topics = TopicNames.with_prefix(settings.topic_prefix)
     pools = {role: catalog.pool(role) for role in ROLES}
     pipeline = Pipeline(

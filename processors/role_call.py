@@ -21,11 +21,13 @@ from opentelemetry.trace import Span
 
 from olp import telemetry
 from olp.errors import ModelCallError, OlpError, ParseError
+from processors.judge import JudgedCall
 from processors.model_gateway import Completion, ModelGateway
 from processors.policy_view import Choice, PolicyView
 
 T = TypeVar("T")
 FeedbackSink = Callable[[dict[str, Any]], Awaitable[None]]
+JudgeHook = Callable[[JudgedCall], Awaitable[Any]]
 
 
 class RoleFailed(OlpError):
@@ -63,6 +65,7 @@ class RoleCaller:
         emit_feedback: FeedbackSink,
         rng: random.Random,
         reask: int = 1,
+        judge: JudgeHook | None = None,
     ) -> None:
         self.role = role
         self._gateway = gateway
@@ -70,6 +73,9 @@ class RoleCaller:
         self._emit = emit_feedback
         self._rng = rng
         self._reask = reask
+        self._judge = judge
+        """The judge board's `review` (processors/judge.py): may judge a sample of the parsed
+        answers, and may replace an answer with the board's correction."""
         self._last_model: str | None = None
         self._last_success = True
 
@@ -120,7 +126,14 @@ class RoleCaller:
                             {"role": "user", "content": complaint},
                         ]
                         continue
-                    await self._record(outcome_id, model, choice, propensity, ctx, completion, None)
+                    outcome = await self._record(outcome_id, model, choice, propensity, ctx, completion, None)
+                    if self._judge is not None:
+                        value = await self._judge(
+                            JudgedCall(
+                                self.role, model, outcome_id, messages, completion.text, value, parse,
+                                json_schema, outcome,
+                            )
+                        )
                     return Answer(value, model)
         raise RoleFailed(f"{self.role}: no model gave a usable answer: {'; '.join(errors)[:1000]}")
 
@@ -166,7 +179,7 @@ class RoleCaller:
         ctx: CallContext,
         completion: Completion | None,
         error: str | None,
-    ) -> None:
+    ) -> dict[str, Any]:
         outcome = {
             "event_id": event_id,
             "role": self.role,
@@ -193,3 +206,4 @@ class RoleCaller:
         }
         self._last_model, self._last_success = model, error is None
         await self._emit(outcome)
+        return outcome

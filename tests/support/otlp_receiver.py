@@ -274,6 +274,6 @@ def metric_points(reader: Any, name: str) -> list[tuple[dict[str, Any], float]]:
                 if metric.name != name:
                     continue
                 for point in metric.data.data_points:
-                    value = getattr(point, "count", None) if hasattr(point, "bucket_counts") else point.value
+                    value = point.count if hasattr(point, "bucket_counts") else point.value
                     out.append((dict(point.attributes or {}), float(value)))
     return out
