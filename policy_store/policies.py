@@ -54,7 +54,9 @@ class Policy(Protocol):
         """The first model to call on this input, and the probability it had to be chosen."""
         ...
 
-    def follow_up(self, context: Mapping[str, Any], calls: Sequence[Call], rng: random.Random) -> FollowUp | None:
+    def follow_up(
+        self, context: Mapping[str, Any], calls: Sequence[Call], rng: random.Random
+    ) -> FollowUp | None:
         """Another model to run on the same input after `calls`, or None when done."""
         ...
 
@@ -81,7 +83,9 @@ class _Base:
             raise PolicyError("a policy needs at least one model")
         self.models = list(models)
 
-    def follow_up(self, context: Mapping[str, Any], calls: Sequence[Call], rng: random.Random) -> FollowUp | None:
+    def follow_up(
+        self, context: Mapping[str, Any], calls: Sequence[Call], rng: random.Random
+    ) -> FollowUp | None:
         return None
 
     def update(self, context: Mapping[str, Any], model: str, outcome: Mapping[str, Any]) -> None:
@@ -142,7 +146,9 @@ class RoleRLPolicy(_Base):
         self._plans[role] = (plan, self.learner.version(role), self.learner.last_state(role))
         return plan.primary, plan.propensity
 
-    def follow_up(self, context: Mapping[str, Any], calls: Sequence[Call], rng: random.Random) -> FollowUp | None:
+    def follow_up(
+        self, context: Mapping[str, Any], calls: Sequence[Call], rng: random.Random
+    ) -> FollowUp | None:
         plan, _, _ = self._plans[str(context["role"])]
         done = {c.model for c in calls}
         for model, propensity in plan.extras:
@@ -150,7 +156,11 @@ class RoleRLPolicy(_Base):
                 return FollowUp(model, propensity, False)
         if plan.escalate_to is not None and plan.escalate_below is not None and plan.escalate_to not in done:
             first = calls[0]
-            if first.model == plan.primary and first.confidence is not None and first.confidence < plan.escalate_below:
+            if (
+                first.model == plan.primary
+                and first.confidence is not None
+                and first.confidence < plan.escalate_below
+            ):
                 return FollowUp(plan.escalate_to, 1.0, True)
         return None
 
@@ -199,7 +209,9 @@ class ThompsonPolicy(_Base):
     def __init__(self, models: Sequence[str], cost_weight: float = 0.0) -> None:
         super().__init__(models)
         self.cost_weight = cost_weight
-        self._stats: dict[str, dict[str, list[float]]] = {}  # role -> model -> [successes, failures, cost sum]
+        self._stats: dict[
+            str, dict[str, list[float]]
+        ] = {}  # role -> model -> [successes, failures, cost sum]
 
     def _table(self, role: str) -> dict[str, list[float]]:
         table = self._stats.setdefault(role, {})
@@ -300,7 +312,9 @@ class CascadePolicy(_Base):
     def select(self, context: Mapping[str, Any], rng: random.Random) -> tuple[str, float]:
         return self._plan(str(context["role"])).first, 1.0
 
-    def follow_up(self, context: Mapping[str, Any], calls: Sequence[Call], rng: random.Random) -> FollowUp | None:
+    def follow_up(
+        self, context: Mapping[str, Any], calls: Sequence[Call], rng: random.Random
+    ) -> FollowUp | None:
         plan = self._plan(str(context["role"]))
         if plan.then is None or len(calls) != 1:
             return None

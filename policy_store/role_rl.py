@@ -41,20 +41,29 @@ Deviations from the paper (Role-RL's released code, `main_Role_RL.py`), numbered
      (quality k, cost, latency) with step max(w/n, min_step): a sample average first, a tracking
      average later. Q = v*k - (k1 + lambda)*c - k2*t is recomposed at decision time, so a budget's
      price lambda changes decisions without relearning; with step alpha and lambda = 0 this is the
-     paper's update. The paper's (previous LLM, success) state is replaced by the context
-     (domain, language, chunk-size bucket) with hierarchical shrinkage: context -> role -> the
-     model's mean over all roles. The paper's tables are still kept (election, explanations), and
-     `mode="paper"` decides with them exactly as the paper does.
+     paper's update. Decisions condition on the context (domain, language, chunk-size bucket) and
+     on the paper's state (LLM kept last, success) through hierarchical shrinkage: state in
+     context -> context -> role -> the model's mean over all roles; counts are capped at the
+     tracking average's effective sample size; the state shifts the mean but not the
+     uncertainty that drives exploration. The paper's cross updates also feed the (state,
+     context) estimates. The paper's Q-tables are still kept (board election, `mode="paper"`,
+     which decides with them exactly as the paper does).
   5. Exploration: the paper explores a uniform challenger with epsilon = 0.03 and runs it beside
      the incumbent. We keep the paired run but choose the challenger by expected improvement: a
      model is worth a paired run when E[max(0, Q_m - Q_incumbent)] * explore_horizon exceeds the
-     run's expected cost in reward points plus explore_overhead. Exploration therefore stops once
-     the estimates are sure, and costly challengers are explored only when they may pay back.
-     The paired run's answer is not delivered unless a judge prefers it.
+     run's expected cost in reward points plus explore_overhead, so exploration stops once the
+     estimates are sure and costly challengers run only when they may pay back. Cheap models that
+     report confidences are also probed until they can be judged as a cascade's first stage;
+     `explore_floor` adds the paper's uniform exploration (off by default). The paired run's
+     answer is not delivered unless a judge prefers it.
   6. Budgets (after LONDI-B): a hard spend limit per time window, per feed and globally ("*").
-     A Lagrange-style price lambda (reward points per USD, grown while spending ahead of the
-     window's pace) adds to k1; a guard keeps a reserve for finishing the window on the cheapest
-     adequate model and assigns the best model that still fits (no exploration, no escalation).
+     A Lagrange-style price lambda (reward points per USD, grown while the window's spend runs
+     ahead of its elapsed share) adds to k1. A guard keeps a reserve (safety x the calls expected
+     in the rest of the window x the cheapest adequate model's mean cost) and assigns the best
+     model whose dearest call so far (widened while few are known) still fits under
+     limit x (1 - budget_margin), without exploration or escalation; untried models are tried one
+     at a time while they fit. When nothing fits, the cheapest model is assigned and the view says
+     the budget is exhausted: the limit holds as long as the cheapest call fits.
   7. Stale-policy correction (after Sparse-RL): feedback carries `policy_version` and
      `propensity`; feedback lagging the role's version by more than `max_policy_lag` is rejected,
      lagging feedback is weighted by pi_current(model)/propensity, clipped at
@@ -65,8 +74,11 @@ Deviations from the paper (Role-RL's released code, `main_Role_RL.py`), numbered
   9. Confidence cascade: when models report a confidence (`confidence` in the outcome, e.g. the
      answer's log-probability), the learner also considers "call a cheap model, escalate to a
      stronger one when the cheap answer's confidence is below a threshold". Calibration is
-     isotonic per (role, model); the stronger model's accuracy on escalated inputs is
-     P(b ok | a ok) * p_a + P(b ok | a wrong) * (1 - p_a), estimated from calls on the same input.
+     isotonic per (role, model); the gain of escalating at confidence c is an isotonic
+     (decreasing) fit of (b ok - a ok) over calls on the same input, shrunk toward the
+     conditional-independence model P(b ok | a ok)*p_a(c) + P(b ok | a wrong)*(1 - p_a(c)) - p_a(c);
+     the threshold maximises the expected reward over a's recent confidences, and the plan is used
+     when it beats the best single model.
   10. At-least-once delivery: duplicate `event_id`s are ignored (bounded memory).
   11. Operator control: pin / unpin, ban / unban, add a model, retire the worst one per role
       (the paper replaced the worst LLM with a new one by hand); per-role latency SLOs.
@@ -207,7 +219,7 @@ class RoleRLParams:
     """Pseudo-count of the conditional-independence model in the escalation-gain curve."""
     cascade_refresh: int = 5
     """Outcomes of a role between two plan searches (the search is the costly part)."""
-    calibration_window: int = 1000
+    calibration_window: int = 500
     """Confidences kept per (role, model) for calibration (oldest dropped first)."""
 
     # --- Plumbing ---------------------------------------------------------------------------
@@ -227,6 +239,13 @@ class RoleRLParams:
             raise PolicyError("failure_quality must be below 1 (the quality of a correct answer)")
         if self.max_importance_weight <= 0 or self.max_policy_lag < 0:
             raise PolicyError("max_importance_weight must be > 0 and max_policy_lag >= 0")
+        if (
+            self.pool_prior <= 0
+            or self.context_prior < 0
+            or self.state_prior < 0
+            or not 0 < self.min_step <= 1
+        ):
+            raise PolicyError("pool_prior must be > 0, context/state priors >= 0, min_step in (0, 1]")
         if self.breaker_failures < 1:
             raise PolicyError("breaker_failures must be >= 1")
         if self.mode not in ("role_rl", "paper"):
@@ -235,7 +254,12 @@ class RoleRLParams:
     @classmethod
     def paper(cls, **overrides: Any) -> RoleRLParams:
         """The paper's algorithm alone: its state, epsilon-greedy and k = -10 for a wrong answer."""
-        base: dict[str, Any] = {"mode": "paper", "failure_quality": -10.0, "cascade": False, "contextual": False}
+        base: dict[str, Any] = {
+            "mode": "paper",
+            "failure_quality": -10.0,
+            "cascade": False,
+            "contextual": False,
+        }
         base.update(overrides)
         return cls(**base)
 
@@ -264,7 +288,11 @@ def reward(outcome: Mapping[str, Any], params: RoleRLParams) -> float:
     """The paper's reward of one call: r = k*v - k1*c - k2*t (c in USD, t in seconds)."""
     cost = float(outcome.get("cost_usd") or 0.0)
     latency_s = float(outcome.get("latency_ms") or 0.0) / 1000.0
-    return params.reward_value * quality(outcome, params) - params.cost_weight * cost - params.latency_weight * latency_s
+    return (
+        params.reward_value * quality(outcome, params)
+        - params.cost_weight * cost
+        - params.latency_weight * latency_s
+    )
 
 
 def interval_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -330,7 +358,9 @@ def epsilon_greedy(
     return argmax_model(row, candidates), False
 
 
-def markov_election(table: Mapping[str, Mapping[str, float]], models: Sequence[str], max_steps: int = 10) -> str | None:
+def markov_election(
+    table: Mapping[str, Mapping[str, float]], models: Sequence[str], max_steps: int = 10
+) -> str | None:
     """The paper's board election (`markov()`).
 
     `table[a][b]` is the summed Q of calling b after a failed (plus the price term). Start at the
@@ -481,7 +511,9 @@ def budget_fits(spent: float, reserve: float, cost: float, limit: float) -> bool
     return spent + cost + reserve <= limit
 
 
-def budget_price_step(mu: float, spent: float, limit: float, elapsed_frac: float, lr: float, mu_max: float) -> float:
+def budget_price_step(
+    mu: float, spent: float, limit: float, elapsed_frac: float, lr: float, mu_max: float
+) -> float:
     """Dual step: mu grows while the window's spend runs ahead of its elapsed share, shrinks otherwise."""
     return min(mu_max, max(0.0, mu + lr * (spent / limit - elapsed_frac)))
 
@@ -584,8 +616,8 @@ class Calibration:
         blocks: list[list[float]] = []  # [sum of sign*y, count, largest x]
         for x, y in zip(self.xs, self.ys, strict=True):
             blocks.append([sign * y, 1.0, x])
-            while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-                s, c, hi = blocks.pop()
+            while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+                s, c, hi = blocks.pop()  # pool violators and ties: blocks as large as the data allows
                 blocks[-1][0] += s
                 blocks[-1][1] += c
                 blocks[-1][2] = hi
@@ -615,7 +647,7 @@ def success_of(k: float, failure_quality: float) -> float:
 
 
 def cascade_sweep(
-    xs: Sequence[float], p1: Sequence[float], a: float, b: float, stop: Sequence[float], escalate: Sequence[float]
+    xs: Sequence[float], stop: Sequence[float], escalate: Sequence[float]
 ) -> tuple[float, float | None, float]:
     """Best threshold of "escalate when confidence < threshold" on one model's history.
 
@@ -720,6 +752,8 @@ class AssignmentView:
         if self.pinned:
             return CallPlan(self.model, 1.0)
         if self.mode == "paper":
+            if self.warmup:  # the paper's start: every LLM once, no exploration draw
+                return CallPlan(self.model, 1.0, tuple(extras))
             # The paper: epsilon-greedy; a choice other than the incumbent runs beside it (a duel).
             row = dict(self.q_values)
             chosen, explored = epsilon_greedy(row, self.candidates, self.epsilon, rng)
@@ -780,6 +814,9 @@ class _Member:
     success: float  # 0..1
     confidence: float | None
     weight: float
+    quality: float = 0.0
+    cost: float = 0.0
+    latency: float = 0.0
 
 
 def _finite(x: Any) -> float | None:
@@ -823,7 +860,9 @@ class RoleRL:
         self._est: dict[str, dict[str, dict[str, Estimate]]] = {}  # role -> context -> model
         self._pooled: dict[str, Estimate] = {}  # model -> estimate over all roles
         self._calib: dict[str, dict[str, Calibration]] = {}  # role -> model
-        self._corun: dict[str, dict[str, list[float]]] = {}  # role -> "a>b" -> [n_a_ok, b|a_ok, n_a_bad, b|a_bad]
+        self._corun: dict[
+            str, dict[str, list[float]]
+        ] = {}  # role -> "a>b" -> [n_a_ok, b|a_ok, n_a_bad, b|a_bad]
         self._gains: dict[str, dict[str, Calibration]] = {}  # role -> "a>b" -> (a's confidence, b ok - a ok)
         self._plans: dict[str, CascadePlan | None] = {}
         self._plan_age: dict[str, int] = {}
@@ -834,7 +873,14 @@ class RoleRL:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._signatures: dict[str, tuple[str, str | None]] = {}
         self._now_ms = 0
-        self.counters: dict[str, int] = {"accepted": 0, "duplicate": 0, "stale": 0, "unknown": 0, "elections": 0}
+        self.counters: dict[str, int] = {
+            "accepted": 0,
+            "duplicate": 0,
+            "stale": 0,
+            "off_policy": 0,
+            "unknown": 0,
+            "elections": 0,
+        }
         for role, models in pools.items():
             for model in models:
                 self._add(role, model)
@@ -974,10 +1020,13 @@ class RoleRL:
             return False
         before = self._signatures.get(role) or self._signature(role)
 
-        # Plumbing that does not depend on staleness: money was spent, the model was (un)healthy.
-        self._spend(role, str(outcome.get("feed") or "default"), float(outcome.get("cost_usd") or 0.0), ts)
+        # Bookkeeping that does not depend on staleness: a processor's call spent money and showed
+        # the model's health (judge and human verdicts are about calls already counted).
         ok = bool(outcome.get("success")) and outcome.get("error") is None
         if outcome.get("source", "processor") == "processor":
+            self._spend(
+                role, str(outcome.get("feed") or "default"), float(outcome.get("cost_usd") or 0.0), ts
+            )
             breaker = self._breakers[role].setdefault(model, Breaker())
             breaker.record(ok, ts, self.params.breaker_failures)
 
@@ -986,13 +1035,19 @@ class RoleRL:
         lag = current - int(outcome.get("policy_version", current))
         pi = self.assignment(role, outcome).propensity(model) if lag > 0 else 1.0
         weight = importance_weight(
-            pi, float(outcome.get("propensity") or 0.0), lag, self.params.max_importance_weight, self.params.max_policy_lag
+            pi,
+            float(outcome.get("propensity") or 0.0),
+            lag,
+            self.params.max_importance_weight,
+            self.params.max_policy_lag,
         )
         if weight is None:
             self.counters["stale"] += 1
         elif weight > 0:
             self._learn(role, model, outcome, weight)
             self.counters["accepted"] += 1
+        else:
+            self.counters["off_policy"] += 1  # the current policy would never run this model
 
         after = self._signature(role)
         self._signatures[role] = after
@@ -1020,7 +1075,9 @@ class RoleRL:
             return rew + p.gamma * max(row.values(), default=0.0)
 
         prev = outcome.get("prev_model")
-        s = state_key(str(prev), bool(outcome.get("prev_success", True))) if prev else own_state  # deviation 1
+        s = (
+            state_key(str(prev), bool(outcome.get("prev_success", True))) if prev else own_state
+        )  # deviation 1
         row = table.setdefault(s, {})
         row[model] = q_step(row.get(model, 0.0), target(r, own_state), step)
         for other in members:  # the paper's duel / start: cross updates between calls on one input
@@ -1052,8 +1109,16 @@ class RoleRL:
         for other in members:  # calls on the same input, in both orders: (first ok?) -> second's success
             self._corun_add(role, other.model, other.success, other.confidence, model, success)
             self._corun_add(role, model, success, confidence, other.model, other.success)
+            if p.use_state:  # the paper's cross update, on the (state, context) estimates
+                w = min(weight, other.weight)
+                self._est[role].setdefault(f"{other.state}#{ctx}", {}).setdefault(model, Estimate()).add(
+                    k, cost, latency_s, w, p.min_step
+                )
+                self._est[role].setdefault(f"{own_state}#{ctx}", {}).setdefault(other.model, Estimate()).add(
+                    other.quality, other.cost, other.latency, w, p.min_step
+                )
         if group is not None:
-            group.append(_Member(model, r, own_state, success, confidence, weight))
+            group.append(_Member(model, r, own_state, success, confidence, weight, k, cost, latency_s))
         self._plan_age[role] += 1
 
         # --- The paper: board election after each outcome of the board role --------------------
@@ -1063,7 +1128,12 @@ class RoleRL:
                 self._elect()
 
     def _corun_add(
-        self, role: str, first: str, first_success: float, first_confidence: float | None, second: str,
+        self,
+        role: str,
+        first: str,
+        first_success: float,
+        first_confidence: float | None,
+        second: str,
         second_success: float,
     ) -> None:
         key = f"{first}>{second}"
@@ -1097,7 +1167,10 @@ class RoleRL:
             failed = state_key(a, False)
             for b in self._models:
                 price = self._pooled[b].cost if b in self._pooled else 0.0
-                row[b] = sum(q.get(failed, {}).get(b, 0.0) for q in self._q.values()) + p.board_cost_weight * n_roles * price
+                row[b] = (
+                    sum(q.get(failed, {}).get(b, 0.0) for q in self._q.values())
+                    + p.board_cost_weight * n_roles * price
+                )
         elected = markov_election(table, self._models, p.board_max_steps)
         if elected is not None:
             self._board = board_weight_update(self._board, elected, p.board_step)
@@ -1123,23 +1196,37 @@ class RoleRL:
             budget = self._budgets.get(name)
             if budget is None:
                 continue
-            ledger = self._ledgers.setdefault(name, BudgetLedger(window_start_ms=window_start_ms(ts, budget.window_s)))
+            ledger = self._ledgers.setdefault(
+                name, BudgetLedger(window_start_ms=window_start_ms(ts, budget.window_s))
+            )
             width = int(budget.window_s * 1000)
             ledger.roll(window_start_ms(ts, budget.window_s), width)
             ledger.spent_usd += cost
             ledger.calls[role] = ledger.calls.get(role, 0) + 1
             elapsed = (ts - ledger.window_start_ms) / width
             ledger.mu = budget_price_step(
-                ledger.mu, ledger.spent_usd, budget.limit_usd, elapsed, self.params.budget_price_lr, self.params.budget_price_max
+                ledger.mu,
+                ledger.spent_usd,
+                budget.limit_usd,
+                elapsed,
+                self.params.budget_price_lr,
+                self.params.budget_price_max,
             )
 
     def _cheapest_adequate_cost(self, role: str) -> float:
         est = self._est[role].get("*", {})
-        costs = [e.cost for m, e in est.items() if m in self._pools[role] and m not in self._banned[role] and e.n > 0]
+        costs = [
+            e.cost
+            for m, e in est.items()
+            if m in self._pools[role] and m not in self._banned[role] and e.n > 0
+        ]
         adequate = [
             e.cost
             for m, e in est.items()
-            if m in self._pools[role] and m not in self._banned[role] and e.n > 0 and e.quality >= self.params.adequate_quality
+            if m in self._pools[role]
+            and m not in self._banned[role]
+            and e.n > 0
+            and e.quality >= self.params.adequate_quality
         ]
         return min(adequate or costs or [0.0])
 
@@ -1163,7 +1250,12 @@ class RoleRL:
                 remaining = expected_remaining_calls(calls.get(role, 0), prev.get(role, 0), elapsed)
                 reserve += remaining * self._cheapest_adequate_cost(role)
         return BudgetStatus(
-            feed, budget.limit_usd, budget.window_s, start, spent, self.params.budget_safety * reserve,
+            feed,
+            budget.limit_usd,
+            budget.window_s,
+            start,
+            spent,
+            self.params.budget_safety * reserve,
             budget_price(mu, self.params.budget_price_scale),
         )
 
@@ -1191,13 +1283,16 @@ class RoleRL:
         allowed = [m for m in self._pools[role] if m not in self._banned[role]]
         breakers = self._breakers[role]
         open_ = [
-            m for m in allowed
+            m
+            for m in allowed
             if m in breakers and breakers[m].state(now_ms, self.params.breaker_cooldown_s) == "open"
         ]
         closed = [m for m in allowed if m not in open_]
         return (closed or allowed), open_
 
-    def _scores(self, role: str, ctx: str, cost_weight: float, state: str | None = None) -> dict[str, ModelScore]:
+    def _scores(
+        self, role: str, ctx: str, cost_weight: float, state: str | None = None
+    ) -> dict[str, ModelScore]:
         """Hierarchical estimates: the model's mean over all roles -> role -> context -> the paper's
         state in that context (deviation 4). Counts are capped at the effective sample size of the
         tracking average, so a drifting estimate never looks more certain than it is."""
@@ -1205,11 +1300,13 @@ class RoleRL:
         f = p.failure_quality
         prior_var = ((1.0 - f) / 2.0) ** 2
         n_cap = (2.0 - p.min_step) / p.min_step
-        levels: list[tuple[dict[str, Estimate], float]] = []
+        # (estimates, prior pseudo-count, whether the level's own count sets the uncertainty): the
+        # state only shifts the mean; exploring to learn each state's difference would not pay.
+        levels: list[tuple[dict[str, Estimate], float, bool]] = []
         if ctx != "*":
-            levels.append((self._est[role].get(ctx, {}), p.context_prior))
+            levels.append((self._est[role].get(ctx, {}), p.context_prior, True))
         if state is not None and p.use_state:
-            levels.append((self._est[role].get(f"{state}#{ctx}", {}), p.state_prior))
+            levels.append((self._est[role].get(f"{state}#{ctx}", {}), p.state_prior, False))
         role_est = self._est[role].get("*", {})
         out: dict[str, ModelScore] = {}
         for m in self._pools[role]:
@@ -1223,12 +1320,13 @@ class RoleRL:
             cost_max = er.cost_max if er.n > 0 else pooled.cost_max
             latency = er.latency if er.n > 0 else pooled.latency
             var = (n_role * max(0.0, er.quality_sq - er.quality**2) + prior_var) / (n_role + 1.0)
-            for table, prior_n in levels:
+            for table, prior_n, sets_uncertainty in levels:
                 e = table.get(m)
                 if e is not None and e.n > 0:
                     n_level = min(e.n, n_cap)
                     k = shrink(e.quality, n_level, k, prior_n)
-                    n_eff = n_level + min(prior_n, n_eff)
+                    if sets_uncertainty:
+                        n_eff = n_level + min(prior_n, n_eff)
                     cost, latency = e.cost, e.latency
             sd = p.reward_value * math.sqrt(var / n_eff)
             value = p.reward_value * k - cost_weight * cost - p.latency_weight * latency
@@ -1257,8 +1355,17 @@ class RoleRL:
         version = self._versions[role]
         pinned = self._pinned.get(role)
         if pinned is not None and pinned in candidates:
-            return AssignmentView(role, pinned, q_values, 0.0, tuple(candidates), "pinned by operator",
-                                  version, mode="paper", pinned=True)
+            return AssignmentView(
+                role,
+                pinned,
+                q_values,
+                0.0,
+                tuple(candidates),
+                "pinned by operator",
+                version,
+                mode="paper",
+                pinned=True,
+            )
         model = argmax_model(row, candidates)
         incumbent = state_model(state)
         incumbent = incumbent if incumbent in candidates else None
@@ -1270,8 +1377,17 @@ class RoleRL:
             + (f"; circuit open: {', '.join(open_)}" if open_ else "")
         )
         return AssignmentView(
-            role, model, q_values, p.epsilon, tuple(candidates), reason, version, mode="paper",
-            explore={m: 1.0 / len(candidates) for m in candidates}, warmup=warmup, incumbent=incumbent,
+            role,
+            model,
+            q_values,
+            p.epsilon,
+            tuple(candidates),
+            reason,
+            version,
+            mode="paper",
+            explore={m: 1.0 / len(candidates) for m in candidates},
+            warmup=warmup,
+            incumbent=incumbent,
             fallbacks=tuple(sorted((m for m in candidates if m != model), key=lambda m: -q_values[m])),
         )
 
@@ -1295,7 +1411,8 @@ class RoleRL:
 
         def fits(cost: float) -> bool:
             return all(
-                budget_fits(s.spent_usd, s.reserve_usd, cost, s.limit_usd * (1.0 - p.budget_margin)) for s in statuses
+                budget_fits(s.spent_usd, s.reserve_usd, cost, s.limit_usd * (1.0 - p.budget_margin))
+                for s in statuses
             )
 
         def bound(m: str) -> float:  # what one call of m may cost, for the budget guard
@@ -1309,9 +1426,19 @@ class RoleRL:
         pinned = self._pinned.get(role)
         if pinned is not None:
             if pinned in candidates:
-                return AssignmentView(role, pinned, q_values, 0.0, tuple(candidates), "pinned by operator", version,
-                                      context=ctx, budgets=tuple(statuses), pinned=True,
-                                      fallbacks=tuple(m for m in ranked(candidates) if m != pinned))
+                return AssignmentView(
+                    role,
+                    pinned,
+                    q_values,
+                    0.0,
+                    tuple(candidates),
+                    "pinned by operator",
+                    version,
+                    context=ctx,
+                    budgets=tuple(statuses),
+                    pinned=True,
+                    fallbacks=tuple(m for m in ranked(candidates) if m != pinned),
+                )
             notes.append(f"pinned {pinned} is unavailable (circuit open)")
 
         # Start: every untried model runs once beside the assigned one (the paper's start).
@@ -1326,9 +1453,19 @@ class RoleRL:
                 others = [m for m in untried if m != model][:1]
                 others = others if others and fits(bound(model) + bound(others[0])) else []
                 reason = "start under a budget: untried models run one at a time while they fit"
-            return AssignmentView(role, model, q_values, 0.0, tuple(candidates), reason, version, context=ctx,
-                                  warmup=tuple(others), budgets=tuple(statuses),
-                                  fallbacks=tuple(m for m in candidates if m != model))
+            return AssignmentView(
+                role,
+                model,
+                q_values,
+                0.0,
+                tuple(candidates),
+                reason,
+                version,
+                context=ctx,
+                warmup=tuple(others),
+                budgets=tuple(statuses),
+                fallbacks=tuple(m for m in candidates if m != model),
+            )
 
         # Greedy: highest expected reward among models meeting the role's latency SLO.
         slo = p.slo(role)
@@ -1345,9 +1482,13 @@ class RoleRL:
             fitting = [m for m in ranked(options) if fits(bound(m))]
             model = fitting[0] if fitting else min(options, key=bound)
             statuses = [replace(s, guard=True) for s in statuses]
-            notes.append(("budget guard: " if fitting else "budget exhausted, cheapest model: ") + "; ".join(
-                f"{s.feed} ${s.spent_usd:.4f} of ${s.limit_usd:.4f} spent, ${s.reserve_usd:.4f} reserved"
-                for s in statuses))
+            notes.append(
+                ("budget guard: " if fitting else "budget exhausted, cheapest model: ")
+                + "; ".join(
+                    f"{s.feed} ${s.spent_usd:.4f} of ${s.limit_usd:.4f} spent, ${s.reserve_usd:.4f} reserved"
+                    for s in statuses
+                )
+            )
         best = scores[model]
         reason = (
             f"highest expected reward {best.value:.3f} = {p.reward_value:g} x quality {best.quality:.3f}"
@@ -1363,7 +1504,8 @@ class RoleRL:
         if p.cascade and not guard:
             cascade = self._cascade_plan(role, cost_weight)
             if cascade is not None and (
-                cascade.first not in eligible or cascade.then not in eligible
+                cascade.first not in eligible
+                or cascade.then not in eligible
                 or not fits(bound(cascade.first) + bound(cascade.then))
                 or cascade.value <= self._scores(role, "*", cost_weight)[model].value
             ):
@@ -1392,7 +1534,9 @@ class RoleRL:
                     continue
                 s = scores[m]
                 run_cost = cost_weight * s.cost + p.latency_weight * s.latency
-                gain = expected_improvement(s.value, s.quality_sd, ref.value, ref.quality_sd) * p.explore_horizon
+                gain = (
+                    expected_improvement(s.value, s.quality_sd, ref.value, ref.quality_sd) * p.explore_horizon
+                )
                 gain -= run_cost + p.explore_overhead
                 if gain > best_gain and fits(call + bound(m)):
                     best_gain, explore = gain, {m: 1.0}
@@ -1401,9 +1545,13 @@ class RoleRL:
             # to be judged as a cascade's first stage runs beside the assigned one.
             calib = self._calib[role]
             probes = [
-                m for m in tried
-                if m not in (model, ref.model) and m in calib and len(calib[m].xs) < p.cascade_min_history
-                and scores[m].cost <= p.cascade_probe_cost * ref.cost and fits(call + bound(m))
+                m
+                for m in tried
+                if m not in (model, ref.model)
+                and m in calib
+                and len(calib[m].xs) < p.cascade_min_history
+                and scores[m].cost <= p.cascade_probe_cost * ref.cost
+                and fits(call + bound(m))
             ]
             if probes:
                 explore = {min(probes, key=lambda m: (len(calib[m].xs), scores[m].cost)): 1.0}
@@ -1419,9 +1567,19 @@ class RoleRL:
         if notes:
             reason += "; " + "; ".join(notes)
         return AssignmentView(
-            role, model, q_values, epsilon, tuple(candidates), reason, version, context=ctx,
-            explore=explore, warmup=warmup, fallbacks=tuple(m for m in ranked(tried) if m != model),
-            cascade=cascade, budgets=tuple(statuses),
+            role,
+            model,
+            q_values,
+            epsilon,
+            tuple(candidates),
+            reason,
+            version,
+            context=ctx,
+            explore=explore,
+            warmup=warmup,
+            fallbacks=tuple(m for m in ranked(tried) if m != model),
+            cascade=cascade,
+            budgets=tuple(statuses),
         )
 
     def _unknown_cost(self) -> float:
@@ -1439,7 +1597,9 @@ class RoleRL:
         tried = [m for m in candidates if scores[m].n > 0]
         by_value = sorted(tried, key=lambda m: -scores[m].value)
         calib = self._calib[role]
-        firsts = [m for m in by_value if m in calib and len(calib[m].xs) >= p.cascade_min_history][: p.cascade_firsts]
+        firsts = [m for m in by_value if m in calib and len(calib[m].xs) >= p.cascade_min_history][
+            : p.cascade_firsts
+        ]
         seconds = by_value[: p.cascade_seconds]
         if tried:
             most_accurate = max(tried, key=lambda m: scores[m].quality)
@@ -1476,7 +1636,7 @@ class RoleRL:
                     emp, count = block_at(blocks, x)
                     gain = (count * emp + p.gain_prior * model_gain) / (count + p.gain_prior)
                     escalate.append(expected(min(1.0, max(0.0, p1x + gain))) - run2)
-                mean, threshold, rate = cascade_sweep(xs, p1, a, b, stop, escalate)
+                mean, threshold, rate = cascade_sweep(xs, stop, escalate)
                 if threshold is None:
                     continue
                 value = mean - cost_weight * s1.cost - p.latency_weight * s1.latency
@@ -1522,7 +1682,10 @@ class RoleRL:
             "board_role": self._board_role,
             "board_count": self._board_count,
             "groups": [[k, [asdict(m) for m in g]] for k, g in self._groups.items()],
-            "est": {r: {c: {m: asdict(e) for m, e in ms.items()} for c, ms in cs.items()} for r, cs in self._est.items()},
+            "est": {
+                r: {c: {m: asdict(e) for m, e in ms.items()} for c, ms in cs.items()}
+                for r, cs in self._est.items()
+            },
             "pooled": {m: asdict(e) for m, e in self._pooled.items()},
             "calib": {r: {m: list(c.order) for m, c in ms.items()} for r, ms in self._calib.items()},
             "corun": self._corun,
@@ -1531,7 +1694,7 @@ class RoleRL:
             "plans": {r: (asdict(plan) if plan else None) for r, plan in self._plans.items()},
             "breakers": {r: {m: asdict(b) for m, b in bs.items()} for r, bs in self._breakers.items()},
             "budgets": {f: asdict(b) for f, b in self._budgets.items()},
-            "ledgers": {f: asdict(l) for f, l in self._ledgers.items()},
+            "ledgers": {f: asdict(ledger) for f, ledger in self._ledgers.items()},
             "seen": list(self._seen),
             "signatures": {r: list(s) for r, s in self._signatures.items()},
             "now_ms": self._now_ms,
@@ -1560,7 +1723,10 @@ class RoleRL:
         self._board_role = data["board_role"]
         self._board_count = int(data["board_count"])
         self._groups = OrderedDict((k, [_Member(**m) for m in g]) for k, g in data["groups"])
-        self._est = {r: {c: {m: Estimate(**e) for m, e in ms.items()} for c, ms in cs.items()} for r, cs in data["est"].items()}
+        self._est = {
+            r: {c: {m: Estimate(**e) for m, e in ms.items()} for c, ms in cs.items()}
+            for r, cs in data["est"].items()
+        }
         self._pooled = {m: Estimate(**e) for m, e in data["pooled"].items()}
         self._calib = {}
         for role, models in data["calib"].items():

@@ -201,7 +201,7 @@ async def human_feedback(request: web.Request) -> web.Response:
     }
     state = request.app[STATE]
     async with state.lock:
-        changed = state.learner.observe(outcome)
+        changed = state.learner.observe(state.for_learner(outcome))
         record = await publish(request.app, role, "human feedback") if changed else None
         save_snapshot(state, request.app[SETTINGS].learner.snapshot_path)
     return web.json_response({"accepted": True, "published": record}, status=202)

@@ -16,7 +16,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from olp.catalog import Catalog, load_catalog
 from olp.errors import CodecError
 from olp.settings import ROLES, Settings
 from olp.topics import TopicNames
-from policy_store.role_rl import RoleRL, RoleRLParams
+from policy_store.role_rl import Budget, RoleRL, RoleRLParams
 from schemas.codec import Codec, make_codec
 
 log = logging.getLogger("olp.policy_store")
@@ -43,6 +43,10 @@ class PolicyState:
     learner: RoleRL
     version: int = 0
     published: dict[str, dict[str, Any]] = field(default_factory=dict)
+    version_map: dict[int, int] = field(default_factory=dict)
+    """Published (global) version -> the learner's own version of that role at the time, so
+    feedback that echoes a published version is judged against the learner's version history
+    (stale-policy correction)."""
     observed: int = 0
     kafka_ready: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -50,6 +54,9 @@ class PolicyState:
     def assignment_record(self, role: str, reason: str | None = None) -> dict[str, Any]:
         view = self.learner.assignment(role)
         self.version += 1
+        self.version_map[self.version] = self.learner.version(role)
+        for old in sorted(self.version_map)[: max(0, len(self.version_map) - VERSION_MAP_SIZE)]:
+            del self.version_map[old]
         return {
             "role": role,
             "model": view.model,
@@ -61,9 +68,24 @@ class PolicyState:
             "ts_ms": int(time.time() * 1000),
         }
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"version": self.version, "published": self.published, "learner": self.learner.snapshot()}
+    def for_learner(self, outcome: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The outcome with its policy version in the learner's terms (0, far off-policy, when
+        the published version is older than the map remembers)."""
+        published = int(outcome.get("policy_version") or 0)
+        if published == 0:
+            return outcome
+        return {**outcome, "policy_version": self.version_map.get(published, 0)}
 
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "published": self.published,
+            "version_map": {str(k): v for k, v in self.version_map.items()},
+            "learner": self.learner.snapshot(),
+        }
+
+
+VERSION_MAP_SIZE = 4096
 
 SETTINGS = web.AppKey("settings", Settings)
 STATE = web.AppKey("state", PolicyState)
@@ -95,9 +117,16 @@ def initial_state(settings: Settings, catalog: Catalog, seed: int | None = None)
             learner=RoleRL.restore(data["learner"], rng),
             version=int(data["version"]),
             published=dict(data.get("published", {})),
+            version_map={int(k): int(v) for k, v in data.get("version_map", {}).items()},
         )
     pools = {role: list(catalog.pool(role)) for role in ROLES}
-    return PolicyState(learner=RoleRL(pools, learner_params(settings), rng))
+    # Hard spend limits per feed (feed "*" would be global), held by the learner.
+    budgets = {
+        name: Budget(feed.budget_usd_per_hour, 3600.0)
+        for name, feed in settings.feeds.items()
+        if feed.budget_usd_per_hour is not None
+    }
+    return PolicyState(learner=RoleRL(pools, learner_params(settings), rng, budgets=budgets))
 
 
 def save_snapshot(state: PolicyState, path: Path | None) -> None:
@@ -167,7 +196,8 @@ async def _consume_feedback(app: web.Application) -> None:
                                 )
                                 continue
                             state.observed += 1
-                            moved = outcome["role"] in ROLES and state.learner.observe(outcome)
+                            learned = state.for_learner(outcome)
+                            moved = outcome["role"] in ROLES and state.learner.observe(learned)
                             telemetry.record_feedback(span, outcome, moved, _reward(state, outcome))
                             if moved:
                                 changed.setdefault(str(outcome["role"]), []).append(span.get_span_context())

@@ -1,0 +1,301 @@
+"""Routing replay benchmark (spec section 9): online, cold-start routing on replayed real LLM results.
+
+    python bench/routing_replay.py --data ../shared/data/routing/per_query_per_model.train.csv [--seeds 5]
+
+Reads a per-query-per-model CSV (see `bench/routing_common.py`); each `dataset` plays a role.
+Inputs stream in a seeded random order; every policy of `policy_store.policies` starts cold and
+learns online from correctness (success), measured cost and latency. Our Role-RL is swept over
+cost weights (and budgets) to trace an accuracy/cost curve; cost is reported as a fraction of
+always calling the reference model (gpt-4o). The tuned cascade baseline is fitted on a train split:
+`--tune-data FILE` if given, else 2-fold cross-fitting on --data (each half's thresholds are fitted
+on the other half). Prints tables and the target checks, and writes a PNG plot if matplotlib is
+installed. Exits 0 with a message when the data file is absent. Writes only the plot
+(--plot, default bench/out/routing_replay.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from routing_common import (
+    Item,
+    Point,
+    RunResult,
+    average,
+    hull_at,
+    load_items,
+    print_table,
+    reference_model,
+    replay,
+    try_pyplot,
+    upper_hull,
+)
+
+from policy_store.policies import (
+    Call,
+    CascadePolicy,
+    CascadeStage,
+    FollowUp,
+    Policy,
+    fit_cascade,
+    make_policy,
+)
+from policy_store.role_rl import Budget, RoleRLParams
+
+ROLE_RL_COST_WEIGHTS = (30.0, 100.0, 300.0, 600.0, 1000.0, 2000.0, 3000.0, 5000.0, 10000.0, 20000.0)
+"""k1 (reward points per USD) of the Role-RL sweep; 100 is the paper's default."""
+BASELINE_COST_WEIGHTS = (100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0)
+"""k1 of the cascade and paper Q-learning sweeps."""
+BUDGET_FRACTIONS = (0.25, 0.5)
+"""Role-RL with a hard budget per 5-minute window, as a fraction of the reference model's spend."""
+
+
+class CrossFittedCascade:
+    """The tuned cascade, with plans fitted on the other fold of the data (fold = query index parity)."""
+
+    name = "cascade"
+
+    def __init__(self, models: Sequence[str], folds: Mapping[int, Mapping[str, CascadeStage]]) -> None:
+        self._by_fold = {f: CascadePolicy(models, plans) for f, plans in folds.items()}
+        self._fold: dict[str, int] = {}
+
+    def fold_of(self, context: Mapping[str, Any]) -> CascadePolicy:
+        fold = self._fold.get(str(context["input_id"]), 0)
+        return self._by_fold[fold]
+
+    def set_folds(self, items: Sequence[Item]) -> None:
+        self._fold = {i.key: (i.index % 2 if len(self._by_fold) == 2 else 0) for i in items}
+
+    def select(self, context: Mapping[str, Any], rng: Any) -> tuple[str, float]:
+        return self.fold_of(context).select(context, rng)
+
+    def follow_up(self, context: Mapping[str, Any], calls: Sequence[Call], rng: Any) -> FollowUp | None:
+        return self.fold_of(context).follow_up(context, calls, rng)
+
+    def update(self, context: Mapping[str, Any], model: str, outcome: Mapping[str, Any]) -> None:
+        return None
+
+    def scores(self, context: Mapping[str, Any]) -> dict[str, float]:
+        return self.fold_of(context).scores(context)
+
+    def add_model(self, model: str) -> None: ...
+
+    def remove_model(self, model: str) -> None: ...
+
+
+def cascade_policy(
+    models: Sequence[str], items: Sequence[Item], tune: Sequence[Item] | None, k1: float
+) -> Policy:
+    """The cascade baseline for one cost weight: fitted on --tune-data, or cross-fitted on 2 folds."""
+    if tune is not None:
+        policy = CrossFittedCascade(models, {0: fit_cascade([i.query() for i in tune], models, k1)})
+    else:
+        folds = {f: fit_cascade([i.query() for i in items if i.index % 2 == f], models, k1) for f in (0, 1)}
+        # an input of parity p is routed with the plan fitted on the other parity
+        policy = CrossFittedCascade(models, {1 - f: plans for f, plans in folds.items()})
+    policy.set_folds(items)
+    return policy
+
+
+def run(
+    name: str, setting: str, build: Any, items: Sequence[Item], seeds: int, ref_cost: float, **kwargs: Any
+) -> Point:
+    results: list[RunResult] = [replay(build(), items, seed, **kwargs) for seed in range(seeds)]
+    return average(name, setting, results, ref_cost)
+
+
+def role_rl_params(k1: float) -> RoleRLParams:
+    return RoleRLParams(cost_weight=k1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", type=Path, default=Path("../shared/data/routing/per_query_per_model.train.csv")
+    )
+    parser.add_argument("--tune-data", type=Path, default=None, help="train split for the cascade baseline")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--plot", type=Path, default=Path("bench/out/routing_replay.png"))
+    parser.add_argument("--quick", action="store_true", help="fewer settings (smoke test)")
+    args = parser.parse_args(argv)
+    if not args.data.is_file():
+        print(f"routing data {args.data} not found: skipping the routing benchmark")
+        return 0
+    started = time.monotonic()
+    items, models = load_items(args.data)
+    tune = None
+    if args.tune_data is not None:
+        if not args.tune_data.is_file():
+            print(f"tune data {args.tune_data} not found: skipping the routing benchmark")
+            return 0
+        tune, tune_models = load_items(args.tune_data)
+        models = [m for m in models if m in tune_models]
+    if not items:
+        print(f"{args.data} has no input answered by every model: nothing to replay")
+        return 0
+    ref = reference_model(models, items)
+    ref_cost = sum(i.rows[ref].cost_usd for i in items)
+    ref_acc = sum(i.rows[ref].correct for i in items) / len(items)
+    roles = sorted({i.role for i in items})
+    print(
+        f"{len(items)} inputs x {len(models)} models, roles: {', '.join(roles)}; reference {ref}:"
+        f" accuracy {ref_acc:.4f}, cost ${ref_cost:.4f}; seeds {args.seeds}"
+    )
+    seeds = args.seeds
+    weights = ROLE_RL_COST_WEIGHTS[1::2] if args.quick else ROLE_RL_COST_WEIGHTS
+    base_weights = BASELINE_COST_WEIGHTS[::2] if args.quick else BASELINE_COST_WEIGHTS
+
+    ours: list[Point] = []
+    for k1 in weights:
+        ours.append(
+            run(
+                "role_rl",
+                f"k1={k1:g}",
+                lambda k1=k1: make_policy("role_rl", models, params=role_rl_params(k1)),
+                items,
+                seeds,
+                ref_cost,
+            )
+        )
+    window_s = 300.0
+    per_window = ref_cost / len(items) * window_s  # one input per second
+    for frac in () if args.quick else BUDGET_FRACTIONS:
+        budget = {"default": Budget(frac * per_window, window_s)}
+        ours.append(
+            run(
+                "role_rl",
+                f"budget={frac:.0%}/5min k1=100",
+                lambda budget=budget: make_policy("role_rl", models, params=RoleRLParams(), budgets=budget),
+                items,
+                seeds,
+                ref_cost,
+                window_s=window_s,
+            )
+        )
+    print_table(ours, "Role-RL (ours): cost-weight and budget sweep")
+
+    baselines: list[Point] = []
+    for k1 in base_weights:
+        baselines.append(
+            run(
+                "paper_q",
+                f"k1={k1:g}",
+                lambda k1=k1: make_policy("paper_q", models, params=RoleRLParams.paper(cost_weight=k1)),
+                items,
+                seeds,
+                ref_cost,
+            )
+        )
+    for k1 in base_weights:
+        baselines.append(
+            run(
+                "cascade",
+                f"k1={k1:g} ({'tuned' if tune else '2-fold'})",
+                lambda k1=k1: cascade_policy(models, items, tune, k1),
+                items,
+                seeds,
+                ref_cost,
+            )
+        )
+    baselines.append(
+        run("thompson", "accuracy", lambda: make_policy("thompson", models), items, seeds, ref_cost)
+    )
+    baselines.append(run("random", "", lambda: make_policy("random", models), items, seeds, ref_cost))
+    baselines.append(
+        run("cheapest", "online", lambda: make_policy("cheapest", models), items, seeds, ref_cost)
+    )
+    singles = [
+        run("fixed", m, lambda m=m: make_policy("fixed", models, model=m), items, 1, ref_cost) for m in models
+    ]
+    best_single = max(singles, key=lambda p: p.accuracy)
+    baselines.extend(sorted(singles, key=lambda p: p.cost_fraction))
+    oracle = run(
+        "oracle", "per input", lambda: make_policy("oracle", models), items, 1, ref_cost, oracle=True
+    )
+    print_table([*baselines, oracle], "Baselines (each cold-start and online unless noted)")
+
+    # --- Targets (spec section 9) ----------------------------------------------------------------
+    our_hull = upper_hull((p.cost_fraction, p.accuracy) for p in ours)
+    print("\nRole-RL accuracy/cost hull:", ", ".join(f"({c:.3f}, {a:.4f})" for c, a in our_hull))
+    at_half = max((p.accuracy for p in ours if p.cost_fraction <= 0.5), default=0.0)
+    at_quarter = max((p.accuracy for p in ours if p.cost_fraction <= 0.25), default=0.0)
+    print(
+        f"target 1: accuracy >= {ref}'s {ref_acc:.4f} at <= 50% of its cost: best {at_half:.4f}"
+        f" -> {'MET' if at_half >= ref_acc else 'NOT MET'}"
+    )
+    print(
+        f"target 2: accuracy >= 0.80 at <= 25% of its cost: best {at_quarter:.4f}"
+        f" -> {'MET' if at_quarter >= 0.80 else 'NOT MET'}"
+    )
+    print("domination (Role-RL hull vs each baseline point: accuracy reachable at that point's cost):")
+    families: dict[str, list[Point]] = {}
+    for p in baselines:
+        if p.policy != "fixed" or p is best_single:
+            families.setdefault(p.policy if p.policy != "fixed" else f"best single ({p.setting})", []).append(
+                p
+            )
+    for family, points in families.items():
+        beaten = 0
+        worst_gap = None
+        for p in points:
+            ours_there = hull_at(our_hull, p.cost_fraction)
+            gap = None if ours_there is None else ours_there - p.accuracy
+            if gap is not None and gap >= 0:
+                beaten += 1
+            worst_gap = gap if worst_gap is None or (gap is not None and gap < worst_gap) else worst_gap
+        worst = "n/a" if worst_gap is None else f"{worst_gap:+.4f}"
+        print(f"  {family:<34} dominated at {beaten}/{len(points)} points (worst accuracy margin {worst})")
+    print(f"elapsed {time.monotonic() - started:.0f}s")
+
+    plt = try_pyplot()
+    if plt is not None:
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        for family, style in (("role_rl", "o-"), ("paper_q", "s--"), ("cascade", "^--")):
+            pts = sorted(
+                (p.cost_fraction, p.accuracy)
+                for p in [*ours, *baselines]
+                if p.policy == family and p.setting.startswith("k1=")
+            )
+            if pts:
+                ax.plot([c for c, _ in pts], [a for _, a in pts], style, label=f"{family} (k1 sweep)")
+        budgeted = [p for p in ours if p.setting.startswith("budget")]
+        ax.scatter(
+            [p.cost_fraction for p in budgeted],
+            [p.accuracy for p in budgeted],
+            marker="D",
+            s=30,
+            label="role_rl with a hard budget",
+        )
+        for p in baselines:
+            if p.policy in ("thompson", "random", "cheapest", "fixed"):
+                ax.scatter([p.cost_fraction], [p.accuracy], s=18)
+                ax.annotate(
+                    p.setting if p.policy == "fixed" else p.policy, (p.cost_fraction, p.accuracy), fontsize=7
+                )
+        ax.scatter([oracle.cost_fraction], [oracle.accuracy], marker="*", s=80, label="oracle (per input)")
+        ax.axhline(ref_acc, color="grey", lw=0.6, ls=":")
+        ax.axvline(0.5, color="grey", lw=0.6, ls=":")
+        ax.axvline(0.25, color="grey", lw=0.6, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"cost / always-{ref} cost")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"Online routing from cold start ({len(items)} inputs, {seeds} seeds)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.plot, dpi=120)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
