@@ -23,8 +23,6 @@ Errors are JSON `{"error": message}`.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -32,42 +30,25 @@ from aiohttp import web
 from documents.service import DOCUMENTS, HUB, PENDING, READER, STORE, WEBHOOK
 from documents.sse import frame
 from documents.view import Update
-from olp.errors import OlpError
+from olp.http import check_bearer, error_middleware, json_error
 
 routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _json_error(cls: type[web.HTTPException], message: str) -> web.HTTPException:
-    return cls(text=json.dumps({"error": message}), content_type="application/json")
-
-
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Read-token check for /v1; errors as JSON."""
-    try:
-        if request.path.startswith("/v1/"):
-            _require_read_token(request)
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.content_type == "application/json":
-            raise
-        return web.json_response({"error": exc.reason}, status=exc.status)
-    except OlpError as exc:
-        return web.json_response({"error": str(exc)}, status=400)
+async def _read_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The read API (/v1) is open unless a read token is configured."""
+    if request.path.startswith("/v1/"):
+        check_bearer(request, request.app[DOCUMENTS].read_token, disabled=None)
+    return await handler(request)
 
 
-def _require_read_token(request: web.Request) -> None:
-    token = request.app[DOCUMENTS].read_token
-    if token is None:
-        return
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token.get_secret_value()}".encode()):
-        raise _json_error(web.HTTPUnauthorized, "missing or wrong bearer token")
+middlewares = [error_middleware(), _read_token]
 
 
 def _not_found(what: str) -> web.HTTPException:
-    return _json_error(web.HTTPNotFound, f"no {what}")
+    return json_error(web.HTTPNotFound, f"no {what}")
 
 
 @routes.get("/healthz")

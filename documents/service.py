@@ -214,10 +214,10 @@ def create_app(
     settings: Settings, documents: DocumentsSettings | None = None, *, read_kafka: bool = True
 ) -> web.Application:
     """The read service. `read_kafka=False` leaves the view to be fed by `apply_document` (tests)."""
-    from documents.routes import error_middleware, routes
+    from documents.routes import middlewares, routes
 
     documents = documents or documents_settings(settings)
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[SETTINGS] = settings
     app[DOCUMENTS] = documents
     app[STORE] = DocumentStore(documents.history_per_topic, documents.event_log)

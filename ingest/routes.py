@@ -26,8 +26,6 @@ that by itself): the Chunk Splitter ignores ids at or below the highest it has t
 
 from __future__ import annotations
 
-import hmac
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,6 +36,8 @@ from ingest.limits import RateLimited, check_backpressure
 from ingest.segments import TooLargeError, parse_body, to_segments
 from ingest.service import ACCEPTED, CLOCK, INGEST, LIMITS, NEWS, SETTINGS, SINK, SOCKETS
 from olp.errors import OlpError, UnavailableError
+from olp.http import check_bearer, json_error
+from olp.http import error_middleware as http_errors
 
 routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -54,53 +54,22 @@ def classify(exc: OlpError) -> tuple[int, float | None]:
     return 400, None
 
 
-def _json_error(cls: type[web.HTTPException], message: str, **headers: str) -> web.HTTPException:
-    return cls(text=json.dumps({"error": message}), content_type="application/json", headers=headers)
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Domain errors -> JSON with the status of `classify`; HTTP errors keep theirs, as JSON."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.content_type == "application/json":
-            raise
-        return web.json_response({"error": exc.reason}, status=exc.status, headers=_retry_after(exc))
-    except OlpError as exc:
-        status, retry = classify(exc)
-        headers = {"Retry-After": _retry_header(retry)} if retry is not None else {}
-        return web.json_response({"error": str(exc)}, status=status, headers=headers)
-
-
-def _retry_after(exc: web.HTTPException) -> dict[str, str]:
-    value = exc.headers.get("Retry-After")
-    return {"Retry-After": value} if value else {}
-
-
-def _retry_header(seconds: float) -> str:
-    return RateLimited("", seconds).retry_after_header
-
-
 def _require_token(request: web.Request) -> None:
-    configured = request.app[INGEST].token or request.app[SETTINGS].api_token
-    if configured is None:
-        raise _json_error(
-            web.HTTPForbidden, "ingest is disabled: no ingest token or OLP_API_TOKEN is configured"
-        )
-    given = request.headers.get("Authorization", "")
-    expected = f"Bearer {configured.get_secret_value()}"
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise _json_error(
-            web.HTTPUnauthorized, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"}
-        )
+    check_bearer(
+        request,
+        request.app[INGEST].token or request.app[SETTINGS].api_token,
+        "ingest is disabled: no ingest token or OLP_API_TOKEN is configured",
+    )
+
+
+error_middleware = http_errors(classify)
 
 
 def _feed_name(request: web.Request) -> str:
     name = request.match_info["feed"]
     feeds = request.app[SETTINGS].feeds
     if name not in feeds:
-        raise _json_error(
+        raise json_error(
             web.HTTPNotFound, f"unknown feed {name!r}; declared feeds: {', '.join(sorted(feeds))}"
         )
     return name

@@ -15,56 +15,31 @@ are refused, never open. Errors are JSON: {"error": message}.
 
 from __future__ import annotations
 
-import hmac
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from olp.errors import OlpError
+from olp.http import check_bearer, json_error
 from olp.settings import ROLES
 from policy_store.service import SETTINGS, STATE, publish, save_snapshot
 
 routes = web.RouteTableDef()
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Domain errors -> JSON 4xx; HTTP errors keep their status with a JSON body."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.content_type == "application/json":
-            raise
-        return web.json_response({"error": exc.reason}, status=exc.status)
-    except OlpError as exc:
-        return web.json_response({"error": str(exc)}, status=400)
-    except (KeyError, ValueError) as exc:
-        return web.json_response({"error": f"bad request: {exc}"}, status=400)
 
 
 def _require_token(request: web.Request) -> None:
-    token = request.app[SETTINGS].api_token
-    if token is None:
-        raise _json_error(
-            web.HTTPForbidden, "state-changing calls are disabled: no OLP_API_TOKEN is configured"
-        )
-    given = request.headers.get("Authorization", "")
-    expected = f"Bearer {token.get_secret_value()}"
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise _json_error(web.HTTPUnauthorized, "missing or wrong bearer token")
-
-
-def _json_error(cls: type[web.HTTPException], message: str) -> web.HTTPException:
-    return cls(text=f'{{"error": "{message}"}}', content_type="application/json")
+    check_bearer(
+        request,
+        request.app[SETTINGS].api_token,
+        "state-changing calls are disabled: no OLP_API_TOKEN is configured",
+    )
 
 
 def _role(request: web.Request) -> str:
     role = request.match_info["role"]
     if role not in ROLES:
-        raise _json_error(web.HTTPNotFound, f"unknown role {role}; roles are {', '.join(ROLES)}")
+        raise json_error(web.HTTPNotFound, f"unknown role {role}; roles are {', '.join(ROLES)}")
     return role
 
 
@@ -72,9 +47,9 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except ValueError as exc:
-        raise _json_error(web.HTTPBadRequest, "body must be JSON") from exc
+        raise json_error(web.HTTPBadRequest, "body must be JSON") from exc
     if not isinstance(body, dict):
-        raise _json_error(web.HTTPBadRequest, "body must be a JSON object")
+        raise json_error(web.HTTPBadRequest, "body must be a JSON object")
     return body
 
 
@@ -171,10 +146,10 @@ async def human_feedback(request: web.Request) -> web.Response:
     body = await _json_body(request)
     role = str(body["role"])
     if role not in ROLES:
-        raise _json_error(web.HTTPBadRequest, f"unknown role {role}")
+        raise json_error(web.HTTPBadRequest, f"unknown role {role}")
     quality = float(body["quality"])
     if not -1.0 <= quality <= 1.0:
-        raise _json_error(web.HTTPBadRequest, "quality must lie in [-1, 1]")
+        raise json_error(web.HTTPBadRequest, "quality must lie in [-1, 1]")
     outcome = {
         "event_id": f"human:{body.get('stream_id', '')}:{body.get('topic_id', '')}:{role}:{body['model']}",
         "role": role,

@@ -303,10 +303,11 @@ def create_app(
     settings: Settings, catalog: Catalog | None = None, seed: int | None = None
 ) -> web.Application:
     """The policy store: learner state, Kafka loop and HTTP API."""
+    from olp.http import error_middleware
     from policy_store import dashboard
-    from policy_store.routes import error_middleware, routes
+    from policy_store.routes import routes
 
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[error_middleware()], client_max_size=64 * 1024)
     app[SETTINGS] = settings
     app[TOPICS] = TopicNames.with_prefix(settings.topic_prefix)
     app[CODEC] = make_codec(settings.schema_registry_url)
