@@ -115,6 +115,13 @@ class FeedSettings(BaseModel):
     aspects: tuple[str, ...] | None = Field(None, description="Custom aspect set; default by domain.")
     models: tuple[str, ...] | None = Field(None, description="Restrict this feed to these catalog models.")
     budget_usd_per_hour: float | None = Field(None, ge=0, description="Hard spend limit for this feed.")
+    locator_batch: bool = Field(
+        False,
+        description=(
+            "Locate all topics of a chunk in one Topic Locator call (topics the answer leaves out "
+            "are asked one by one); for feeds whose models answer the batched prompt well."
+        ),
+    )
 
     def aspect_names(self) -> tuple[str, ...]:
         if self.aspects:
@@ -203,7 +210,7 @@ class Settings(BaseSettings):
         ),
     )
     splitter_batch_wait_ms: float = Field(
-        10.0, gt=0, le=1000, description="Longest wait for a Chunk Splitter batch to fill (latency at low load)."
+        10.0, gt=0, le=1000, description="Longest wait for a Chunk Splitter batch to fill (added latency)."
     )
     reask_on_junk: int = Field(1, ge=0, le=3, description="Re-asks of a model whose answer is junk.")
     chunk_timeout_s: float = Field(

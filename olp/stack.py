@@ -1,6 +1,7 @@
-"""The whole embedded stack as one object (spec sections 5-7): broker, topics, local model server,
-policy store and one processor worker, each a child process configured only through `OLP_*`
-environment variables, exactly as they would be on Kubernetes.
+"""The whole embedded stack as one object (spec sections 5-7): broker, topics, the local model
+pool (`olp.embedded.LOCAL_MODELS`: SmolLM2-135M, plus the Qwen2.5-Coder models once
+`make models-extra` installed them), policy store and one processor worker, each a child process
+configured only through `OLP_*` environment variables, exactly as they would be on Kubernetes.
 """
 
 from __future__ import annotations
@@ -11,38 +12,88 @@ import secrets
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from olp.catalog import Catalog, ModelSpec, dump_catalog
-from olp.embedded import ChildProcess, free_port, http_ok, smollm2_weights, start_broker, start_model_server
+from olp.embedded import (
+    DEFAULT_LOCAL_MODEL,
+    LOCAL_MODELS,
+    REFERENCE_USD_PER_HOUR,
+    ChildProcess,
+    PoolMode,
+    Throughput,
+    free_port,
+    http_ok,
+    installed_local_models,
+    measure_throughput,
+    start_broker,
+    start_model_pool,
+)
 from olp.errors import OlpError
 from olp.settings import Settings, load_settings
 from olp.topics import TopicNames, ensure_topics
 
-LOCAL_MODEL = "smollm2-135m"
+LOCAL_MODEL = DEFAULT_LOCAL_MODEL
+LOCAL_CONTEXT = 8192
+"""KV cache size the embedded servers give every model (memory and prompt time grow with it)."""
 
 
-def local_catalog(base_url: str) -> Catalog:
-    """The embedded pool: SmolLM2-135M behind the local llama.cpp server.
+def local_model_spec(
+    alias: str,
+    base_url: str,
+    usd_per_hour: float = REFERENCE_USD_PER_HOUR,
+    context_window: int = LOCAL_CONTEXT,
+    measured: Throughput | None = None,
+) -> ModelSpec:
+    """The catalog entry of one pool model served at `base_url`.
 
-    A local model sends no bill; its price stands for the compute it burns, so Role-RL still
-    weighs it against remote models (see README, "Cost of local models").
+    Its price is its compute time (`olp.embedded.LocalModel`, "Cost rule"): the machine's hourly
+    price divided by the model's measured tokens per second (`measured` on this machine now, else
+    the speeds recorded on the reference machine), so Role-RL weighs a slow strong local model
+    against a fast weak one, and both against remote models, on one dollar scale.
     """
+    model = LOCAL_MODELS[alias]
+    if measured is not None:
+        model = replace(model, prompt_tps=measured.prompt_tps, decode_tps=measured.decode_tps)
+    # Slower models need longer: a chunk's prompt of ~4k tokens plus a few hundred out, with
+    # room for a machine shared with other work.
+    timeout = max(120.0, 3 * (4000 / model.prompt_tps + 400 / model.decode_tps))
+    return ModelSpec(
+        name=alias,
+        base_url=base_url,
+        served_name=None,
+        api_key_env=None,
+        price_in_per_mtok=model.price_in_per_mtok(usd_per_hour),
+        price_out_per_mtok=model.price_out_per_mtok(usd_per_hour),
+        context_window=min(context_window, model.context_window),
+        timeout_s=round(timeout),
+        max_concurrency=1,
+        max_output_tokens=384,
+        json_schema=True,
+        verify_tls=True,
+    )
+
+
+def local_catalog(
+    base_url: str | Mapping[str, str],
+    aliases: Sequence[str] | None = None,
+    measured: Mapping[str, Throughput] | None = None,
+) -> Catalog:
+    """The embedded pool behind local llama.cpp servers.
+
+    `base_url` is one URL for every alias (a shared server) or a URL per alias; `aliases`
+    default to the keys of that mapping, or to SmolLM2 alone for a single URL. `measured`
+    speeds (`olp.embedded.measure_throughput`) replace the recorded ones in the prices.
+    """
+    if isinstance(base_url, str):
+        urls = dict.fromkeys(aliases or (LOCAL_MODEL,), base_url)
+    else:
+        urls = {alias: base_url[alias] for alias in (aliases or tuple(base_url))}
+    speeds = measured or {}
     return Catalog(
-        models=(
-            ModelSpec(
-                name=LOCAL_MODEL,
-                base_url=base_url,
-                price_in_per_mtok=0.01,
-                price_out_per_mtok=0.05,
-                context_window=8192,
-                timeout_s=120,
-                max_concurrency=1,
-                max_output_tokens=384,
-            ),
-        )
+        models=tuple(local_model_spec(alias, url, measured=speeds.get(alias)) for alias, url in urls.items())
     )
 
 
@@ -52,7 +103,19 @@ class EmbeddedStack:
 
     run_dir: Path
     catalog: Catalog | None = None
-    """Models to use; None starts the local llama.cpp server with SmolLM2."""
+    """Models to use; None serves the local model pool with llama.cpp."""
+    local_models: Sequence[str] | None = None
+    """The local pool when `catalog` is None; None: every installed pool model (SmolLM2, plus
+    the Qwen models after `make models-extra`)."""
+    pool_mode: PoolMode = "shared"
+    """One llama.cpp server swapping models (least memory) or one server per model."""
+    judges: Sequence[str] = ()
+    """Catalog models on the board of judges (processors/judge.py); empty: no judging."""
+    judge_sample_rate: float = 0.05
+    """Share of role calls the board judges."""
+    calibrate: bool = False
+    """Measure each local model's speed at start-up and price it from that (cost rule in
+    olp/embedded.py); otherwise the speeds recorded on the reference machine price it."""
     partitions: int = 4
     log: Callable[[str], None] = print
     children: list[ChildProcess] = field(default_factory=list)
@@ -70,10 +133,19 @@ class EmbeddedStack:
         catalog = self.catalog
         if catalog is None:
             t0 = time.monotonic()
-            server, base_url = start_model_server(self.run_dir, {LOCAL_MODEL: smollm2_weights()})
-            self.children.append(server)
-            catalog = local_catalog(base_url)
-            self.log(f"models      {LOCAL_MODEL} via llama.cpp at {base_url} ({time.monotonic() - t0:.1f}s)")
+            aliases = list(self.local_models or installed_local_models())
+            if not aliases:
+                raise OlpError("no local model installed: run `make install` (and `make models-extra`)")
+            servers, urls = start_model_pool(self.run_dir, aliases, self.pool_mode, n_ctx=LOCAL_CONTEXT)
+            self.children.extend(servers)
+            measured = {a: measure_throughput(urls[a], a) for a in aliases} if self.calibrate else None
+            for alias, speed in (measured or {}).items():
+                self.log(f"models      {alias}: {speed.prompt_tps}/{speed.decode_tps} tokens/s in/out")
+            catalog = local_catalog(urls, measured=measured)
+            self.log(
+                f"models      {', '.join(aliases)} via llama.cpp ({self.pool_mode}) at "
+                f"{', '.join(sorted(set(urls.values())))} ({time.monotonic() - t0:.1f}s)"
+            )
         catalog_path = self.run_dir / "catalog.yaml"
         dump_catalog(catalog, catalog_path)
 
@@ -88,6 +160,10 @@ class EmbeddedStack:
             "OLP_LEARNER__SNAPSHOT_PATH": str(self.run_dir / "policy-state.json"),
             "OLP_DATA_DIR": str(self.run_dir / "data"),
         }
+        if self.judges:
+            self.env["OLP_JUDGES"] = json.dumps(
+                {"models": list(self.judges), "sample_rate": self.judge_sample_rate}
+            )
         settings = load_settings(
             kafka={"bootstrap_servers": bootstrap, "partitions": self.partitions},
             catalog_path=catalog_path,

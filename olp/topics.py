@@ -28,6 +28,8 @@ class TopicNames:
     feedback: str
     policy: str
     dlq: str
+    verdicts: str
+    """The judge board's verdicts (schemas/judge_verdict.avsc; processors/judge.py)."""
 
     @classmethod
     def with_prefix(cls, prefix: str = "olp.") -> TopicNames:

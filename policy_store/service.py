@@ -262,6 +262,26 @@ async def _highest_published_version(app: web.Application, timeout_s: float = 10
     return highest
 
 
+async def _watch_broker(app: web.Application) -> None:
+    """Report broker outages; when the broker lost its data (a restarted in-memory broker),
+    re-create the topics and stop gracefully (the snapshot is saved), so the supervisor restarts
+    the store, which then publishes every role again on the new broker (spec section 6)."""
+    import os
+    import signal
+
+    from olp.broker_watch import BrokerWatch, watch_broker
+
+    kafka = app[SETTINGS].kafka
+    names = app[TOPICS].all()
+    watch = BrokerWatch(kafka.confluent_config(), names, kafka.partitions, kafka.replication_factor)
+
+    def restart(_lost: list[str]) -> None:
+        log.error("stopping the policy store so that its supervisor starts it again on the new broker")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    await watch_broker(watch, restart)
+
+
 async def kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     """Producer + feedback consumer for the app's lifetime, cancelled cleanly on shutdown."""
     settings = app[SETTINGS]
@@ -270,31 +290,35 @@ async def kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     app[PRODUCER] = producer
     # Versions only grow, even when the snapshot lags what was published (a crash between
     # publishing and saving) or is gone: processors ignore an assignment whose version is not
-    # above the one they hold. Behind the topic, every role is published again, so processors
+    # above the one they hold. When the topic and the snapshot disagree (the topic is ahead, or
+    # it lost records with a restarted broker), every role is published again, so processors
     # hold what this restored learner decides.
     state = app[STATE]
     highest = await _highest_published_version(app)
-    behind = highest > state.version
-    if behind:
+    out_of_step = bool(state.published) and highest != state.version
+    if highest != state.version:
         log.warning(
-            "policy topic holds version %s but the snapshot only %s: continuing from %s, republishing",
+            "policy topic holds version %s, the snapshot %s: versions continue from %s%s",
             highest,
             state.version,
-            highest,
+            max(highest, state.version) + 1,
+            ", every role is published again" if out_of_step else "",
         )
-        state.version = highest
+    state.version = max(highest, state.version)
     for role in ROLES:
         if role not in state.published:
             await publish(app, role, "initial assignment")
-        elif behind:
+        elif out_of_step:
             await publish(app, role, "republished after restart")
     task = asyncio.create_task(_consume_feedback(app), name="feedback-consumer")
+    watch = asyncio.create_task(_watch_broker(app), name="broker-watch")
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for running in (watch, task):
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
         save_snapshot(app[STATE], settings.learner.snapshot_path)
         await producer.stop()
 

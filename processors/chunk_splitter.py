@@ -28,6 +28,9 @@ Chunking rule (the paper's OLP, made safe for an endless stream):
    the same limit (`format_checker.check_document(carry_limit=...)`) so that document is marked
    final; the cut here holds even when it does not.
 5. Every sentence is sent as *new* exactly once and none is dropped before it was sent.
+6. A chunk in flight for longer than `Settings.chunk_timeout_s` is sent again as it was
+   (`in_flight_chunk`): its record may have been lost, and a lost chunk would stall its stream
+   forever. Same chunk_id, same sentences: downstream, the re-send is idempotent.
 
 Memory per stream: the carry-over (at most 2*k sentences) plus the new sentences that arrived
 while a chunk was in flight (the stream's backlog; `backlog()` lets the shell watch it).
@@ -35,6 +38,7 @@ while a chunk was in flight (the stream's backlog; `backlog()` lets the shell wa
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -244,6 +248,33 @@ def is_finished(state: SplitterState) -> bool:
     return state.end_of_stream and not state.buffer and state.in_flight is None
 
 
+def in_flight_chunk(state: SplitterState) -> ChunkSpec | None:
+    """The chunk in flight, rebuilt from the state (None when idle), so that the shell can send
+    it again when its record was lost (a worker killed between writing the state and sending
+    the chunk): the same seq, hence the same chunk_id, and the same sentences, so downstream
+    stages and the documents it produces are the same again.
+
+    After `next_chunk` the buffer starts with the chunk's first sentence and every later sentence
+    has an id above `sent_upto`, so the chunk is the buffer up to `sent_upto`. `new_count` is
+    not kept in the state and is 0 here (the Chunk record does not carry it).
+    """
+    if state.in_flight is None or state.sent_upto is None:
+        return None
+    sentences = tuple(s for s in state.buffer if s.id <= state.sent_upto)
+    if not sentences:
+        return None
+    return ChunkSpec(
+        stream_id=state.stream_id,
+        seq=state.in_flight,
+        feed=state.feed,
+        domain=state.domain,
+        lang=state.lang,
+        sentences=sentences,
+        new_count=0,
+        is_last=state.in_flight_last,
+    )
+
+
 def _carried_and_new(state: SplitterState) -> tuple[tuple[Sentence, ...], tuple[Sentence, ...]]:
     if state.sent_upto is None:
         return (), state.buffer
@@ -258,13 +289,17 @@ def _opt_int(value: Any) -> int | None:
 # --- agent shell (olp.transcripts + olp.progress -> olp.chunks) ------------------------------
 
 STAGE = "chunk_splitter"
+log = logging.getLogger("olp.processors")
 MAX_SENTENCE_CHARS = 4000
 """A longer 'sentence' is an ASR or feed fault; it would crowd every other sentence out of a prompt."""
 
 
 def register(app: faust.App, pipeline: Pipeline) -> None:
     # One SplitterState per stream, kept in a changelogged table so a restarted worker resumes.
+    import weakref
+
     import faust
+    from faust.streams import _current_event
 
     states = app.Table(
         "chunk-splitter-state",
@@ -273,16 +308,43 @@ def register(app: faust.App, pipeline: Pipeline) -> None:
         schema=faust.Schema(key_serializer="json", value_serializer="json"),
     )
 
-    async def emit_due_chunk(state: SplitterState) -> None:
+    # The agent takes events in batches: each event changes its stream's state in `pending`,
+    # and after the batch each touched stream's state is written once (one changelog record per
+    # stream per batch instead of one per segment) and its due chunk, if any, is sent. Events are
+    # acked only after the batch, so a crash replays them (add_segment ignores re-sent ids).
+    pending: dict[str, tuple[SplitterState, Any]] = {}
+    """stream_id -> (state changed by this batch, the stream's newest event in it)."""
+    decoded: dict[str, tuple[Any, SplitterState]] = {}
+    """stream_id -> (the table value we wrote, its state): no from_dict while the value stands."""
+    current: list[Any] = [None]
+
+    async def emit_due_chunk(state: SplitterState, event: Any) -> None:
         state, spec = next_chunk(state, pipeline.settings.feed(state.feed).chunk_size)
-        states[state.stream_id] = state.to_dict()
+        # The source partition goes with the state, so that `resend_stale_chunks` looks only at
+        # the streams this worker owns (the table also holds standby copies of other partitions).
+        partition = event.message.partition
+        # A table write goes to the changelog partition of `faust.current_event()`, which the
+        # batch loop does not set: make it this stream's event (context variable only; setting
+        # the stream's `current_event` attribute would race with take_events' buffering).
+        token = _current_event.set(weakref.ref(event))
+        try:
+            value = {**state.to_dict(), "partition": partition}
+            states[state.stream_id] = value
+        finally:
+            _current_event.reset(token)
+        decoded[state.stream_id] = (value, state)
         if spec is not None:
             chunk = spec.to_avro(int(time.time() * 1000))
             await pipeline.send(pipeline.topics.chunks, spec.stream_id, "Chunk", chunk)
 
     def load(stream_id: str, segment: Mapping[str, Any] | None = None) -> SplitterState:
+        if stream_id in pending:
+            return pending[stream_id][0]
         held = states.get(stream_id)
         if held is not None:
+            known = decoded.get(stream_id)
+            if known is not None and known[0] is held:  # (a recovered table holds other objects)
+                return known[1]
             return SplitterState.from_dict(held)
         if segment is None:
             raise ValidationError(f"progress for unknown stream {stream_id}")
@@ -299,16 +361,75 @@ def register(app: faust.App, pipeline: Pipeline) -> None:
             state = mark_end_of_stream(state)
         else:
             raise ValidationError("segment text is empty")
-        await emit_due_chunk(state)
+        pending[state.stream_id] = (state, current[0])
 
     async def on_done(done: dict[str, Any]) -> None:
         state = apply_done(load(done["stream_id"]), int(done["seq"]), done["next_start_id"])
-        await emit_due_chunk(state)
+        pending[state.stream_id] = (state, current[0])
+
+    async def flush() -> None:
+        try:
+            for state, event in list(pending.values()):
+                try:
+                    await emit_due_chunk(state, event)
+                except Exception:  # not the batch's fault: log loudly, the resend timer recovers
+                    log.exception("chunk splitter: cannot save or emit stream %s", state.stream_id)
+                    pipeline.count(f"emit_failed.{STAGE}")
+        finally:
+            pending.clear()
+
+    batch, wait_s = pipeline.settings.splitter_batch, pipeline.settings.splitter_batch_wait_ms / 1000
 
     @app.agent(pipeline.source(pipeline.topics.transcripts, pipeline.topics.progress), name=STAGE)
     async def chunk_splitter(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            if event.message.topic == pipeline.topics.progress:
-                await pipeline.handle(event, STAGE, "ChunkDone", on_done)
-            else:
-                await pipeline.handle(event, STAGE, "TranscriptSegment", on_segment)
+        async for events in stream.take_events(batch, within=wait_s):  # type: ignore[attr-defined]
+            for event in events:
+                current[0] = event
+                if event.message.topic == pipeline.topics.progress:
+                    await pipeline.handle(event, STAGE, "ChunkDone", on_done)
+                else:
+                    await pipeline.handle(event, STAGE, "TranscriptSegment", on_segment)
+            await flush()
+
+    timeout_s = pipeline.settings.chunk_timeout_s
+    watched: dict[str, tuple[int, float]] = {}
+    """stream_id -> (seq in flight, when this worker first saw it in flight; time.monotonic)."""
+
+    async def resend_stale_chunks() -> None:
+        """Send a chunk again once it has been in flight for `chunk_timeout_s` on this worker.
+
+        A chunk whose record was lost after the table said "in flight" (a worker killed between
+        writing the state and sending the chunk) would otherwise stall its stream forever. The
+        re-send is idempotent: same chunk_id and sentences, documents keyed by stream/topic and
+        versioned by seq, a second ChunkDone for the seq is ignored (`apply_done`).
+        """
+        sources = (pipeline.topics.transcripts, pipeline.topics.progress)
+        mine = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in sources}
+        now = time.monotonic()
+        for stream_id, held in list(states.items()):
+            try:
+                state = SplitterState.from_dict(held)
+            except ValidationError:
+                continue
+            partition = held.get("partition")
+            if state.in_flight is None or (partition is not None and partition not in mine):
+                watched.pop(stream_id, None)
+                continue
+            seen = watched.get(stream_id)
+            if seen is None or seen[0] != state.in_flight:
+                watched[stream_id] = (state.in_flight, now)
+                continue
+            spec = in_flight_chunk(state)
+            if spec is None or now - seen[1] < timeout_s:
+                continue
+            watched[stream_id] = (state.in_flight, now)
+            log.warning(
+                "chunk %s in flight for over %.0fs: sending it again (its record may be lost)",
+                spec.chunk_id,
+                now - seen[1],
+            )
+            pipeline.count(f"resent.{STAGE}")
+            chunk = spec.to_avro(int(time.time() * 1000))
+            await pipeline.send(pipeline.topics.chunks, spec.stream_id, "Chunk", chunk)
+
+    app.timer(min(30.0, max(1.0, timeout_s / 4)), name=f"{STAGE}-resend")(resend_stale_chunks)

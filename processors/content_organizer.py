@@ -51,6 +51,20 @@ _NAME_KEYS = ("aspect", "name", "category", "group")
 _IDS_KEYS = ("ids", "sentence_ids", "sentences", "sentence_id", "id")
 
 
+MAX_LABELS_PER_CALL = 24
+"""Sentences labelled in one call; a longer topic is labelled in parts (`parts`), so an answer
+stays well inside the output budget (an id key and a label take about 10 tokens)."""
+
+
+def parts(sentences: Sequence[Sentence], size: int = MAX_LABELS_PER_CALL) -> list[list[Sentence]]:
+    """A topic's sentences in consecutive parts of at most `size` (as equal as possible)."""
+    if not sentences:
+        return []
+    count = -(-len(sentences) // size)
+    step = -(-len(sentences) // count)
+    return [list(sentences[i : i + step]) for i in range(0, len(sentences), step)]
+
+
 def build_prompt(
     chunk_sentences: Sequence[Sentence],
     topic_sentences: Sequence[Sentence],
@@ -59,11 +73,13 @@ def build_prompt(
     domain: str,
     lang: str,
 ) -> Prompt:
-    """Ask for one aspect label per sentence of one topic, in order.
+    """Ask for the aspect of each sentence of (a part of) one topic, keyed by sentence id.
 
-    Labels, not id lists: the answer's length is fixed by the number of sentences, so a small
-    model cannot loop (asked for id lists, SmolLM2 repeats ids until max_tokens). The whole chunk
-    is shown first (the prefix the model server caches); the task names the topic's id range.
+    Labels keyed by id, not id lists and not a bare list of labels: the schema fixes the keys, so
+    the answer's length is bounded (asked for id lists, SmolLM2 repeats ids until max_tokens)
+    and each label is written right after its sentence's id (asked for a bare list, even
+    Qwen2.5-1.5B lost track and cycled through the aspect names). The whole chunk is shown first
+    (the prefix the model server caches); the task names the topic and the ids to label.
     """
     what = "product" if domain == "ecommerce" else "topic"
     groups = [f"- {a}: {_HINTS[aspect_key(a)]}" if aspect_key(a) in _HINTS else f"- {a}" for a in aspects]
@@ -71,26 +87,28 @@ def build_prompt(
     task = "\n".join(
         [
             f'Sentences {first} to {last} are about the {what} "{topic_name}".',
-            "Label each of these sentences with one of these aspects:",
+            "Label each of these sentences with the one aspect that fits it best:",
             *groups,
             f"The transcript is in {language_name(lang)}.",
-            f"Answer with JSON: {{\"labels\": [...]}}, exactly {len(topic_sentences)} aspect names, "
-            f"one per sentence from {first} to {last}, in order.",
+            'Answer with JSON: {"labels": {...}}, where each key is the id of one sentence from '
+            f"{first} to {last} and its value is that sentence's aspect name.",
         ]
     )
     return chat(render_transcript(chunk_sentences), task)
 
 
-def answer_schema(aspects: Sequence[str], sentence_count: int) -> JsonSchema:
-    """{"labels": [aspect name, ...]} with exactly one label per sentence of the topic."""
+def answer_schema(aspects: Sequence[str], sentence_ids: Sequence[int]) -> JsonSchema:
+    """{"labels": {"<id>": aspect, ...}}: every id of the part, in order, each exactly once, each
+    with one of the aspect names (a short enum; the ids are fixed keys, not an enum)."""
+    keys = [str(i) for i in sentence_ids]
     return {
         "type": "object",
         "properties": {
             "labels": {
-                "type": "array",
-                "items": {"type": "string", "maxLength": 40},
-                "minItems": sentence_count,
-                "maxItems": sentence_count,
+                "type": "object",
+                "properties": {key: {"type": "string", "enum": list(aspects)} for key in keys},
+                "required": keys,
+                "additionalProperties": False,
             }
         },
         "required": ["labels"],
@@ -101,40 +119,63 @@ def answer_schema(aspects: Sequence[str], sentence_count: int) -> JsonSchema:
 def parse_answer(text: str | None, valid_ids: Sequence[int], aspects: Sequence[str]) -> dict[str, list[int]]:
     """Aspect -> sorted ids, with every configured aspect present (possibly empty).
 
-    `valid_ids` are the topic's sentence ids in order. Accepts the labels answer
-    ({"labels": [...]} or a bare list of aspect names, matched by position; unknown labels leave
-    their sentence unassigned) and, from stronger models, the grouped form {aspect: [ids]}, also
-    wrapped once ({"aspects": {...}}) or as a list of {"aspect": ..., "ids": [...]}: aspect names
-    match ignoring case, spaces, '_' and '-'; unknown aspects are ignored; ids not in the topic
-    are dropped; an id given twice stays where it came first. Raises ParseError on junk or when
-    no valid id was assigned at all.
+    `valid_ids` are the ids of the sentences asked about, in order. Accepts, from the most to the
+    least expected: labels keyed by id ({"labels": {"101": "Price"}} or bare {"101": "Price"});
+    positional labels ({"labels": [...]} or a bare list of aspect names, matched by position);
+    and the grouped form {aspect: [ids]}, also wrapped once ({"aspects": {...}}) or as a list of
+    {"aspect": ..., "ids": [...]}. Aspect names match ignoring case, spaces, '_' and '-'; unknown
+    aspects or labels leave their sentence unassigned (the Format Checker places it); ids not
+    asked about are dropped; an id given twice stays where it came first. Raises ParseError on
+    junk or when no valid id was assigned at all.
     """
     by_key = {aspect_key(a): a for a in aspects}
     valid = set(valid_ids)
     result: dict[str, list[int]] = {a: [] for a in aspects}
     taken: set[int] = set()
+
+    def place(sid: int | None, name: Any) -> None:
+        aspect = by_key.get(aspect_key(name)) if isinstance(name, str) else None
+        if aspect is not None and sid is not None and sid in valid and sid not in taken:
+            taken.add(sid)
+            result[aspect].append(sid)
+
     answer = extract_json(text)
-    labels = _labels(answer)
-    if labels is not None:
+    keyed = _keyed_labels(answer)
+    labels = _labels(answer) if keyed is None else None
+    if keyed is not None:
+        for raw_id, name in keyed:
+            place(as_int(raw_id), name)
+    elif labels is not None:
         for sid, label in zip(valid_ids, labels, strict=False):
-            aspect = by_key.get(aspect_key(label))
-            if aspect is not None and sid not in taken:
-                taken.add(sid)
-                result[aspect].append(sid)
+            place(sid, label)
     else:
         for name, raw in _groups(answer, by_key):
-            aspect = by_key.get(aspect_key(name))
-            if aspect is None:
-                continue
             for item in _id_items(raw):
-                sid = as_int(item)
-                if sid is None or sid not in valid or sid in taken:
-                    continue
-                taken.add(sid)
-                result[aspect].append(sid)
+                place(as_int(item), name)
     if not taken:
         raise ParseError("the answer assigns no sentence of the topic")
     return {a: sorted(ids) for a, ids in result.items()}
+
+
+def merge_parts(
+    results: Sequence[Mapping[str, Sequence[int]]], aspects: Sequence[str]
+) -> dict[str, list[int]]:
+    """The parsed answers of a topic's parts as one: aspect -> sorted ids."""
+    merged: dict[str, list[int]] = {a: [] for a in aspects}
+    for result in results:
+        for aspect, ids in result.items():
+            if aspect in merged:
+                merged[aspect].extend(ids)
+    return {a: sorted(set(ids)) for a, ids in merged.items()}
+
+
+def _keyed_labels(value: Any) -> list[tuple[str, Any]] | None:
+    """(id as written, label) pairs when the answer keys labels by sentence id; None otherwise."""
+    if isinstance(value, dict) and isinstance(value.get("labels"), dict):
+        value = value["labels"]
+    if isinstance(value, dict) and value and all(as_int(k) is not None for k in value):
+        return [(str(k), v) for k, v in value.items()]
+    return None
 
 
 def _labels(value: Any) -> list[str] | None:
@@ -193,19 +234,26 @@ async def organize_topics(pipeline: Pipeline, checked: dict[str, Any]) -> None:
 
     async def organize(index: int, topic: dict[str, Any]) -> dict[str, Any]:
         own = [s for s in sentences if topic["first_id"] <= s.id <= topic["last_id"]]
-        own_ids = [s.id for s in own]
-        try:
-            answer = await caller.ask(
-                build_prompt(sentences, own, topic["name"], aspects, chunk["domain"], chunk["lang"]),
-                lambda text: parse_answer(text, own_ids, aspects),
-                pipeline.call_context(chunk, f"{index}"),
-                answer_schema(aspects, len(own)),
-                pipeline.feed(chunk).models,
-            )
-        except RoleFailed:
-            return topic  # unorganised: the Format Checker files its sentences under the fallback aspect
-        used.add(answer.model)
-        return {**topic, "aspects": answer.value}
+        results = []
+        for number, part in enumerate(parts(own)):  # a long topic is labelled in parts
+            part_ids = [s.id for s in part]
+
+            def parse(text: str, ids: list[int] = part_ids) -> dict[str, list[int]]:
+                return parse_answer(text, ids, aspects)
+
+            try:
+                answer = await caller.ask(
+                    build_prompt(sentences, part, topic["name"], aspects, chunk["domain"], chunk["lang"]),
+                    parse,
+                    pipeline.call_context(chunk, f"{index}" if number == 0 else f"{index}.{number}"),
+                    answer_schema(aspects, part_ids),
+                    pipeline.feed(chunk).models,
+                )
+            except RoleFailed:
+                continue  # unorganised: the Format Checker files these sentences under the fallback aspect
+            used.add(answer.model)
+            results.append(answer.value)
+        return {**topic, "aspects": merge_parts(results, aspects)} if results else topic
 
     topics = await asyncio.gather(*(organize(i, t) for i, t in enumerate(checked["topics"])))
     trail = [*checked["trail"], f"{ROLE}={'+'.join(sorted(used)) or 'none'}"]

@@ -30,7 +30,7 @@ import faust
 
 from olp.errors import ValidationError
 from processors.chunk_splitter import carry_limit, next_start_id
-from processors.domain import aspect_key, normalize_name, sentences_from_avro
+from processors.domain import aspect_key, name_key, normalize_name, sentences_from_avro
 
 if TYPE_CHECKING:
     from processors.app import Pipeline
@@ -144,6 +144,60 @@ def chunk_done(chunk: Mapping[str, Any], documents: Sequence[Mapping[str, Any]])
         "seq": chunk["seq"],
         "next_start_id": next_start_id(documents, bool(chunk.get("is_last"))),
     }
+
+
+def merge_documents_by_name(
+    documents: Sequence[Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """The end-of-stream merge (spec section 3: "at the end, topics with identical names merge").
+
+    `documents` are one stream's newest TopicDocument versions. Documents whose names are
+    identical (case-insensitive, whitespace-normalized) become one, in order of first sentence:
+    the first one's topic_id and spelling, the span from the first sentence to the last, each
+    aspect's sentences united (sorted by id, each id once), final only when all were final, the
+    highest version, and a repair line naming what was merged. Returns the merged documents in
+    order of first sentence and, per merged topic_id, the documents that went into it.
+    """
+    ordered = sorted(documents, key=lambda d: (int(d["first_id"]), int(d["last_id"])))
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for doc in ordered:
+        groups.setdefault(name_key(str(doc["name"])), []).append(dict(doc))
+    merged: list[dict[str, Any]] = []
+    members: dict[str, list[dict[str, Any]]] = {}
+    for group in groups.values():
+        head = group[0]
+        members[str(head["topic_id"])] = group
+        if len(group) == 1:
+            merged.append(head)
+            continue
+        aspects: dict[str, dict[int, dict[str, Any]]] = {}
+        for doc in group:
+            for aspect in doc.get("aspects") or ():
+                held = aspects.setdefault(str(aspect["name"]), {})
+                for sentence in aspect["sentences"]:
+                    held.setdefault(int(sentence["id"]), dict(sentence))
+        repairs = [line for doc in group for line in doc.get("repairs") or ()]
+        repairs.append(
+            f"merged {len(group)} documents named {head['name']!r}: topic ids "
+            + ", ".join(str(d["topic_id"]) for d in group)
+        )
+        merged.append(
+            {
+                **head,
+                "first_id": min(int(d["first_id"]) for d in group),
+                "last_id": max(int(d["last_id"]) for d in group),
+                "final": all(bool(d.get("final")) for d in group),
+                "version": max(int(d["version"]) for d in group),
+                "aspects": [
+                    {"name": name, "sentences": [held[i] for i in sorted(held)]}
+                    for name, held in aspects.items()
+                ],
+                "repairs": repairs,
+                "updated_ms": max(int(d.get("updated_ms") or 0) for d in group),
+            }
+        )
+    merged.sort(key=lambda d: (int(d["first_id"]), int(d["last_id"])))
+    return merged, members
 
 
 def _ids_text(ids: Sequence[int]) -> str:

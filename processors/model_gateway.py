@@ -75,6 +75,10 @@ class ModelGateway:
         self._api_keys = dict(api_keys)
         self._attempts = attempts
         self._limits = {m.name: asyncio.Semaphore(m.max_concurrency) for m in catalog.models}
+        # The keys this gateway sends, longest first: masked in every error it raises, because a
+        # provider may echo the key in its error body, and errors reach feedback, spans and the DLQ.
+        keys = {self._api_keys.get(m.api_key_env or "") or "" for m in catalog.models}
+        self._secrets = sorted((k for k in keys if len(k) >= 4), key=len, reverse=True)
 
     async def complete(
         self,
@@ -134,14 +138,27 @@ class ModelGateway:
                         f"model {spec.name}: HTTP {resp.status}",
                         _retry_after(resp.headers.get("Retry-After")),
                     )
-                if resp.status >= 400:
-                    raise ModelCallError(
-                        f"model {spec.name}: HTTP {resp.status}: {raw[:300].decode(errors='replace')}"
-                    )
+                if resp.status >= 400:  # redacted before it is cut, so no part of a key remains
+                    detail = self._redact(raw.decode(errors="replace"))[:300]
+                    raise ModelCallError(f"model {spec.name}: HTTP {resp.status}: {detail}")
         except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise _Transient(f"model {spec.name}: {type(exc).__name__}: {exc}") from exc
         latency_ms = (time.perf_counter() - started) * 1000.0
-        return _parse_completion(spec, raw, latency_ms)
+        try:
+            return _parse_completion(spec, raw, latency_ms)
+        except ModelCallError as exc:
+            if not self._secrets:
+                raise
+            detail = self._redact(raw.decode(errors="replace"))[:200]
+            raise ModelCallError(
+                f"model {spec.name}: malformed chat-completions response: {detail!r}"
+            ) from exc.__cause__
+
+    def _redact(self, text: str) -> str:
+        """`text` with every API key of the catalog masked."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -159,9 +176,15 @@ def _parse_completion(spec: ModelSpec, raw: bytes, latency_ms: float) -> Complet
         choice = payload["choices"][0]
         text = choice["message"]["content"] or ""
         usage = payload.get("usage") or {}
-        tokens_in = int(usage.get("prompt_tokens", 0))
-        tokens_out = int(usage.get("completion_tokens", 0))
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        # Negative counts would make a negative cost (a reward for calling the model).
+        tokens_in = max(0, int(usage.get("prompt_tokens", 0)))
+        tokens_out = max(0, int(usage.get("completion_tokens", 0)))
+        finish_reason = str(choice.get("finish_reason") or "")
+        if not isinstance(text, str):
+            raise TypeError(f"message content is {type(text).__name__}, not text")
+    # AttributeError: a list or scalar where an object belongs; OverflowError: an infinite count;
+    # RecursionError: absurd nesting. Any of them is a malformed response, not a bug of ours.
+    except (ValueError, LookupError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
         raise ModelCallError(
             f"model {spec.name}: malformed chat-completions response: {raw[:200]!r}"
         ) from exc
@@ -172,5 +195,5 @@ def _parse_completion(spec: ModelSpec, raw: bytes, latency_ms: float) -> Complet
         tokens_out=tokens_out,
         latency_ms=latency_ms,
         cost_usd=spec.cost_usd(tokens_in, tokens_out),
-        finish_reason=str(choice.get("finish_reason") or ""),
+        finish_reason=finish_reason,
     )

@@ -53,8 +53,16 @@ MAX_NAME_CHARS = 120
 _QUESTIONS = {
     "ecommerce": 'Are "{a}" and "{b}" the same product?',
     "news": 'Are "{a}" and "{b}" the same news story, or parts of one bigger story?',
+    "meeting": 'Are "{a}" and "{b}" the same agenda item of the meeting?',
 }
 _DEFAULT_QUESTION = 'Are "{a}" and "{b}" the same topic?'
+_DIFFERENT = {
+    # Small models lean to "true" for anything that shares a theme; say what "false" covers.
+    "ecommerce": "Answer false when they are two different products, even of the same kind.",
+    "news": "Answer false when they are separate stories, even in the same section.",
+    "meeting": "Answer false when the speakers moved on to another subject.",
+}
+_DEFAULT_DIFFERENT = "Answer false when they are different subjects."
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +89,7 @@ def build_prompt(
             f'"{a.name}" is in sentences {a.first_id} to {a.last_id}. '
             f'"{b.name}" is in sentences {b.first_id} to {b.last_id}.',
             'Answer with JSON: {"related": true or false, "name": ...}.',
+            _DIFFERENT.get(domain, _DEFAULT_DIFFERENT),
             "If they are the same, name is one short name that fits both; if not, name is empty.",
             language_line(lang),
         ]
@@ -276,7 +285,7 @@ async def check_relationships(pipeline: Pipeline, located: dict[str, Any]) -> No
     merged = merge_adjacent(spans, verdicts, iou_threshold(chunk["domain"]), ids)
     tiled = tile(merge_same_names(merged), ids)
     last = len(tiled) - 1
-    topics = [
+    topics: list[dict[str, Any]] = [
         {
             "name": s.name,
             "first_id": s.first_id,

@@ -7,6 +7,7 @@ a defensive parser of the answer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,10 @@ _TASKS = {
     "news": (
         "List the news topics in this transcript. When several topics belong to one bigger "
         "story, give only the bigger story. Give each topic a short name."
+    ),
+    "meeting": (
+        "List the agenda items this meeting discusses: the subjects the speakers spend several "
+        "turns on, not single remarks. Name each subject in two to six words, not a sentence."
     ),
 }
 _DEFAULT_TASK = "List the main topics of this transcript. Give each topic a short name."
@@ -78,33 +83,79 @@ def answer_schema(domain: str) -> JsonSchema:
     }
 
 
-def parse_answer(text: str | None) -> list[str]:
+def parse_answer(text: str | None, sentences: Sequence[Sentence] | None = None) -> list[str]:
     """Topic names from the answer: stripped, non-empty, de-duplicated, in order of appearance.
 
     Accepts {"topics": [...]}, any object whose only list value holds the names, a bare list,
     fenced JSON, chatter around the JSON, and names given as {"name": ...} objects. Names are
-    cut to MAX_NAME_CHARS and the list to MAX_TOPICS. Raises ParseError when nothing usable is
-    left.
+    cut to MAX_NAME_CHARS and the list to MAX_TOPICS; names without a letter (ids, numbers) are
+    dropped. With the chunk's `sentences`, names that
+    are sentences copied from the transcript (small models list lines instead of topics: the
+    whole line, or a long piece of one) and bare sentence ids are dropped. Raises ParseError when
+    nothing usable is left, so the shell re-asks with the complaint.
     """
     value = extract_json(text)
     items = _name_list(value)
+    lines = _comparable_lines(sentences or ())
     names: list[str] = []
     seen: set[str] = set()
+    copied = 0
     for item in items:
         name = _item_name(item)
         if name is None:
             continue
         name = normalize_name(name)[:MAX_NAME_CHARS].strip()
         key = name_key(name)
-        if not name or key in seen:
+        if not name or key in seen or not _LETTER.search(name):  # "12", "1. 50203": ids, not names
+            continue
+        if lines and _is_copied(name, lines):
+            copied += 1
             continue
         seen.add(key)
         names.append(name)
         if len(names) == MAX_TOPICS:
             break
     if not names:
+        if copied:
+            raise ParseError(
+                "the answer lists sentences of the transcript; give short names of what they are about"
+            )
         raise ParseError("the answer names no topic")
     return names
+
+
+_SENTENCE_END = re.compile(r"[.!?。！？…]['\"”’)\]]*\s*$")
+COPY_SHARE = 0.85
+"""A name that is this share of a transcript line (or more) is that line copied, not a name."""
+COPY_MIN_WORDS = 8
+"""A name of this many words found inside a transcript line is a piece of a sentence."""
+_NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
+_LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
+
+
+def _comparable(text: str) -> str:
+    return _NOT_WORD.sub(" ", text.casefold()).strip()
+
+
+def _comparable_lines(sentences: Iterable[Sentence]) -> list[str]:
+    """Lines a name must not copy: spoken sentences. A line without closing punctuation is
+    kept out, because it may be a headline (a news adapter sends an article's title as its first
+    segment), and a headline is exactly the name a topic should get."""
+    return [_comparable(s.text) for s in sentences if _SENTENCE_END.search(s.text)]
+
+
+def _is_copied(name: str, lines: Sequence[str]) -> bool:
+    """A transcript line given as a name: most of one line, a long piece of one, or an id.
+
+    A short phrase taken from a line ("lightweight running shoes" from "These are our
+    lightweight running shoes.") is a fine name and stays."""
+    if re.fullmatch(r"\[?\s*\d+\s*\]?", name):
+        return True
+    key = _comparable(name)
+    if not key:
+        return True
+    long_name = len(key.split()) >= COPY_MIN_WORDS
+    return any(key in line and (long_name or len(key) >= COPY_SHARE * len(line)) for line in lines)
 
 
 def _name_list(value: Any) -> Iterable[Any]:
@@ -143,12 +194,12 @@ async def find_topics(pipeline: Pipeline, chunk: dict[str, Any]) -> None:
     sentences = sentences_from_avro(chunk["sentences"])
     answer = await pipeline.caller(ROLE).ask(
         build_prompt(sentences, chunk["domain"], chunk["lang"]),
-        parse_answer,
+        lambda text: parse_answer(text, sentences),
         pipeline.call_context(chunk),
         answer_schema(chunk["domain"]),
         pipeline.feed(chunk).models,
     )
-    topics = [
+    topics: list[dict[str, Any]] = [
         {"name": name, "first_id": None, "last_id": None, "final": False, "aspects": {}}
         for name in answer.value
     ]

@@ -1,8 +1,10 @@
 """Topic Locator: the first and last sentence id of each topic in a chunk.
 
 Spec section 3, "Topic Locator". Reads `olp.found` (RoleResult with names), writes `olp.located`
-(RoleResult with spans). Two ways to ask: one call per topic (`build_prompt`), or all topics in
-one call (`build_batch_prompt`), which is cheaper. Answers are checked against the chunk's ids:
+(RoleResult with spans). Two ways to ask: one call per topic (`build_prompt`, concurrently), or
+all topics in one call (`build_batch_prompt`), which is cheaper; the shell uses the batch when the
+feed sets `locator_batch` (for models good enough at it) and asks the topics the batched answer
+leaves out one by one. Answers are checked against the chunk's ids:
 an id missing from the chunk but inside its id range snaps to the nearest id (ties to the lower
 id); an id outside the range is a ParseError; a reversed span is swapped.
 """
@@ -50,6 +52,8 @@ def build_prompt(
     lines = [
         f'Find the sentences about the {what} "{topic}".',
         "Give the id of the first sentence about it and the id of the last sentence about it.",
+        f"The first one is where the {what} is introduced; the last one is the last sentence "
+        f"about it before the talk moves on to something else.",
         "An id is the number in [ ] at the start of a line.",
     ]
     if others:
@@ -205,6 +209,8 @@ def _sorted_ids(valid_ids: Sequence[int]) -> list[int]:
 # --- agent shell (olp.found -> olp.located) --------------------------------------------------
 
 ROLE = "topic_locator"
+Located = tuple[str, tuple[int, int] | None, str | None]
+"""(topic name, its span or None when nobody could place it, the model that answered)"""
 
 
 async def locate_topics(pipeline: Pipeline, found: dict[str, Any]) -> None:
@@ -213,25 +219,45 @@ async def locate_topics(pipeline: Pipeline, found: dict[str, Any]) -> None:
     ids = [s.id for s in sentences]
     names = [t["name"] for t in found["topics"]]
     caller = pipeline.caller(ROLE)
+    feed = pipeline.feed(chunk)
 
-    async def locate(index: int, name: str) -> tuple[str, tuple[int, int] | None, str | None]:
+    async def locate(index: int, name: str) -> Located:
         try:
             answer = await caller.ask(
                 build_prompt(sentences, name, names, chunk["domain"], chunk["lang"]),
                 lambda text: parse_answer(text, ids),
                 pipeline.call_context(chunk, f"{index}"),
                 answer_schema(ids),
-                pipeline.feed(chunk).models,
+                feed.models,
             )
         except RoleFailed:
-            return (
-                name,
-                None,
-                None,
-            )  # a topic nobody could place is left out; its sentences tile to neighbours
+            return name, None, None  # left out: its sentences tile to the neighbouring topics
         return name, answer.value, answer.model
 
-    located = await asyncio.gather(*(locate(i, name) for i, name in enumerate(names)))
+    async def locate_all() -> list[Located]:
+        """One call for every topic (feed setting `locator_batch`); the ones it misses, one by one."""
+        try:
+            answer = await caller.ask(
+                build_batch_prompt(sentences, names, chunk["domain"], chunk["lang"]),
+                lambda text: parse_batch_answer(text, names, ids),
+                pipeline.call_context(chunk, "batch"),
+                batch_answer_schema(names, ids),
+                feed.models,
+            )
+            spans = {name_key(s.name): ((s.first_id, s.last_id), answer.model) for s in answer.value}
+        except RoleFailed:
+            spans = {}
+        located: list[Located] = [(n, *spans.get(name_key(n), (None, None))) for n in names]
+        missing = [i for i, (_, span, _) in enumerate(located) if span is None]
+        answers = await asyncio.gather(*(locate(i, names[i]) for i in missing))
+        for i, again in zip(missing, answers, strict=True):
+            located[i] = again
+        return located
+
+    if feed.locator_batch and len(names) > 1:
+        located = await locate_all()
+    else:
+        located = list(await asyncio.gather(*(locate(i, name) for i, name in enumerate(names))))
     topics = [
         {"name": name, "first_id": span[0], "last_id": span[1], "final": False, "aspects": {}}
         for name, span, _ in located

@@ -47,6 +47,7 @@ SCHEMA_FILES: Mapping[str, str] = {
     "RoleOutcome": "role_outcome.avsc",
     "Assignment": "assignment.avsc",
     "DeadLetter": "dead_letter.avsc",
+    "JudgeVerdict": "judge_verdict.avsc",
 }
 #: Older writer schemas, still decodable.
 HISTORY_FILES: tuple[str, ...] = ("history/transcript_segment.v1.avsc",)

@@ -124,6 +124,25 @@ RECORDS: dict[str, dict[str, Any]] = {
         "error": "unknown sentence id 99",
         "ts_ms": 1_732_280_003_000,
     },
+    "JudgeVerdict": {
+        "event_id": "live-42:3:topic_locator:0:qwen2.5-0.5b:0:judge:qwen2.5-1.5b",
+        "judged_event_id": "live-42:3:topic_locator:0:qwen2.5-0.5b:0",
+        "role": "topic_locator",
+        "model": "qwen2.5-0.5b",
+        "judge": "qwen2.5-1.5b",
+        "correct": False,
+        "score": 0.2,
+        "answer": "[7, 9]",
+        "correction": "[7, 8]",
+        "stream_id": "live-42",
+        "chunk_id": "live-42:3",
+        "latency_ms": 812.5,
+        "tokens_in": 950,
+        "tokens_out": 14,
+        "cost_usd": 0.0000016,
+        "error": None,
+        "ts_ms": 1_732_280_004_000,
+    },
 }
 CHUNK_DONE = {"stream_id": "s1", "chunk_id": "s1:0", "seq": 0, "next_start_id": 7}
 V1_SEGMENT = {

@@ -196,6 +196,7 @@ def test_finder_schema() -> None:
         ('{"topics": ["  curly\\n wig  "]}', ["curly wig"]),
         ('{"topics": [1, null, true, ["x"], {"price": 3}, "Wig"]}', ["Wig"]),
         ('{"topics": ["羊毛围巾", "羊毛围巾", "保温杯"]}', ["羊毛围巾", "保温杯"]),
+        ('{"topics": ["1. 50203", "12", "[7]", "Wig 2"]}', ["Wig 2"]),  # SmolLM2: ids are not names
     ],
 )
 def test_finder_parses_good_and_sloppy_answers(answer: str, expected: list[str]) -> None:
@@ -226,6 +227,31 @@ def test_finder_caps_topics_and_name_length() -> None:
 def test_finder_rejects_junk(answer: str | None) -> None:
     with pytest.raises(ParseError):
         topic_finder.parse_answer(answer)
+
+
+def test_finder_prompt_for_meetings_asks_for_agenda_items() -> None:
+    user = _user(topic_finder.build_prompt(CHUNK, "meeting", "en"))
+    assert "agenda items" in user and "not a sentence" in user
+
+
+def test_finder_drops_sentences_copied_from_the_transcript() -> None:
+    """SmolLM2 lists transcript lines as topics; with the chunk, those are dropped (a short
+    phrase from a line is a fine name), and an answer of copies only is junk, so the shell
+    re-asks with the complaint."""
+    copied = [CHUNK[0].text, CHUNK[1].text.rstrip("."), "[103]", "103"]
+    copied += [SNEAKERS, "curly lace front wig, 22 inches"]
+    assert topic_finder.parse_answer(json.dumps({"topics": copied}), CHUNK) == [
+        SNEAKERS,
+        "curly lace front wig, 22 inches",
+    ]
+    long_piece = "start with this curly lace front wig 22 inches"  # 9 words inside line 101
+    assert topic_finder.parse_answer(json.dumps([long_piece, "Wig"]), CHUNK) == ["Wig"]
+    with pytest.raises(ParseError, match="lists sentences of the transcript"):
+        topic_finder.parse_answer(json.dumps({"topics": [CHUNK[0].text, CHUNK[3].text]}), CHUNK)
+    # Without the chunk nothing is dropped (the parser alone cannot tell).
+    assert topic_finder.parse_answer(json.dumps({"topics": [CHUNK[0].text]})) == [CHUNK[0].text]
+    chinese = topic_finder.parse_answer(json.dumps(["大家好，欢迎来到直播间！", "羊毛围巾"]), CHINESE)
+    assert chinese == ["羊毛围巾"]
 
 
 # --- Topic Locator -------------------------------------------------------------------------------
@@ -542,27 +568,59 @@ def test_organizer_prompt_lists_aspects_with_hints() -> None:
     user = _user(content_organizer.build_prompt(CHUNK, CHUNK[:5], WIG, ECOMMERCE, "ecommerce", "en"))
     assert "- Price: prices, discounts, coupons, deals" in user
     assert f'Sentences 100 to {CHUNK[4].id} are about the product "{WIG}".' in user
-    assert "exactly 5 aspect names" in user
+    assert '{"labels": {...}}, where each key is the id of one sentence from 100 to 107' in user
     custom = _user(
         content_organizer.build_prompt(CHUNK, CHUNK[:5], WIG, ["Shipping", "Facts"], "ecommerce", "en")
     )
     assert "- Shipping\n- Facts: what happened" in custom
 
 
-def test_organizer_schema() -> None:
-    assert content_organizer.answer_schema(["Price", "Facts"], 3) == {
+def test_organizer_schema_fixes_the_ids_as_keys_and_the_aspects_as_values() -> None:
+    label = {"type": "string", "enum": ["Price", "Facts"]}
+    assert content_organizer.answer_schema(["Price", "Facts"], [7, 9, 12]) == {
         "type": "object",
         "properties": {
             "labels": {
-                "type": "array",
-                "items": {"type": "string", "maxLength": 40},
-                "minItems": 3,
-                "maxItems": 3,
+                "type": "object",
+                "properties": {"7": label, "9": label, "12": label},
+                "required": ["7", "9", "12"],
+                "additionalProperties": False,
             }
         },
         "required": ["labels"],
         "additionalProperties": False,
     }
+
+
+def test_organizer_labels_long_topics_in_bounded_parts() -> None:
+    sentences = [Sentence(i, f"s{i}") for i in range(50)]
+    split = content_organizer.parts(sentences, 24)
+    assert [len(p) for p in split] == [17, 17, 16]
+    assert [s for p in split for s in p] == sentences
+    assert content_organizer.parts(sentences[:24], 24) == [sentences[:24]]
+    assert content_organizer.parts([], 24) == []
+    merged = content_organizer.merge_parts(
+        [{"Price": [3, 1], "Facts": []}, {"Price": [30], "Facts": [31], "Unknown": [5]}], ["Price", "Facts"]
+    )
+    assert merged == {"Price": [1, 3, 30], "Facts": [31]}
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (
+            '{"labels": {"101": "Price", "102": "opening", "103": "Nonsense", "104": "Price"}}',
+            {"Opening": [102], "Order Urging": [], "Price": [101, 104], "Product Description": []},
+        ),
+        # bare, an id as "[id]", an id not asked about; a key given twice: JSON keeps the last
+        (
+            '{"101": "product description", "[102]": "ORDER URGING", "999": "Price", "101": "Price"}',
+            {"Opening": [], "Order Urging": [102], "Price": [101], "Product Description": []},
+        ),
+    ],
+)
+def test_organizer_parses_labels_keyed_by_id(answer: str, expected: dict[str, list[int]]) -> None:
+    assert content_organizer.parse_answer(answer, [101, 102, 103, 104], ECOMMERCE) == expected
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,391 @@
+"""The board of judges: strong models score a sample of the roles' answers (spec section 4).
+
+For a sampled role call, every judge of the board (`JudgeSettings.models`) is shown the role's own
+prompt (so the server's cached prefix, system prompt + chunk transcript, is reused) followed by the
+answer, and replies "correct" or a correction in the role's own answer form. A correction is
+parsed with the role's own parser, so its ids are checked against the chunk like any answer.
+Each judge's verdict becomes a score k in [-1, 1] (the k of the paper's reward r = k*v - c - t):
+
+- correct: k = 1;
+- Topic Locator: k = 2*IoU - 1 between the answer's span and the correction's (the paper's
+  partial credit; several topics in one answer: the mean IoU over the corrected topics);
+- Content Organizer: k = 2*similarity - 1, similarity = share of the topic's sentences the answer
+  files under the same aspect as the correction (the paper's 11*similarity - 10, on our scale
+  where a wrong answer is -1 instead of -10: `policy_store.role_rl.organizer_quality(s, -1)`);
+- Topic Finder and Relationship Checker: no partial credit in the paper: k = 1 when the correction
+  equals the answer (same names; same yes/no), else -1;
+- a judge that says "incorrect" without a usable correction: k = -1.
+
+The board's score is the weighted mean of its judges' scores (`JudgeSettings.weights`, default
+equal; the policy store's board election can set them). Judge calls are sampled
+(`JudgeSettings.sample_rate` of role calls), since judging everything costs more than the work.
+
+Writes, per judged call: one `JudgeVerdict` per judge to `olp.verdicts`
+(schemas/judge_verdict.avsc: the judge, its score, its correction, what the judge call cost) and
+one `RoleOutcome` with `source = "judge"` and `quality` = the board's score to `olp.feedback`, so
+the policy store learns from it. With `apply_corrections`, the board is awaited and the best-
+weighted judge's correction replaces the answer downstream (the paper's board); otherwise judging
+runs beside the pipeline and never delays it.
+
+Pure logic on top (prompt, schema, verdict parser, scores); `JudgeBoard`, the shell the role-call
+shell invokes, at the bottom.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import Any
+
+from olp.errors import ModelCallError, ParseError
+from processors.domain import JsonSchema, Prompt, TopicSpan, extract_json, name_key
+
+log = logging.getLogger("olp.processors.judge")
+
+VERDICT_INSTRUCTIONS = (
+    "Check that answer against the transcript and the task above. "
+    'If it is right, reply with JSON: {"correct": true}. '
+    'If it is wrong, reply with JSON: {"correct": false, "correction": ...}, where correction is '
+    "the right answer in exactly the JSON form the task asks for."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One judge's reply: correct, or not with (maybe) a parsed correction."""
+
+    correct: bool
+    correction: Any = None
+    """The role's parsed answer value the judge proposes; None when it gave none usable."""
+
+
+# --- prompt and schema -----------------------------------------------------------------------
+
+
+def build_prompt(role_prompt: Sequence[Mapping[str, str]], answer_text: str) -> Prompt:
+    """The role's own prompt (system + transcript + task), then the answer and the question.
+
+    Same prefix as the role call, so a llama.cpp judge that just served (or judged) this chunk
+    does not evaluate the transcript again.
+    """
+    messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in role_prompt[:2]]
+    if len(messages) < 2 or messages[-1]["role"] != "user":
+        raise ValueError("a role prompt is a system message and a user message")
+    answer = " ".join(answer_text.split())[:4000]
+    messages[-1]["content"] += f"\n\nAn assistant answered:\n{answer}\n\n{VERDICT_INSTRUCTIONS}"
+    return messages
+
+
+def answer_schema(role_schema: Mapping[str, Any] | None) -> JsonSchema:
+    """{"correct": bool, "correction": <the role's answer schema>} (correction optional)."""
+    correction: JsonSchema = dict(role_schema) if role_schema else {"type": "object"}
+    return {
+        "type": "object",
+        "properties": {"correct": {"type": "boolean"}, "correction": correction},
+        "required": ["correct"],
+        "additionalProperties": False,
+    }
+
+
+# --- verdicts --------------------------------------------------------------------------------
+
+_YES = ("yes", "true", "correct", "right", "y", "是", "正确", "对")
+_NO = ("no", "false", "incorrect", "wrong", "n", "否", "错误", "不对", "不正确")
+
+
+def parse_verdict(text: str | None, parse_role_answer: Callable[[str], Any]) -> Verdict:
+    """A judge's reply -> Verdict. Raises ParseError on junk.
+
+    Accepts {"correct": bool} (also "yes"/"no" strings, or the keys `verdict` / `is_correct`),
+    with an optional `correction` holding the role's answer (JSON object or array, or a string
+    holding one); the correction goes through the role's own parser and is dropped (None) when
+    that rejects it. An object with a correction but no verdict counts as "not correct".
+    """
+    value = extract_json(text)
+    if not isinstance(value, dict):
+        raise ParseError("a verdict is a JSON object")
+    raw = next((value[k] for k in ("correct", "verdict", "is_correct") if k in value), None)
+    correct = _as_bool(raw)
+    correction_raw = value.get("correction")
+    if correct is None:
+        if correction_raw is None:
+            raise ParseError(f"no verdict in the judge's answer: {raw!r:.40}")
+        correct = False
+    if correct:
+        return Verdict(True)
+    correction = None
+    if correction_raw is not None:
+        text_form = correction_raw if isinstance(correction_raw, str) else json.dumps(correction_raw)
+        try:
+            correction = parse_role_answer(text_form)
+        except ParseError:
+            correction = None
+    return Verdict(False, correction)
+
+
+def _as_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _YES:
+            return True
+        if word in _NO:
+            return False
+    return None
+
+
+# --- scores (k in [-1, 1]) ---------------------------------------------------------------------
+
+
+def span_iou(a: tuple[int, int], b: tuple[int, int]) -> float:
+    """IoU of two inclusive id spans [first, last], counted in ids."""
+    fa, la = sorted(a)
+    fb, lb = sorted(b)
+    inter = max(0, min(la, lb) - max(fa, fb) + 1)
+    union = (la - fa + 1) + (lb - fb + 1) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def aspect_similarity(answer: Mapping[str, Sequence[int]], correction: Mapping[str, Sequence[int]]) -> float:
+    """Share of the sentences (in either) that both file under the same aspect."""
+    where_a = {sid: name for name, ids in answer.items() for sid in ids}
+    where_c = {sid: name for name, ids in correction.items() for sid in ids}
+    sentences = set(where_a) | set(where_c)
+    if not sentences:
+        return 1.0
+    same = sum(1 for sid in sentences if sid in where_a and where_a.get(sid) == where_c.get(sid))
+    return same / len(sentences)
+
+
+def score(role: str, answer: Any, verdict: Verdict) -> float:
+    """The judge's k for `answer` (module docstring)."""
+    if verdict.correct:
+        return 1.0
+    correction = verdict.correction
+    if correction is None:
+        return -1.0
+    if role == "topic_locator":
+        if isinstance(answer, tuple) and isinstance(correction, tuple):
+            return 2.0 * span_iou(answer, correction) - 1.0
+        if isinstance(answer, list) and isinstance(correction, list):  # batched: list of TopicSpan
+            return 2.0 * _mean_topic_iou(answer, correction) - 1.0
+    if role == "content_organizer" and isinstance(answer, Mapping) and isinstance(correction, Mapping):
+        return 2.0 * aspect_similarity(answer, correction) - 1.0
+    if role == "topic_finder" and isinstance(answer, list) and isinstance(correction, list):
+        return 1.0 if [name_key(str(n)) for n in answer] == [name_key(str(n)) for n in correction] else -1.0
+    return 1.0 if _same(answer, correction) else -1.0
+
+
+def _mean_topic_iou(answer: Sequence[Any], correction: Sequence[Any]) -> float:
+    given = {name_key(s.name): (s.first_id, s.last_id) for s in answer if isinstance(s, TopicSpan)}
+    right = [s for s in correction if isinstance(s, TopicSpan)]
+    if not right:
+        return 0.0
+    total = 0.0
+    for s in right:
+        key = name_key(s.name)
+        total += span_iou(given[key], (s.first_id, s.last_id)) if key in given else 0.0
+    return total / len(right)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if is_dataclass(a) and is_dataclass(b) and not isinstance(a, type) and not isinstance(b, type):
+        return asdict(a) == asdict(b)
+    return bool(a == b)
+
+
+def board_score(scores: Mapping[str, float], weights: Mapping[str, float] | None = None) -> float | None:
+    """Weighted mean of the judges' scores; equal weights when none (or none positive) apply."""
+    if not scores:
+        return None
+    weights = weights or {}
+    total = sum(max(0.0, weights.get(j, 0.0)) for j in scores)
+    if total <= 0:
+        return sum(scores.values()) / len(scores)
+    return sum(max(0.0, weights.get(j, 0.0)) * k for j, k in scores.items()) / total
+
+
+def chosen_correction(
+    verdicts: Mapping[str, Verdict], weights: Mapping[str, float] | None = None
+) -> Any:
+    """The correction that replaces the answer downstream: the heaviest judge's, among judges
+    that said "incorrect" and gave a usable correction, when they outweigh the judges that said
+    "correct"; None otherwise."""
+    weights = weights or {}
+
+    def weight(judge: str) -> float:
+        return weights.get(judge, 1.0)
+
+    against = {j: v for j, v in verdicts.items() if not v.correct and v.correction is not None}
+    if not against:
+        return None
+    if sum(weight(j) for j in against) <= sum(weight(j) for j, v in verdicts.items() if v.correct):
+        return None
+    best = max(sorted(against), key=weight)
+    return against[best].correction
+
+
+def describe(value: Any) -> str:
+    """An answer value as compact JSON for the verdict record."""
+    if isinstance(value, list) and value and all(isinstance(v, TopicSpan) for v in value):
+        value = [asdict(v) for v in value]
+    elif is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    return json.dumps(value, ensure_ascii=False, default=str)[:4000]
+
+
+# --- shell: the board the role-call shell invokes --------------------------------------------
+
+Emit = Callable[[str, str, str, dict[str, Any]], Awaitable[None]]
+"""emit(topic, key, record_type, record)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JudgedCall:
+    """A role call the board may judge (what `RoleCaller` knows after a parsed answer)."""
+
+    role: str
+    model: str
+    event_id: str
+    prompt: Sequence[Mapping[str, str]]
+    answer_text: str
+    value: Any
+    parse: Callable[[str], Any]
+    schema: Mapping[str, Any] | None
+    outcome: Mapping[str, Any]
+    """The RoleOutcome the processor recorded for the call (context, cost, latency)."""
+
+
+class JudgeBoard:
+    """Samples role calls, asks every judge, publishes verdicts and the board's score.
+
+    `gateway` is the worker's ModelGateway; `emit` sends a record (the pipeline's `send`).
+    """
+
+    def __init__(
+        self,
+        gateway: Any,
+        models: Sequence[str],
+        emit: Emit,
+        verdicts_topic: str,
+        feedback_topic: str,
+        rng: random.Random,
+        *,
+        sample_rate: float,
+        roles: Sequence[str] | None = None,
+        weights: Mapping[str, float] | None = None,
+        apply_corrections: bool = False,
+        max_pending: int = 4,
+    ) -> None:
+        self._gateway = gateway
+        self.models = tuple(models)
+        self._emit = emit
+        self._verdicts_topic = verdicts_topic
+        self._feedback_topic = feedback_topic
+        self._rng = rng
+        self.sample_rate = sample_rate
+        self.roles = set(roles) if roles else None
+        self.weights = dict(weights or {})
+        self.apply_corrections = apply_corrections
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._max_pending = max_pending
+        self.skipped = 0
+
+    def wants(self, role: str) -> bool:
+        """Sample this call? (Drawn once per successful call.)"""
+        if not self.models or (self.roles is not None and role not in self.roles):
+            return False
+        return self._rng.random() < self.sample_rate
+
+    async def review(self, call: JudgedCall) -> Any:
+        """Judge `call` if sampled; returns the value to pass downstream (maybe a correction)."""
+        if not self.wants(call.role):
+            return call.value
+        if self.apply_corrections:
+            correction = await self.judge(call)
+            return call.value if correction is None else correction
+        if len(self._pending) >= self._max_pending:  # the board is behind: skip, never queue up
+            self.skipped += 1
+            return call.value
+        task = asyncio.create_task(self.judge(call))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return call.value
+
+    async def judge(self, call: JudgedCall) -> Any:
+        """Ask every judge, publish the verdicts and the board's score; the chosen correction."""
+        prompt = build_prompt(call.prompt, call.answer_text)
+        schema = answer_schema(call.schema)
+        verdicts: dict[str, Verdict] = {}
+        scores: dict[str, float] = {}
+        for judge in self.models:
+            started = time.monotonic()
+            record: dict[str, Any] = {
+                "event_id": f"{call.event_id}:judge:{judge}",
+                "judged_event_id": call.event_id,
+                "role": call.role,
+                "model": call.model,
+                "judge": judge,
+                "correct": None,
+                "score": None,
+                "answer": describe(call.value),
+                "correction": None,
+                "stream_id": str(call.outcome.get("stream_id") or ""),
+                "chunk_id": str(call.outcome.get("chunk_id") or ""),
+                "latency_ms": 0.0,
+                "tokens_in": 0,
+                "tokens_out": 0,
+                "cost_usd": 0.0,
+                "error": None,
+                "ts_ms": int(time.time() * 1000),
+            }
+            try:
+                completion = await self._gateway.complete(judge, prompt, schema)
+                record.update(
+                    latency_ms=completion.latency_ms,
+                    tokens_in=completion.tokens_in,
+                    tokens_out=completion.tokens_out,
+                    cost_usd=completion.cost_usd,
+                )
+                verdict = parse_verdict(completion.text, call.parse)
+            except (ModelCallError, ParseError) as exc:
+                record.update(error=f"{type(exc).__name__}: {exc}"[:500])
+                if not record["latency_ms"]:
+                    record["latency_ms"] = (time.monotonic() - started) * 1000.0
+            else:
+                verdicts[judge] = verdict
+                scores[judge] = score(call.role, call.value, verdict)
+                record.update(
+                    correct=verdict.correct,
+                    score=scores[judge],
+                    correction=None if verdict.correction is None else describe(verdict.correction),
+                )
+            await self._safe_emit(self._verdicts_topic, call.role, "JudgeVerdict", record)
+        k = board_score(scores, self.weights)
+        if k is not None:
+            feedback = {
+                **dict(call.outcome),
+                "event_id": f"{call.event_id}:board",
+                "quality": max(-1.0, min(1.0, k)),
+                "source": "judge",
+                "ts_ms": int(time.time() * 1000),
+            }
+            await self._safe_emit(self._feedback_topic, call.role, "RoleOutcome", feedback)
+        return chosen_correction(verdicts, self.weights)
+
+    async def _safe_emit(self, topic: str, key: str, record_type: str, record: dict[str, Any]) -> None:
+        try:
+            await self._emit(topic, key, record_type, record)
+        except Exception:  # a lost verdict must not break the data path
+            log.exception("could not publish a %s", record_type)
+
+    async def close(self) -> None:
+        """Wait for the judging in flight (bounded by the gateway's timeouts)."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)

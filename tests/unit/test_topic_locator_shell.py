@@ -1,0 +1,114 @@
+"""The Topic Locator's agent shell: one batched call per chunk when the feed asks for it, per-topic
+calls for what the batch misses (issue 8: batching of LLM calls)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from olp.settings import FeedSettings
+from olp.topics import TopicNames
+from processors import topic_locator
+from processors.role_call import Answer, RoleFailed
+
+CHUNK = {
+    "stream_id": "s1",
+    "chunk_id": "s1:0",
+    "seq": 0,
+    "feed": "default",
+    "domain": "ecommerce",
+    "lang": "en",
+    "sentences": [{"id": i, "text": f"sentence {i}"} for i in range(1, 11)],
+    "is_last": False,
+    "created_ms": 0,
+}
+FOUND = {
+    "chunk": CHUNK,
+    "stage": "topic_finder",
+    "topics": [
+        {"name": n, "first_id": None, "last_id": None, "final": False, "aspects": {}}
+        for n in ("Wig", "Shoes")
+    ],
+    "trail": ["topic_finder=m"],
+}
+SPANS = {"Wig": (1, 4), "Shoes": (5, 10)}
+
+
+@dataclass
+class FakeCaller:
+    batch_answer: Callable[[Sequence[str]], str | None]
+    calls: list[str] = field(default_factory=list)
+
+    async def ask(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        parse: Callable[[str], Any],
+        ctx: Any,
+        json_schema: Mapping[str, Any] | None = None,
+        allowed_models: Sequence[str] | None = None,
+    ) -> Answer[Any]:
+        task = messages[-1]["content"].split("</transcript>")[-1]
+        if "spans" in (json_schema or {}).get("properties", {}):
+            self.calls.append("batch")
+            text = self.batch_answer(list(SPANS))
+            if text is None:
+                raise RoleFailed("scripted failure")
+            return Answer(parse(text), "m")
+        name = next(n for n in SPANS if f'"{n}"' in task.split("Other")[0])
+        self.calls.append(name)
+        first, last = SPANS[name]
+        return Answer(parse(json.dumps({"first_id": first, "last_id": last})), "m")
+
+
+@dataclass
+class FakePipeline:
+    feed_settings: FeedSettings
+    caller_: FakeCaller
+    topics: TopicNames = field(default_factory=TopicNames.with_prefix)
+    sent: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
+
+    def caller(self, role: str) -> FakeCaller:
+        return self.caller_
+
+    def feed(self, chunk: Mapping[str, Any]) -> FeedSettings:
+        return self.feed_settings
+
+    def call_context(self, chunk: Mapping[str, Any], call_key: str = "0") -> str:
+        return call_key
+
+    async def send(self, topic: str, key: str, record_type: str, record: dict[str, Any]) -> None:
+        self.sent.append((topic, key, record_type, record))
+
+
+def _spans(pipeline: FakePipeline) -> dict[str, tuple[int, int]]:
+    ((_, _, _, record),) = pipeline.sent
+    return {t["name"]: (t["first_id"], t["last_id"]) for t in record["topics"]}
+
+
+def _all(names: Sequence[str]) -> str:
+    return json.dumps(
+        {"spans": [{"topic": n, "first_id": SPANS[n][0], "last_id": SPANS[n][1]} for n in names]}
+    )
+
+
+@pytest.mark.parametrize(
+    ("batch", "answer", "calls"),
+    [
+        (False, _all, ["Wig", "Shoes"]),  # per topic (default)
+        (True, _all, ["batch"]),  # one call locates every topic
+        (True, lambda names: _all(names[:1]), ["batch", "Shoes"]),  # the one the batch missed, alone
+        (True, lambda names: None, ["batch", "Wig", "Shoes"]),  # the batch failed: every topic alone
+    ],
+)
+async def test_locator_batches_when_the_feed_asks(
+    batch: bool, answer: Callable[[Sequence[str]], str | None], calls: list[str]
+) -> None:
+    pipeline = FakePipeline(FeedSettings(locator_batch=batch), FakeCaller(answer))
+    await topic_locator.locate_topics(pipeline, FOUND)  # type: ignore[arg-type]
+    assert sorted(pipeline.caller_.calls) == sorted(calls)
+    assert _spans(pipeline) == SPANS
+    assert pipeline.sent[0][0] == pipeline.topics.located
