@@ -412,7 +412,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     per_stream = args.per_stream or (120 if args.quick else 300)
     env = _env_pairs(args.env)
     if args.services_from:
+        # `python -m olp` puts the working directory first on sys.path: run from that tree.
         env["PYTHONPATH"] = str(args.services_from.resolve())
+        os.chdir(args.services_from)
     info = machine()
     consume_rate, pipe_rate = broker_consume_rate(args.quick)
     cases: list[dict[str, Any]] = []

@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--models", type=int, default=None, help="models in the catalog (default trials/4 + 2)"
     )
     parser.add_argument("--streams", type=int, default=20)
-    parser.add_argument("--rate", type=float, default=200.0, help="background segments/s")
+    parser.add_argument("--rate", type=float, default=100.0, help="background segments/s")
     parser.add_argument("--settle", type=float, default=8.0, help="seconds of traffic before the first trial")
     parser.add_argument("--gap", type=float, default=0.5, help="seconds between trials")
     parser.add_argument("--timeout", type=float, default=15.0, help="give up on a trial after this")
