@@ -34,6 +34,11 @@ class ModelSpec(BaseModel):
         True, description="The server accepts response_format with a JSON schema (grammar-constrained)."
     )
     verify_tls: bool = Field(True, description="Verify the endpoint's TLS certificate.")
+    logprobs: bool = Field(
+        False,
+        description="Ask for token logprobs (`logprobs: true`) to report the answer's confidence;"
+        " only for servers that accept it (OpenAI chat models, llama.cpp's llama-server).",
+    )
 
     @property
     def request_model(self) -> str:

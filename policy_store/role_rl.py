@@ -5,7 +5,8 @@ Pure Python, no I/O, no clock: time comes from the records. The policy store ser
 topic (`olp.feedback`, schema `schemas/role_outcome.avsc`; judge verdicts and human feedback are
 RoleOutcomes too, with `source` = judge / human), and publishes `RoleRL.assignment(role)` as
 `Assignment` records on `olp.policy` (`schemas/assignment.avsc`). A processor turns the assignment it
-holds into a `CallPlan` with `AssignmentView.sample(rng)`: which model to call, which extra models to
+holds into a `CallPlan` with `AssignmentView.sample(rng)` (pure sampling shared with the processors,
+`olp/call_plan.py`): which model to call, which extra models to
 run on the same input (warm-up, exploration duel) and when to escalate (cascade). The learner's
 whole state is a JSON document (`snapshot` / `RoleRL.restore`).
 
@@ -94,6 +95,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+from olp.call_plan import CallPlan as CallPlan
+from olp.call_plan import PlanSpec as PlanSpec
+from olp.call_plan import argmax_model as argmax_model
+from olp.call_plan import epsilon_greedy as epsilon_greedy
 from olp.errors import OlpError
 
 
@@ -339,23 +344,8 @@ def q_step(q: float, target: float, step: float) -> float:
     return q + step * (target - q)
 
 
-def argmax_model(row: Mapping[str, float], models: Sequence[str]) -> str:
-    """argmax over `models` of row (missing = 0); ties go to the earlier model, like np.argmax."""
-    best, best_q = models[0], row.get(models[0], 0.0)
-    for m in models[1:]:
-        q = row.get(m, 0.0)
-        if q > best_q:
-            best, best_q = m, q
-    return best
-
-
-def epsilon_greedy(
-    row: Mapping[str, float], candidates: Sequence[str], epsilon: float, rng: random.Random
-) -> tuple[str, bool]:
-    """The paper's choice: with probability epsilon a uniform candidate, else argmax. -> (model, explored)."""
-    if rng.random() < epsilon:
-        return candidates[rng.randrange(len(candidates))], True
-    return argmax_model(row, candidates), False
+# `argmax_model` and the paper's `epsilon_greedy` live in olp/call_plan.py (the processors sample
+# call plans with them too) and are re-exported here.
 
 
 def markov_election(
@@ -701,17 +691,6 @@ class BudgetStatus:
 
 
 @dataclass(frozen=True)
-class CallPlan:
-    """What one processor call does, sampled from an assignment."""
-
-    primary: str  # its answer is delivered (unless a judge prefers an extra's)
-    propensity: float  # probability that `primary` runs under the assignment
-    extras: tuple[tuple[str, float], ...] = ()  # (model, propensity) run on the same input
-    escalate_to: str | None = None  # cascade: call this when primary's confidence < escalate_below
-    escalate_below: float | None = None
-
-
-@dataclass(frozen=True)
 class AssignmentView:
     """The learner's decision for one role (and context): what processors need and why."""
 
@@ -732,64 +711,50 @@ class AssignmentView:
     budgets: tuple[BudgetStatus, ...] = ()
     pinned: bool = False
 
+    def plan_spec(self) -> PlanSpec:
+        """What a call acts on (olp/call_plan.py); equal to `PlanSpec.from_record(self.to_record(...))`."""
+        return PlanSpec(
+            model=self.model,
+            epsilon=self.epsilon,
+            candidates=tuple(self.candidates),
+            q_values=self.q_values,
+            mode=self.mode,
+            explore=self.explore,
+            warmup=self.warmup,
+            incumbent=self.incumbent,
+            fallbacks=self.fallbacks,
+            cascade_to=self.cascade.then if self.cascade else None,
+            cascade_below=self.cascade.threshold if self.cascade else None,
+            pinned=self.pinned,
+        )
+
     def propensity(self, model: str) -> float:
         """Probability that a call following this view runs `model`."""
-        if model == self.model and (self.pinned or self.mode != "paper"):
-            return 1.0
-        if model in self.warmup or (self.cascade is not None and model == self.cascade.then):
-            return 1.0
-        if self.mode == "paper":
-            n = len(self.candidates)
-            uniform = self.epsilon / n if model in self.candidates else 0.0
-            if model == self.incumbent:
-                return 1.0
-            return (1.0 - self.epsilon) + uniform if model == self.model else uniform
-        return self.epsilon * self.explore.get(model, 0.0)
+        return self.plan_spec().propensity(model)
 
     def sample(self, rng: random.Random) -> CallPlan:
-        """Draw one call's plan (what a processor does with this assignment)."""
-        extras: list[tuple[str, float]] = [(m, 1.0) for m in self.warmup if m != self.model]
-        if self.pinned:
-            return CallPlan(self.model, 1.0)
-        if self.mode == "paper":
-            if self.warmup:  # the paper's start: every LLM once, no exploration draw
-                return CallPlan(self.model, 1.0, tuple(extras))
-            # The paper: epsilon-greedy; a choice other than the incumbent runs beside it (a duel).
-            row = dict(self.q_values)
-            chosen, explored = epsilon_greedy(row, self.candidates, self.epsilon, rng)
-            primary = chosen
-            if self.incumbent is not None and chosen != self.incumbent:
-                primary, other = (self.incumbent, chosen) if explored else (chosen, self.incumbent)
-                extras.append((other, self.propensity(other)))
-            return CallPlan(primary, self.propensity(primary), tuple(extras))
-        if self.epsilon > 0 and self.explore and rng.random() < self.epsilon:
-            u, acc = rng.random(), 0.0
-            for m, p in self.explore.items():
-                acc += p
-                if u < acc:
-                    if m != self.model and m not in self.warmup:
-                        extras.append((m, self.propensity(m)))
-                    break
-        cascade = self.cascade
-        return CallPlan(
-            self.model,
-            1.0,
-            tuple(extras),
-            cascade.then if cascade else None,
-            cascade.threshold if cascade else None,
-        )
+        """Draw one call's plan (what a processor does with this assignment; olp/call_plan.py)."""
+        return self.plan_spec().sample(rng)
 
     def to_record(self, ts_ms: int) -> dict[str, Any]:
         """The `Assignment` Avro record (schemas/assignment.avsc) of this view."""
         return {
             "role": self.role,
             "model": self.model,
-            "q_values": dict(self.q_values),
-            "epsilon": self.epsilon,
+            "q_values": {m: float(q) for m, q in self.q_values.items()},
+            "epsilon": float(self.epsilon),
             "candidates": list(self.candidates),
             "version": self.version,
             "reason": self.reason,
             "ts_ms": ts_ms,
+            "mode": self.mode,
+            "explore": {m: float(p) for m, p in self.explore.items()},
+            "warmup": list(self.warmup),
+            "incumbent": self.incumbent,
+            "fallbacks": list(self.fallbacks),
+            "cascade_to": self.cascade.then if self.cascade else None,
+            "cascade_below": float(self.cascade.threshold) if self.cascade else None,
+            "pinned": self.pinned,
         }
 
     def as_dict(self) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """HTTP API of the policy store (spec section 4, "Explainability and control over HTTP").
 
-    GET    /healthz, /readyz                  liveness / readiness (Kafka loop running)
+    GET    /healthz, /readyz                  liveness / readiness (Kafka loop running), with
+                                              "replica": leader or follower (policy_store/service.py)
     GET    /v1/policy                         every role: assigned model, Q-values, epsilon, why
     GET    /v1/policy/{role}                  one role
     PUT    /v1/policy/{role}/pin              {"model": m}  always use m for role        (token)
@@ -10,7 +11,8 @@
     POST   /v1/feedback                       human verdict on a role's answer           (token)
 
 State-changing calls need `Authorization: Bearer <OLP_API_TOKEN>`; without a configured token they
-are refused, never open. Errors are JSON: {"error": message}.
+are refused, never open. Only the leader replica changes state; a follower answers 409. Errors are
+JSON: {"error": message}.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from aiohttp import web
 
 from olp.http import check_bearer, json_error
 from olp.settings import ROLES
-from policy_store.service import SETTINGS, STATE, publish, save_snapshot
+from policy_store.service import SETTINGS, STATE, NotLeader, publish, save_snapshot
 
 routes = web.RouteTableDef()
 
@@ -34,6 +36,11 @@ def _require_token(request: web.Request) -> None:
         request.app[SETTINGS].api_token,
         "state-changing calls are disabled: no OLP_API_TOKEN is configured",
     )
+
+
+def _require_leader(request: web.Request) -> None:
+    if not request.app[STATE].leader:
+        raise NotLeader("this policy-store replica is a follower; send state-changing calls to the leader")
 
 
 def _role(request: web.Request) -> str:
@@ -71,13 +78,17 @@ def _role_view(request: web.Request, role: str) -> dict[str, Any]:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", "replica": request.app[STATE].replica_role})
 
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    ready = request.app[STATE].kafka_ready
-    return web.json_response({"ready": ready}, status=200 if ready else 503)
+    state = request.app[STATE]
+    ready = state.kafka_ready
+    return web.json_response(
+        {"ready": ready, "replica": state.replica_role, "version": max(state.version, state.seen_version)},
+        status=200 if ready else 503,
+    )
 
 
 @routes.get("/v1/policy")
@@ -86,6 +97,7 @@ async def get_policy(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "version": state.version,
+            "replica": state.replica_role,
             "observed": state.observed,
             "roles": [_role_view(request, r) for r in ROLES],
         }
@@ -99,7 +111,9 @@ async def get_role(request: web.Request) -> web.Response:
 
 async def _change(request: web.Request, role: str, action: Callable[[], None], reason: str) -> web.Response:
     state = request.app[STATE]
+    _require_leader(request)
     async with state.lock:
+        _require_leader(request)
         action()
         record = await publish(request.app, role, reason)
         save_snapshot(state, request.app[SETTINGS].learner.snapshot_path)
@@ -143,6 +157,7 @@ async def unban(request: web.Request) -> web.Response:
 async def human_feedback(request: web.Request) -> web.Response:
     """A person's verdict on one role's answer: quality in [-1, 1] (the paper's k)."""
     _require_token(request)
+    _require_leader(request)
     body = await _json_body(request)
     role = str(body["role"])
     if role not in ROLES:
@@ -176,6 +191,7 @@ async def human_feedback(request: web.Request) -> web.Response:
     }
     state = request.app[STATE]
     async with state.lock:
+        _require_leader(request)
         changed = state.learner.observe(state.for_learner(outcome))
         record = await publish(request.app, role, "human feedback") if changed else None
         save_snapshot(state, request.app[SETTINGS].learner.snapshot_path)

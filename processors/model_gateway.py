@@ -3,13 +3,16 @@
 One gateway per process, created in a lifecycle hook with one `aiohttp.ClientSession`. It applies
 the catalog's per-model timeout and concurrency limit, retries transient faults (timeouts, 429
 with Retry-After, 5xx, refused connections) with exponential backoff, and measures what Role-RL
-learns from: wall latency, the server's token counts and their dollar cost.
+learns from: wall latency, the server's token counts and their dollar cost, and, for models whose
+catalog entry sets `logprobs`, the answer's confidence (mean token probability; spec section 4,
+the confidence cascade).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +44,8 @@ class Completion:
     latency_ms: float
     cost_usd: float
     finish_reason: str
+    confidence: float | None = None
+    """Mean probability of the answer's tokens (from the server's logprobs); None without them."""
 
 
 class _Transient(ModelCallError):
@@ -101,6 +106,8 @@ class ModelGateway:
                 "type": "json_object",
                 "schema": dict(json_schema),
             }
+        if spec.logprobs:
+            body["logprobs"] = True
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
             wait=_wait,
@@ -196,4 +203,20 @@ def _parse_completion(spec: ModelSpec, raw: bytes, latency_ms: float) -> Complet
         latency_ms=latency_ms,
         cost_usd=spec.cost_usd(tokens_in, tokens_out),
         finish_reason=finish_reason,
+        confidence=confidence_from_logprobs(choice.get("logprobs")),
     )
+
+
+def confidence_from_logprobs(logprobs: Any) -> float | None:
+    """Mean token probability of an answer from an OpenAI-style `choices[0].logprobs`
+    (`{"content": [{"token": .., "logprob": ..}, ..]}`, as OpenAI and llama.cpp send it); None when
+    there are none or they are malformed (confidence is optional, never a reason to fail a call)."""
+    try:
+        tokens = logprobs["content"] if isinstance(logprobs, dict) else None
+        if not isinstance(tokens, list):
+            return None
+        probs = [math.exp(min(0.0, float(t["logprob"]))) for t in tokens if isinstance(t, dict)]
+    except (LookupError, TypeError, ValueError, OverflowError):
+        return None
+    probs = [p for p in probs if math.isfinite(p)]
+    return sum(probs) / len(probs) if probs else None

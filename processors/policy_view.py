@@ -1,9 +1,12 @@
 """The processors' view of the policy: the newest Assignment per role, read from `olp.policy`
-(schemas/assignment.avsc), and the epsilon-greedy choice each LLM call makes from it (spec
-section 4). Hot-swapping is replacing one immutable Assignment with a newer version; no restart.
+(schemas/assignment.avsc), and the call plan each LLM call draws from it (spec section 4) with the
+sampling shared with the learner (olp/call_plan.py): the model that answers, extra models run on the
+same input (warm-up, incumbent-vs-challenger duels), confidence-cascade escalation and the failover
+order. Records written before the plan fields decode as plain epsilon-greedy. Hot-swapping is
+replacing one immutable Assignment with a newer version; no restart.
 
-The choice records its propensity and the policy version it acted on, so the learner can correct
-for acting on a stale policy.
+The choice records each model's propensity and the policy version it acted on, so the learner can
+correct for acting on a stale policy.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from olp.call_plan import PlanSpec
+
 
 @dataclass(frozen=True, slots=True)
 class Choice:
-    """Which model serves one call, with what probability, under which policy version."""
+    """One call's plan: which model serves it, with what probability, under which policy version."""
 
     model: str
     propensity: float
@@ -24,6 +29,11 @@ class Choice:
     explored: bool
     fallbacks: tuple[str, ...]
     """Other candidates, best first, to fail over to when `model` errors or answers junk."""
+    extras: tuple[tuple[str, float], ...] = ()
+    """(model, propensity) run on the same input beside `model` (warm-up, duel); not delivered."""
+    escalate_to: str | None = None
+    """Cascade: ask this model when `model`'s answer has confidence below `escalate_below`."""
+    escalate_below: float | None = None
 
 
 @dataclass
@@ -47,23 +57,28 @@ class PolicyView:
         held = self.assignments.get(role)
         return int(held["version"]) if held else 0
 
-    def choose(self, role: str, rng: random.Random, allowed: Sequence[str] | None = None) -> Choice:
-        """Epsilon-greedy over the role's candidates (optionally restricted by a feed)."""
+    def spec(self, role: str, allowed: Sequence[str] | None = None) -> PlanSpec:
+        """The held assignment's plan fields, restricted to the role's pool and the feed's models."""
         held = self.assignments.get(role)
         pool = list(self.pools.get(role, ()))
-        if held is not None:
-            candidates = [m for m in held.get("candidates") or pool if m in pool] or pool
-            best, epsilon = str(held["model"]), float(held["epsilon"])
-            q = {str(k): float(v) for k, v in (held.get("q_values") or {}).items()}
-        else:
-            candidates, best, epsilon, q = pool, pool[0], self.default_epsilon, {}
-        if allowed is not None:
-            candidates = [m for m in candidates if m in allowed] or candidates
-        if best not in candidates:
-            best = max(candidates, key=lambda m: q.get(m, float("-inf")))
-        others = [m for m in candidates if m != best]
-        explore = bool(others) and rng.random() < epsilon
-        model = rng.choice(others) if explore else best
-        propensity = (epsilon / len(others)) if explore else (1.0 - epsilon if others else 1.0)
-        ranked = sorted((m for m in candidates if m != model), key=lambda m: -q.get(m, 0.0))
-        return Choice(model, propensity, self.version(role), explore, tuple(ranked))
+        fresh = PlanSpec(pool[0], self.default_epsilon, tuple(pool))
+        spec = fresh if held is None else PlanSpec.from_record(held)
+        if held is not None and not any(m in pool for m in spec.candidates):
+            spec = fresh  # the assignment names none of the models this worker can call
+        spec = spec.restricted(pool)
+        return spec if allowed is None else spec.restricted(allowed)
+
+    def choose(self, role: str, rng: random.Random, allowed: Sequence[str] | None = None) -> Choice:
+        """Draw one call's plan (optionally restricted to a feed's models)."""
+        spec = self.spec(role, allowed)
+        plan = spec.sample(rng)
+        return Choice(
+            plan.primary,
+            plan.propensity,
+            self.version(role),
+            plan.primary != spec.model or bool(plan.extras),
+            plan.fallbacks,
+            plan.extras,
+            plan.escalate_to,
+            plan.escalate_below,
+        )

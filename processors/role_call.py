@@ -1,14 +1,21 @@
 """One LLM role call, the way every LLM role makes it (spec sections 3-4):
 
-choose the model from the policy (epsilon-greedy, with propensity and policy version) -> ask it
-through the gateway -> parse the answer with the role's pure parser -> on junk, re-ask once with
-the parser's complaint -> on model faults or persistent junk, fail over to the next-best model.
+draw the call plan from the policy (processors/policy_view.py, olp/call_plan.py: primary model with
+its propensity and the policy version, extras, cascade, failover order) -> ask the primary through
+the gateway -> parse the answer with the role's pure parser -> on junk, re-ask once with the
+parser's complaint -> on model faults or persistent junk, fail over (to the cascade's stronger
+model first, then the next-best). Extras (warm-up of untried models, exploration duels) are asked
+the same input concurrently and recorded, but the primary's answer is delivered (an extra's only
+when every other model failed). Cascade: when the primary's answer has a confidence (token
+logprobs) below the plan's threshold, the stronger model is asked and its answer delivered if it
+parses; no confidence counts as not low.
 Every attempt becomes a RoleOutcome for `olp.feedback` (schemas/role_outcome.avsc) with measured
-latency, token counts and cost, and a span with the GenAI semantic-convention attributes.
+latency, token counts, cost and confidence, and a span with the GenAI semantic-convention attributes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -54,6 +61,28 @@ class Answer(Generic[T]):
     model: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Call(Generic[T]):
+    """One `ask`: what every model of its plan is asked."""
+
+    messages: Sequence[Mapping[str, str]]
+    parse: Callable[[str], T]
+    ctx: CallContext
+    json_schema: Mapping[str, Any] | None
+    choice: Choice
+
+
+@dataclass(frozen=True, slots=True)
+class _Got(Generic[T]):
+    """A usable answer of one model, with its completion and the RoleOutcome recorded for it."""
+
+    value: T
+    model: str
+    completion: Completion
+    outcome: dict[str, Any]
+    event_id: str
+
+
 class RoleCaller:
     """Makes one role's LLM calls for one worker; remembers the paper's state (last model, success)."""
 
@@ -87,55 +116,106 @@ class RoleCaller:
         json_schema: Mapping[str, Any] | None = None,
         allowed_models: Sequence[str] | None = None,
     ) -> Answer[T]:
+        """Run the call plan drawn from the policy; deliver one parsed answer or raise RoleFailed."""
         choice = self._policy.choose(self.role, self._rng, allowed_models)
+        call = _Call(messages, parse, ctx, json_schema, choice)
+        prev = (self._last_model, self._last_success)  # the state the extras act from
+        extras = [m for m, _ in choice.extras if m != choice.model]
+        # Failover: the cascade's stronger model first (a junk answer is as low as confidence
+        # gets), then the fallbacks; models already running as extras are not asked twice.
+        order = [choice.model]
+        for m in (choice.escalate_to, *choice.fallbacks):
+            if m is not None and m not in order and m not in extras:
+                order.append(m)
         errors: list[str] = []
-        for rank, model in enumerate((choice.model, *choice.fallbacks)):
-            propensity = choice.propensity if rank == 0 else 1.0
-            conversation = [dict(m) for m in messages]
-            for attempt in range(1 + self._reask):
-                outcome_id = f"{ctx.chunk_id}:{self.role}:{ctx.call_key}:{model}:{attempt}"
-                # One span per call; the feedback record is sent inside it, so it carries the
-                # call's trace context to the policy store.
-                with self._span(model, choice, propensity, attempt, conversation) as span:
-                    started = time.monotonic()
-                    try:
-                        completion = await self._gateway.complete(model, conversation, json_schema)
-                    except ModelCallError as exc:
-                        telemetry.record_llm_call(
-                            span,
-                            self.role,
-                            model,
-                            ctx.feed,
-                            time.monotonic() - started,
-                            error_type=type(exc).__name__,
-                        )
-                        errors.append(f"{model}: {exc}")
-                        await self._record(outcome_id, model, choice, propensity, ctx, None, str(exc))
-                        break  # a model fault: the next model, not a re-ask
-                    self._annotate(span, model, ctx, completion)
-                    try:
-                        value = parse(completion.text)
-                    except ParseError as exc:
-                        span.set_attribute("error.type", "ParseError")
-                        span.set_status(trace.StatusCode.ERROR, "unusable answer")
-                        errors.append(f"{model}: {exc}")
-                        await self._record(outcome_id, model, choice, propensity, ctx, completion, str(exc))
-                        complaint = f"That answer was invalid ({exc}). Reply again with only the JSON."
-                        conversation += [
-                            {"role": "assistant", "content": completion.text[:2000]},
-                            {"role": "user", "content": complaint},
-                        ]
-                        continue
-                    outcome = await self._record(outcome_id, model, choice, propensity, ctx, completion, None)
-                    if self._judge is not None:
-                        value = await self._judge(
-                            JudgedCall(
-                                self.role, model, outcome_id, messages, completion.text, value, parse,
-                                json_schema, outcome,
-                            )
-                        )
-                    return Answer(value, model)
-        raise RoleFailed(f"{self.role}: no model gave a usable answer: {'; '.join(errors)[:1000]}")
+        primary, *others = await asyncio.gather(
+            self._first_usable(call, order, errors),
+            *(self._try(call, m, p, errors, prev) for m, p in choice.extras if m != choice.model),
+        )
+        got = primary
+        if (
+            got is not None
+            and got.model == choice.model
+            and choice.escalate_to is not None
+            and choice.escalate_below is not None
+            and (confidence := _confidence(got.completion)) is not None
+            and confidence < choice.escalate_below
+        ):
+            # Confidence cascade: the cheap answer is unsure; the stronger model's answer wins if usable.
+            got = await self._try(call, choice.escalate_to, 1.0, errors) or got
+        if got is None:  # the primary and every fallback failed: an extra's answer is not lost
+            got = next((r for r in others if r is not None), None)
+        if got is None:
+            raise RoleFailed(f"{self.role}: no model gave a usable answer: {'; '.join(errors)[:1000]}")
+        value = got.value
+        if self._judge is not None:
+            value = await self._judge(
+                JudgedCall(
+                    self.role, got.model, got.event_id, messages, got.completion.text, got.value, parse,
+                    json_schema, got.outcome,
+                )
+            )
+        return Answer(value, got.model)
+
+    async def _first_usable(self, call: _Call[T], order: Sequence[str], errors: list[str]) -> _Got[T] | None:
+        """The first model in `order` that gives a usable answer (the primary with its propensity)."""
+        for rank, model in enumerate(order):
+            got = await self._try(call, model, call.choice.propensity if rank == 0 else 1.0, errors)
+            if got is not None:
+                return got
+        return None
+
+    async def _try(
+        self,
+        call: _Call[T],
+        model: str,
+        propensity: float,
+        errors: list[str],
+        prev: tuple[str | None, bool] | None = None,
+    ) -> _Got[T] | None:
+        """Ask one model, re-asking on junk; one RoleOutcome per attempt. None when it gave nothing
+        usable. `prev` fixes the paper's state for a call beside the primary (which does not move it)."""
+        ctx, choice = call.ctx, call.choice
+        conversation = [dict(m) for m in call.messages]
+        for attempt in range(1 + self._reask):
+            outcome_id = f"{ctx.chunk_id}:{self.role}:{ctx.call_key}:{model}:{attempt}"
+            # One span per call; the feedback record is sent inside it, so it carries the
+            # call's trace context to the policy store.
+            with self._span(model, choice, propensity, attempt, conversation) as span:
+                started = time.monotonic()
+                try:
+                    completion = await self._gateway.complete(model, conversation, call.json_schema)
+                except ModelCallError as exc:
+                    telemetry.record_llm_call(
+                        span,
+                        self.role,
+                        model,
+                        ctx.feed,
+                        time.monotonic() - started,
+                        error_type=type(exc).__name__,
+                    )
+                    errors.append(f"{model}: {exc}")
+                    await self._record(outcome_id, model, choice, propensity, ctx, None, str(exc), prev)
+                    return None  # a model fault: the next model, not a re-ask
+                self._annotate(span, model, ctx, completion)
+                try:
+                    value = call.parse(completion.text)
+                except ParseError as exc:
+                    span.set_attribute("error.type", "ParseError")
+                    span.set_status(trace.StatusCode.ERROR, "unusable answer")
+                    errors.append(f"{model}: {exc}")
+                    await self._record(outcome_id, model, choice, propensity, ctx, completion, str(exc), prev)
+                    complaint = f"That answer was invalid ({exc}). Reply again with only the JSON."
+                    conversation += [
+                        {"role": "assistant", "content": completion.text[:2000]},
+                        {"role": "user", "content": complaint},
+                    ]
+                    continue
+                outcome = await self._record(
+                    outcome_id, model, choice, propensity, ctx, completion, None, prev
+                )
+                return _Got(value, model, completion, outcome, outcome_id)
+        return None
 
     # --- telemetry (GenAI semantic conventions; olp/telemetry.py) --------------------------
 
@@ -179,15 +259,17 @@ class RoleCaller:
         ctx: CallContext,
         completion: Completion | None,
         error: str | None,
+        prev: tuple[str | None, bool] | None = None,
     ) -> dict[str, Any]:
+        prev_model, prev_success = prev if prev is not None else (self._last_model, self._last_success)
         outcome = {
             "event_id": event_id,
             "role": self.role,
             "model": model,
             "policy_version": choice.policy_version,
             "propensity": propensity,
-            "prev_model": self._last_model,
-            "prev_success": self._last_success,
+            "prev_model": prev_model,
+            "prev_success": prev_success,
             "domain": ctx.domain,
             "lang": ctx.lang,
             "feed": ctx.feed,
@@ -203,7 +285,15 @@ class RoleCaller:
             "stream_id": ctx.stream_id,
             "chunk_id": ctx.chunk_id,
             "ts_ms": int(time.time() * 1000),
+            "confidence": _confidence(completion),
         }
-        self._last_model, self._last_success = model, error is None
+        if prev is None:  # calls beside the primary do not move the paper's state
+            self._last_model, self._last_success = model, error is None
         await self._emit(outcome)
         return outcome
+
+
+def _confidence(completion: Completion | None) -> float | None:
+    """The completion's confidence; None without one (also for gateways that report none)."""
+    value = getattr(completion, "confidence", None)
+    return None if value is None else float(value)

@@ -50,7 +50,11 @@ SCHEMA_FILES: Mapping[str, str] = {
     "JudgeVerdict": "judge_verdict.avsc",
 }
 #: Older writer schemas, still decodable.
-HISTORY_FILES: tuple[str, ...] = ("history/transcript_segment.v1.avsc",)
+HISTORY_FILES: tuple[str, ...] = (
+    "history/transcript_segment.v1.avsc",
+    "history/role_outcome.v1.avsc",
+    "history/assignment.v1.avsc",
+)
 RECORD_TYPES: tuple[str, ...] = tuple(SCHEMA_FILES)
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 _NAMESPACE = "olp."

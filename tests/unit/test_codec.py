@@ -102,6 +102,7 @@ RECORDS: dict[str, dict[str, Any]] = {
         "stream_id": "live-42",
         "chunk_id": "live-42:3",
         "ts_ms": 1_732_280_001_000,
+        "confidence": 0.93,
     },
     "Assignment": {
         "role": "topic_finder",
@@ -112,6 +113,14 @@ RECORDS: dict[str, dict[str, Any]] = {
         "version": 18,
         "reason": "q-update",
         "ts_ms": 1_732_280_002_000,
+        "mode": "role_rl",
+        "explore": {"llama-3.2-1b": 1.0},
+        "warmup": [],
+        "incumbent": None,
+        "fallbacks": ["llama-3.2-1b"],
+        "cascade_to": "llama-3.2-1b",
+        "cascade_below": 0.7,
+        "pinned": False,
     },
     "DeadLetter": {
         "source_topic": "olp.found",
@@ -242,6 +251,39 @@ def test_history_v1_transcript_segment_decodes_with_current_reader(codec: AvroCo
         "feed": "default",
         "end_of_stream": False,
     }
+
+
+#: Fields added after each history schema, with the defaults old records decode with.
+HISTORY_ADDED: dict[str, tuple[str, dict[str, Any]]] = {
+    "history/role_outcome.v1.avsc": ("RoleOutcome", {"confidence": None}),
+    "history/assignment.v1.avsc": (
+        "Assignment",
+        {
+            "mode": "epsilon_greedy",
+            "explore": {},
+            "warmup": [],
+            "incumbent": None,
+            "fallbacks": [],
+            "cascade_to": None,
+            "cascade_below": None,
+            "pinned": False,
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HISTORY_ADDED))
+def test_history_records_decode_with_current_reader(codec: AvroCodec, name: str) -> None:
+    from schemas.codec import HISTORY_FILES
+
+    assert name in HISTORY_FILES
+    record_type, added = HISTORY_ADDED[name]
+    old_schema = json.loads(files("schemas").joinpath(name).read_text())
+    old = {k: v for k, v in RECORDS[record_type].items() if k not in added}
+    body = BytesIO()
+    schemaless_writer(body, parse_schema(old_schema), old)
+    fp = _crc64_avro(to_parsing_canonical_form(old_schema).encode()).to_bytes(8, "little")
+    assert codec.decode(b"\xc3\x01" + fp + body.getvalue(), record_type) == {**old, **added}
 
 
 @pytest.mark.parametrize(

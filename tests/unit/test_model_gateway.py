@@ -4,6 +4,8 @@ cost, retries with backoff on 429/5xx/timeouts/dropped connections, permanent er
 from __future__ import annotations
 
 import itertools
+import json
+import math
 from collections.abc import Iterator
 
 import aiohttp
@@ -11,7 +13,7 @@ import pytest
 
 from olp.catalog import Catalog, ModelSpec
 from olp.errors import ModelCallError
-from processors.model_gateway import ModelGateway
+from processors.model_gateway import ModelGateway, _parse_completion, confidence_from_logprobs
 from tests.support.fake_llm import Reply, ScriptedLLM
 
 
@@ -107,3 +109,41 @@ async def test_refused_connection_is_a_model_call_error() -> None:
         gateway = ModelGateway(catalog(f"http://127.0.0.1:{free_port()}/v1"), session, {}, attempts=2)
         with pytest.raises(ModelCallError, match="ClientConnectorError"):
             await gateway.complete("m", [{"role": "user", "content": "hi"}])
+
+
+# --- confidence from token logprobs (the cascade's signal) -----------------------------------------
+
+
+def test_confidence_is_the_mean_token_probability() -> None:
+    logprobs = {"content": [{"token": "{", "logprob": 0.0}, {"token": "x", "logprob": math.log(0.5)}]}
+    assert confidence_from_logprobs(logprobs) == pytest.approx(0.75)
+    assert confidence_from_logprobs(None) is None
+    assert confidence_from_logprobs({"content": []}) is None
+    assert confidence_from_logprobs({"content": [{"token": "x"}]}) is None  # malformed: no confidence
+    assert confidence_from_logprobs({"content": [{"logprob": "-inf"}]}) == 0.0
+
+
+def test_a_completion_carries_the_confidence_the_server_sent() -> None:
+    spec = catalog("http://x/v1").model("m")
+    raw = json.dumps(
+        {
+            "choices": [
+                {
+                    "message": {"content": "ok"},
+                    "finish_reason": "stop",
+                    "logprobs": {"content": [{"token": "ok", "logprob": math.log(0.9)}]},
+                }
+            ],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+        }
+    ).encode()
+    assert _parse_completion(spec, raw, 1.0).confidence == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("asks", [True, False])
+async def test_logprobs_are_requested_only_where_the_catalog_says(server: ScriptedLLM, asks: bool) -> None:
+    async with aiohttp.ClientSession() as session:
+        gateway = ModelGateway(catalog(server.base_url, logprobs=asks), session, {})
+        done = await gateway.complete("m", [{"role": "user", "content": "x"}])
+    assert ("logprobs" in server.requests[0][1]) is asks
+    assert done.confidence is None  # the scripted server sends none

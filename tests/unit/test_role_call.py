@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from olp.catalog import Catalog, ModelSpec
-from olp.errors import ParseError
-from processors.model_gateway import ModelGateway
+from olp.errors import ModelCallError, ParseError
+from processors.model_gateway import Completion, ModelGateway
 from processors.policy_view import PolicyView
 from processors.role_call import CallContext, RoleCaller, RoleFailed
 from tests.support.fake_llm import Reply, ScriptedLLM
@@ -129,3 +129,89 @@ async def test_every_model_failing_is_role_failed(
     failed, outcomes = await call(server, policy)
     assert isinstance(failed, RoleFailed) and "no model gave a usable answer" in str(failed)
     assert len(outcomes) == 3 and not any(o["success"] for o in outcomes)
+
+
+# --- executing the call plan (warm-up/duel extras, cascade) against a scripted gateway -----------
+
+
+class ScriptedGateway:
+    """Answers per model: text, or (text, confidence), or an exception; records every call."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.answers = answers
+        self.calls: list[str] = []
+
+    async def complete(self, model: str, messages: Any, json_schema: Any = None) -> Completion:
+        self.calls.append(model)
+        answer = self.answers[model]
+        if isinstance(answer, Exception):
+            raise answer
+        text, confidence = answer if isinstance(answer, tuple) else (answer, None)
+        return Completion(model, text, 10, 5, 1.0, 0.001, "stop", confidence)
+
+
+def topics(name: str) -> str:
+    return json.dumps({"topics": [name]})
+
+
+async def run_plan(gateway: ScriptedGateway, **plan: Any) -> tuple[Any, list[dict[str, Any]]]:
+    policy = PolicyView({"topic_finder": ["a", "b", "c"]})
+    policy.apply(
+        {
+            **assignment("a"),
+            "q_values": {"a": 1.0, "b": 2.0, "c": 0.5},
+            "candidates": ["a", "b", "c"],
+            "mode": "role_rl",
+            **plan,
+        }
+    )
+    outcomes: list[dict[str, Any]] = []
+
+    async def emit(outcome: dict[str, Any]) -> None:
+        outcomes.append(outcome)
+
+    caller = RoleCaller("topic_finder", gateway, policy, emit, random.Random(1))  # type: ignore[arg-type]
+    try:
+        answer: Any = await caller.ask([{"role": "user", "content": "go"}], parse, CTX)
+    except RoleFailed as exc:
+        answer = exc
+    return answer, outcomes
+
+
+async def test_extras_run_on_the_same_input_and_are_recorded_but_the_primary_answers() -> None:
+    gateway = ScriptedGateway({"a": topics("from a"), "b": topics("from b"), "c": topics("from c")})
+    answer, outcomes = await run_plan(gateway, warmup=["c"], epsilon=1.0, explore={"b": 1.0})
+    assert (answer.value, answer.model) == (["from a"], "a")
+    assert sorted(gateway.calls) == ["a", "b", "c"]
+    by_model = {o["model"]: o for o in outcomes}
+    assert {m: o["propensity"] for m, o in by_model.items()} == {"a": 1.0, "b": 1.0, "c": 1.0}
+    assert by_model["b"]["event_id"] == "s1:0:topic_finder:0:b:0"
+    assert all(o["prev_model"] is None for o in outcomes), "the extras act from the state before the input"
+
+
+async def test_an_extras_answer_is_used_only_when_every_other_model_failed() -> None:
+    gateway = ScriptedGateway({"a": ModelCallError("down"), "b": ModelCallError("down"), "c": topics("c")})
+    answer, _outcomes = await run_plan(gateway, warmup=["c"])
+    assert answer.model == "c"
+    assert gateway.calls.count("c") == 1, "a model running as an extra is not asked twice"
+
+
+async def test_cascade_escalates_on_low_confidence() -> None:
+    gateway = ScriptedGateway({"a": (topics("cheap"), 0.4), "b": (topics("strong"), 0.9), "c": topics("c")})
+    answer, outcomes = await run_plan(gateway, cascade_to="b", cascade_below=0.6)
+    assert (answer.value, answer.model) == (["strong"], "b")
+    assert [(o["model"], o["confidence"]) for o in outcomes] == [("a", 0.4), ("b", 0.9)]
+
+
+@pytest.mark.parametrize("confidence", [0.8, None])
+async def test_cascade_keeps_a_confident_or_unrated_answer(confidence: float | None) -> None:
+    gateway = ScriptedGateway({"a": (topics("cheap"), confidence), "b": topics("strong"), "c": topics("c")})
+    answer, outcomes = await run_plan(gateway, cascade_to="b", cascade_below=0.6)
+    assert answer.model == "a" and gateway.calls == ["a"]
+    assert outcomes[0]["confidence"] == confidence
+
+
+async def test_cascade_escalates_a_junk_answer_first() -> None:
+    gateway = ScriptedGateway({"a": "junk", "b": topics("strong"), "c": topics("c")})
+    answer, _outcomes = await run_plan(gateway, cascade_to="c", cascade_below=0.6)
+    assert answer.model == "c" and gateway.calls == ["a", "a", "c"]
