@@ -3,22 +3,37 @@
     python bench/routing_replay.py --data ../shared/data/routing/per_query_per_model.train.csv [--seeds 5]
 
 Reads a per-query-per-model CSV (see `bench/routing_common.py`); each `dataset` plays a role.
-Inputs stream in a seeded random order; every policy of `policy_store.policies` starts cold and
-learns online from correctness (success), measured cost and latency. Our Role-RL is swept over
-cost weights (and budgets) to trace an accuracy/cost curve; cost is reported as a fraction of
-always calling the reference model (gpt-4o). The tuned cascade baseline is fitted on a train split:
-`--tune-data FILE` if given, else 2-fold cross-fitting on --data (each half's thresholds are fitted
-on the other half). Prints tables and the target checks, and writes a PNG plot if matplotlib is
-installed. Exits 0 with a message when the data file is absent. Writes only the plot
-(--plot, default bench/out/routing_replay.png).
+Inputs stream in a seeded random order. Cost is reported as a fraction of always calling the
+reference model (gpt-4o) on the same inputs. Two protocols, both scoring every policy on every input
+exactly once and never on an input whose labels it was fitted on:
+
+1. Cold start (the main result). Every learning policy (our Role-RL swept over cost weights and
+   budgets, the paper's Q-learning, Thompson sampling, cheapest) starts with no data and learns
+   online from correctness, measured cost and latency; it pays for its exploration. The tuned
+   cascade is the exception, and is *not* cold: it is fitted offline, with every model's label, on a
+   train split: `--tune-data FILE` if given, else 2-fold cross-fitting on --data (fold = query index
+   parity; an input is routed with the thresholds fitted on the other fold, so it is scored out of
+   sample, but it has seen ~half of the data with full information that the online learners lack).
+2. Held-out, equal information. The same two folds; for each fold the other fold is the train half.
+   The cascade is fitted on the train half as above; the learners get the same information: a warm
+   start that replays the train half with full-information feedback (every model's outcome per
+   input, `routing_common.warm_start`, not counted as spend), then run online on the test half.
+   Results of the two test folds are pooled (each input scored once, by a policy that never saw it).
+   Fixed models, random and the oracle do not learn: their numbers are those of protocol 1.
+
+Prints tables and the target checks (targets: protocol 1), the domination checks of both protocols,
+and writes a PNG plot if matplotlib is installed. Exits 0 with a message when the data file is
+absent. Writes only the plot (--plot, default bench/out/routing_replay.png).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +46,13 @@ from routing_common import (
     average,
     hull_at,
     load_items,
+    pool_folds,
     print_table,
     reference_model,
     replay,
     try_pyplot,
     upper_hull,
+    warm_start,
 )
 
 from policy_store.policies import (
@@ -53,6 +70,8 @@ ROLE_RL_COST_WEIGHTS = (30.0, 100.0, 300.0, 600.0, 1000.0, 2000.0, 3000.0, 5000.
 """k1 (reward points per USD) of the Role-RL sweep; 100 is the paper's default."""
 BASELINE_COST_WEIGHTS = (100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0)
 """k1 of the cascade and paper Q-learning sweeps."""
+WARM_COST_WEIGHTS = (30.0, 300.0, 1000.0, 3000.0, 10000.0)
+"""k1 of the warm-started (protocol 2) Role-RL sweep."""
 BUDGET_FRACTIONS = (0.25, 0.5)
 """Role-RL with a hard budget per 5-minute window, as a fraction of the reference model's spend."""
 
@@ -113,6 +132,72 @@ def run(
 
 def role_rl_params(k1: float) -> RoleRLParams:
     return RoleRLParams(cost_weight=k1)
+
+
+Split = tuple[list[Item], list[Item]]
+
+
+def parity_splits(items: Sequence[Item]) -> dict[int, Split]:
+    """Test fold f (query index parity f) -> (train half = the other parity, test half)."""
+    return {
+        f: ([i for i in items if i.index % 2 != f], [i for i in items if i.index % 2 == f]) for f in (0, 1)
+    }
+
+
+def learner_for(name: str, models: Sequence[str], params: RoleRLParams, train: Sequence[Item]) -> Policy:
+    """A cold learner (protocol 2 warm-starts it on `train` afterwards)."""
+    return make_policy(name, models, params=params)
+
+
+def cascade_for(models: Sequence[str], k1: float, train: Sequence[Item]) -> Policy:
+    """The cascade fitted on `train` with every model's label."""
+    return CascadePolicy(models, fit_cascade([i.query() for i in train], models, k1))
+
+
+def run_held_out(
+    name: str,
+    setting: str,
+    build: Callable[[Sequence[Item]], Policy],
+    splits: Mapping[int, Split],
+    seeds: int,
+    ref_cost: float,
+    *,
+    warm: bool,
+) -> Point:
+    """Protocol 2: per fold, build the policy from the train half (and warm-start it on the train half
+    with full information when `warm`: once per fold, in a fixed order), replay a copy of it online
+    on the test half for each seed, and pool the two test folds."""
+    prepared: dict[int, Policy] = {}
+    for f, (train, _) in splits.items():
+        policy = build(train)
+        if warm:
+            warm_start(policy, train, seed=1000 + f)
+        prepared[f] = policy
+    results = [
+        pool_folds(
+            [(replay(copy.deepcopy(prepared[f]), test, seed), len(test)) for f, (_, test) in splits.items()]
+        )
+        for seed in range(seeds)
+    ]
+    return average(name, setting, results, ref_cost)
+
+
+def dominance(title: str, ours: Sequence[Point], families: Mapping[str, Sequence[Point]]) -> None:
+    """Print, per baseline family, at how many of its points our hull is at least as accurate at the
+    same cost, and the worst accuracy margin (our hull minus the baseline)."""
+    our_hull = upper_hull((p.cost_fraction, p.accuracy) for p in ours)
+    print(f"domination, {title} (our hull vs each baseline point: accuracy reachable at that point's cost):")
+    for family, points in families.items():
+        beaten = 0
+        worst_gap = None
+        for p in points:
+            ours_there = hull_at(our_hull, p.cost_fraction)
+            gap = None if ours_there is None else ours_there - p.accuracy
+            if gap is not None and gap >= 0:
+                beaten += 1
+            worst_gap = gap if worst_gap is None or (gap is not None and gap < worst_gap) else worst_gap
+        worst = "n/a" if worst_gap is None else f"{worst_gap:+.4f}"
+        print(f"  {family:<34} dominated at {beaten}/{len(points)} points (worst accuracy margin {worst})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         baselines.append(
             run(
                 "cascade",
-                f"k1={k1:g} ({'tuned' if tune else '2-fold'})",
+                f"k1={k1:g} ({'tuned' if tune else '2-fold'}, offline)",
                 lambda k1=k1: cascade_policy(models, items, tune, k1),
                 items,
                 seeds,
@@ -236,24 +321,82 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"target 2: accuracy >= 0.80 at <= 25% of its cost: best {at_quarter:.4f}"
         f" -> {'MET' if at_quarter >= 0.80 else 'NOT MET'}"
     )
-    print("domination (Role-RL hull vs each baseline point: accuracy reachable at that point's cost):")
     families: dict[str, list[Point]] = {}
     for p in baselines:
         if p.policy != "fixed" or p is best_single:
-            families.setdefault(p.policy if p.policy != "fixed" else f"best single ({p.setting})", []).append(
-                p
-            )
-    for family, points in families.items():
-        beaten = 0
-        worst_gap = None
-        for p in points:
-            ours_there = hull_at(our_hull, p.cost_fraction)
-            gap = None if ours_there is None else ours_there - p.accuracy
-            if gap is not None and gap >= 0:
-                beaten += 1
-            worst_gap = gap if worst_gap is None or (gap is not None and gap < worst_gap) else worst_gap
-        worst = "n/a" if worst_gap is None else f"{worst_gap:+.4f}"
-        print(f"  {family:<34} dominated at {beaten}/{len(points)} points (worst accuracy margin {worst})")
+            family = p.policy if p.policy != "fixed" else f"best single ({p.setting})"
+            if p.policy == "cascade":
+                family = "cascade (fitted offline, not cold)"
+            families.setdefault(family, []).append(p)
+    dominance("protocol 1, cold start", ours, families)
+
+    # --- Protocol 2: held-out, equal information -------------------------------------------------
+    splits: dict[int, Split] = {0: (list(tune), list(items))} if tune is not None else parity_splits(items)
+    print(
+        "\nProtocol 2: the learners first replay the train half with every model's outcome (the"
+        " cascade's information), then learn online on the held-out half; "
+        + (
+            "train = --tune-data, test = --data"
+            if tune is not None
+            else "two folds by query index parity, pooled"
+        )
+    )
+    warm_weights = WARM_COST_WEIGHTS[1::2] if args.quick else WARM_COST_WEIGHTS
+    warm: list[Point] = [
+        run_held_out(
+            "role_rl",
+            f"warm k1={k1:g}",
+            partial(learner_for, "role_rl", models, role_rl_params(k1)),
+            splits,
+            seeds,
+            ref_cost,
+            warm=True,
+        )
+        for k1 in warm_weights
+    ]
+    print_table(warm, "Role-RL (ours), warm-started on the train half, scored on the held-out half")
+    held: list[Point] = [
+        run_held_out(
+            "cascade",
+            f"k1={k1:g} (train half)",
+            partial(cascade_for, models, k1),
+            splits,
+            1,  # fixed once fitted: the order of the inputs does not matter
+            ref_cost,
+            warm=False,
+        )
+        for k1 in base_weights
+    ]
+    held += [
+        run_held_out(
+            "paper_q",
+            f"warm k1={k1:g}",
+            partial(learner_for, "paper_q", models, RoleRLParams.paper(cost_weight=k1)),
+            splits,
+            seeds,
+            ref_cost,
+            warm=True,
+        )
+        for k1 in base_weights[::2]
+    ]
+    held.append(
+        run_held_out(
+            "thompson",
+            "warm, accuracy",
+            lambda _train: make_policy("thompson", models),
+            splits,
+            seeds,
+            ref_cost,
+            warm=True,
+        )
+    )
+    print_table(held, "Baselines with the same information, scored on the held-out half")
+    held_families: dict[str, list[Point]] = {}
+    for p in held:
+        held_families.setdefault(p.policy, []).append(p)
+    if tune is None:  # fixed models score the same on the pooled held-out folds (= every input)
+        held_families[f"best single ({best_single.setting})"] = [best_single]
+    dominance("protocol 2, held-out, equal information", warm, held_families)
     print(f"elapsed {time.monotonic() - started:.0f}s")
 
     plt = try_pyplot()
@@ -266,7 +409,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if p.policy == family and p.setting.startswith("k1=")
             )
             if pts:
-                ax.plot([c for c, _ in pts], [a for _, a in pts], style, label=f"{family} (k1 sweep)")
+                ax.plot(
+                    [c for c, _ in pts],
+                    [a for _, a in pts],
+                    style,
+                    label=f"{family} (k1 sweep{', fitted offline' if family == 'cascade' else ', cold'})",
+                )
         budgeted = [p for p in ours if p.setting.startswith("budget")]
         ax.scatter(
             [p.cost_fraction for p in budgeted],
@@ -281,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ax.annotate(
                     p.setting if p.policy == "fixed" else p.policy, (p.cost_fraction, p.accuracy), fontsize=7
                 )
+        pts = sorted((p.cost_fraction, p.accuracy) for p in warm)
+        ax.plot([c for c, _ in pts], [a for _, a in pts], "o:", label="role_rl warm-started (protocol 2)")
         ax.scatter([oracle.cost_fraction], [oracle.accuracy], marker="*", s=80, label="oracle (per input)")
         ax.axhline(ref_acc, color="grey", lw=0.6, ls=":")
         ax.axvline(0.5, color="grey", lw=0.6, ls=":")
@@ -288,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ax.set_xscale("log")
         ax.set_xlabel(f"cost / always-{ref} cost")
         ax.set_ylabel("accuracy")
-        ax.set_title(f"Online routing from cold start ({len(items)} inputs, {seeds} seeds)")
+        ax.set_title(f"Online routing ({len(items)} inputs, {seeds} seeds; every input scored out of sample)")
         ax.legend(fontsize=8)
         fig.tight_layout()
         args.plot.parent.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,8 @@ Deviations from the paper (Role-RL's released code, `main_Role_RL.py`), numbered
   5. Exploration: the paper explores a uniform challenger with epsilon = 0.03 and runs it beside
      the incumbent. We keep the paired run but choose the challenger by expected improvement: a
      model is worth a paired run when E[max(0, Q_m - Q_incumbent)] * explore_horizon exceeds the
-     run's expected cost in reward points plus explore_overhead, so exploration stops once the
+     run's expected cost in reward points plus explore_overhead (Q_incumbent: the assigned plan's
+     expected reward, the cascade's when one is assigned), so exploration stops once the
      estimates are sure and costly challengers run only when they may pay back. Cheap models that
      report confidences are also probed until they can be judged as a cascade's first stage;
      `explore_floor` adds the paper's uniform exploration (off by default). The paired run's
@@ -1485,6 +1486,9 @@ class RoleRL:
 
         # Directed exploration (deviation 5): the challenger with the best expected gain.
         ref = scores[cascade.then if cascade else model]
+        # The incumbent a challenger must beat is the assigned plan: with a cascade, its expected
+        # reward (it beats every single model), not the escalation target's value as a single model.
+        incumbent_value = cascade.value if cascade else ref.value
         call = bound(model) + (bound(cascade.then) if cascade else 0.0)  # what this call may cost already
         explore: dict[str, float] = {}
         best_gain = 0.0
@@ -1500,7 +1504,8 @@ class RoleRL:
                 s = scores[m]
                 run_cost = cost_weight * s.cost + p.latency_weight * s.latency
                 gain = (
-                    expected_improvement(s.value, s.quality_sd, ref.value, ref.quality_sd) * p.explore_horizon
+                    expected_improvement(s.value, s.quality_sd, incumbent_value, ref.quality_sd)
+                    * p.explore_horizon
                 )
                 gain -= run_cost + p.explore_overhead
                 if gain > best_gain and fits(call + bound(m)):
