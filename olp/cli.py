@@ -310,7 +310,7 @@ def up() -> None:
 )
 def demo(transcript: Path, stream_id: str, timeout_s: int) -> None:
     """Embedded stack + a live-commerce transcript -> organised documents, printed as produced."""
-    from olp.clients import DocumentView, follow_documents
+    from olp.clients import DeadLetterSummary, DocumentView, follow_results
 
     started = time.monotonic()
     segments = _load_segments(transcript, stream_id, "default", "ecommerce", "en")
@@ -321,9 +321,16 @@ def demo(transcript: Path, stream_id: str, timeout_s: int) -> None:
         console.print("[bold]documents[/] (newest version of each topic, as the roles produce them)")
         view = DocumentView()
         deadline = time.monotonic() + timeout_s
-        for doc in follow_documents(stack.settings):
-            if doc is not None and doc["stream_id"] == stream_id and view.apply(doc):
-                print_document(doc)
+        for result in follow_results(stack.settings):
+            if isinstance(result, DeadLetterSummary):
+                if result.stream_id == stream_id:
+                    view.apply_dead_letter(result)
+                    ids = "a record"
+                    if result.segment_ids:
+                        ids = f"sentences {min(result.segment_ids)}-{max(result.segment_ids)}"
+                    console.print(f"[bold red]dead letter[/] ({result.stage}): {ids}: {result.error[:300]}")
+            elif result is not None and result["stream_id"] == stream_id and view.apply(result):
+                print_document(result)
             if view.covers(stream_id, segment_ids):
                 break
             if time.monotonic() > deadline:
@@ -336,9 +343,11 @@ def demo(transcript: Path, stream_id: str, timeout_s: int) -> None:
             print_document(doc, full=True)
         console.rule("policy")
         _print_policy(stack.policy())
+        dead = len(view.dead_lettered.get(stream_id, ()))
         console.print(
             f"[bold green]done[/]: {len(segments)} sentences -> {len(view.stream(stream_id))} topics "
-            f"in {time.monotonic() - started:.0f}s; logs in {stack.run_dir}"
+            + (f"({dead} sentences dead-lettered, see above) " if dead else "")
+            + f"in {time.monotonic() - started:.0f}s; logs in {stack.run_dir}"
         )
 
 

@@ -8,7 +8,7 @@ of each segment, so one segment's trace spans every role.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ from opentelemetry import propagate, trace
 from olp.errors import CodecError, OlpError
 from olp.settings import Settings
 from olp.topics import TopicNames
-from schemas.codec import make_codec
+from schemas.codec import Codec, make_codec
 
 _tracer = trace.get_tracer("olp.ingest")
 
@@ -103,11 +103,70 @@ class DocumentView:
         docs = [d for (s, _), d in self.documents.items() if s == stream_id]
         return sorted(docs, key=lambda d: int(d["first_id"]))
 
+    dead_lettered: dict[str, set[int]] = field(default_factory=dict)
+    """Stream -> sentence ids of records a stage gave up on (olp.dlq): accounted for, not lost."""
+
+    def apply_dead_letter(self, letter: DeadLetterSummary) -> None:
+        self.dead_lettered.setdefault(letter.stream_id, set()).update(letter.segment_ids)
+
     def covers(self, stream_id: str, segment_ids: Iterable[int]) -> bool:
-        """True once every given segment lies in a final document of the stream. (Documents of
-        one stream arrive from several partitions, so seeing the last one proves nothing.)"""
+        """True once every given segment lies in a final document of the stream or in a dead
+        letter. (Documents of one stream arrive from several partitions, so seeing the last one
+        proves nothing.)"""
         spans = [(int(d["first_id"]), int(d["last_id"])) for d in self.stream(stream_id) if d["final"]]
-        return bool(spans) and all(any(a <= i <= b for a, b in spans) for i in segment_ids)
+        dead = self.dead_lettered.get(stream_id, set())
+        return bool(spans or dead) and all(
+            i in dead or any(a <= i <= b for a, b in spans) for i in segment_ids
+        )
+
+
+@dataclass(frozen=True)
+class DeadLetterSummary:
+    """What a DeadLetter record (schemas/dead_letter.avsc) says about the stream it came from."""
+
+    stream_id: str
+    segment_ids: tuple[int, ...]
+    stage: str
+    error: str
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], codec: Codec) -> DeadLetterSummary:
+        """The original record's stream and sentence ids, when its bytes still decode (a segment,
+        a chunk or a role result); just the key and the reason otherwise."""
+        key = record.get("key")
+        stream_id = key.decode(errors="replace") if isinstance(key, bytes) else ""
+        ids: tuple[int, ...] = ()
+        try:
+            value = record.get("value")
+            original = codec.decode(value, topic=str(record["source_topic"])) if value else {}
+        except CodecError:
+            original = {}
+        chunk = original.get("chunk", original)
+        if "sentences" in chunk:
+            stream_id = str(chunk["stream_id"])
+            ids = tuple(int(s["id"]) for s in chunk["sentences"])
+        elif "segment_id" in original:
+            stream_id = str(original["stream_id"])
+            ids = (int(original["segment_id"]),)
+        return cls(stream_id, ids, str(record["stage"]), f"{record['error_type']}: {record['error']}")
+
+
+def follow_results(settings: Settings) -> Iterator[dict[str, Any] | DeadLetterSummary | None]:
+    """Like `follow_documents`, and the dead letters of `olp.dlq` too, so a reader waiting for a
+    stream's documents learns which of its sentences a stage gave up on instead of waiting."""
+    topics = TopicNames.with_prefix(settings.topic_prefix)
+    codec = make_codec(settings.schema_registry_url)
+    for msg in follow_topic(settings, [topics.documents, topics.dlq]):
+        if msg is None:
+            yield None
+            continue
+        try:
+            if msg.topic() == topics.dlq:
+                yield DeadLetterSummary.from_record(codec.decode(msg.value(), "DeadLetter"), codec)
+            else:
+                yield codec.decode(msg.value(), "TopicDocument", topic=msg.topic())
+        except CodecError as exc:
+            raise OlpError(f"undecodable record in {msg.topic()} at offset {msg.offset()}: {exc}") from exc
 
 
 def follow_documents(settings: Settings) -> Iterator[dict[str, Any] | None]:
@@ -125,10 +184,12 @@ def follow_documents(settings: Settings) -> Iterator[dict[str, Any] | None]:
             raise OlpError(f"undecodable document at offset {msg.offset()}: {exc}") from exc
 
 
-def follow_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> Iterator[Any]:
-    """Raw messages of every partition of `topic` from the beginning, then as they arrive; None
-    on an empty poll. Reads by assignment, not in a consumer group: a reader that only follows
-    needs no offsets, and skips the group join (seconds on some brokers)."""
+def follow_topic(
+    settings: Settings, topic: str | Sequence[str], timeout_s: float = 30.0
+) -> Iterator[Any]:
+    """Raw messages of every partition of `topic` (or of several topics) from the beginning, then
+    as they arrive; None on an empty poll. Reads by assignment, not in a consumer group: a reader
+    that only follows needs no offsets, and skips the group join (seconds on some brokers)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
     consumer = Consumer(
@@ -140,17 +201,20 @@ def follow_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> Ite
         }
     )
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if metadata is None or metadata.error is not None or not metadata.partitions:
-            raise OlpError(f"topic {topic} does not exist (run `olp topics ensure`)")
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(metadata.partitions)])
+        assignment = []
+        for name in [topic] if isinstance(topic, str) else topic:
+            metadata = consumer.list_topics(name, timeout=timeout_s).topics.get(name)
+            if metadata is None or metadata.error is not None or not metadata.partitions:
+                raise OlpError(f"topic {name} does not exist (run `olp topics ensure`)")
+            assignment += [TopicPartition(name, p, OFFSET_BEGINNING) for p in sorted(metadata.partitions)]
+        consumer.assign(assignment)
         while True:
             msg = consumer.poll(0.2)
             if msg is None:
                 yield None
             elif (error := msg.error()) is not None:
                 if error.code() != KafkaError._PARTITION_EOF:
-                    raise OlpError(f"reading {topic} failed: {error}")
+                    raise OlpError(f"reading {msg.topic()} failed: {error}")
             else:
                 yield msg
     finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -209,6 +210,7 @@ def _sorted_ids(valid_ids: Sequence[int]) -> list[int]:
 # --- agent shell (olp.found -> olp.located) --------------------------------------------------
 
 ROLE = "topic_locator"
+log = logging.getLogger("olp.processors")
 Located = tuple[str, tuple[int, int] | None, str | None]
 """(topic name, its span or None when nobody could place it, the model that answered)"""
 
@@ -263,9 +265,17 @@ async def locate_topics(pipeline: Pipeline, found: dict[str, Any]) -> None:
         for name, span, _ in located
         if span is not None
     ]
+    models = sorted({m for _, _, m in located if m})
+    if not topics and names and ids:
+        # Dead-lettering the chunk would drop its sentences from the documents; one topic over the
+        # whole chunk keeps them, and the failed calls already went to the learner as failures.
+        log.warning(
+            "%s: no topic of chunk %s could be located: %r spans the chunk", ROLE, chunk["chunk_id"], names[0]
+        )
+        topics = [{"name": names[0], "first_id": ids[0], "last_id": ids[-1], "final": False, "aspects": {}}]
+        models = ["fallback(whole chunk)"]
     if not topics:
         raise RoleFailed(f"{ROLE}: no topic of chunk {chunk['chunk_id']} could be located")
-    models = sorted({m for _, _, m in located if m})
     result = {
         "chunk": chunk,
         "stage": ROLE,

@@ -103,3 +103,33 @@ def test_snapshot_and_resumption_after_an_update_number() -> None:
     assert store.updates_after(5) == []
     assert store.updates_after(1) is None  # too old: the caller sends a snapshot
     assert store.updates_after(42) is None  # another process's numbering
+
+
+def test_dead_lettered_sentences_count_as_accounted_for_in_the_cli_view() -> None:
+    from olp.clients import DeadLetterSummary, DocumentView
+    from schemas.codec import AvroCodec
+
+    codec = AvroCodec()
+    chunk = {
+        "stream_id": "s1", "chunk_id": "s1:1", "seq": 1, "feed": "default", "domain": "ecommerce",
+        "lang": "en", "sentences": [{"id": i, "text": f"t{i}"} for i in range(11, 21)],
+        "is_last": True, "created_ms": 0,
+    }
+    found = {"chunk": chunk, "stage": "topic_finder", "topics": [], "trail": []}
+    letter = {
+        "source_topic": "olp.found", "partition": 0, "offset": 3, "key": b"s1",
+        "value": codec.encode("RoleResult", found), "stage": "topic_locator",
+        "error_type": "RoleFailed", "error": "no usable answer", "ts_ms": 0,
+    }
+    summary = DeadLetterSummary.from_record(letter, codec)
+    expected = DeadLetterSummary("s1", tuple(range(11, 21)), "topic_locator", "RoleFailed: no usable answer")
+    assert summary == expected
+    junk = DeadLetterSummary.from_record({**letter, "value": b"\x00junk"}, codec)
+    assert (junk.stream_id, junk.segment_ids) == ("s1", ())
+
+    view = DocumentView()
+    view.apply(doc("s1", "1", 0, final=True))  # sentences 1-10
+    assert not view.covers("s1", range(1, 21))
+    view.apply_dead_letter(summary)
+    assert view.covers("s1", range(1, 21))
+    assert not view.covers("s1", range(1, 22))

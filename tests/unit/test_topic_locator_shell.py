@@ -112,3 +112,16 @@ async def test_locator_batches_when_the_feed_asks(
     assert sorted(pipeline.caller_.calls) == sorted(calls)
     assert _spans(pipeline) == SPANS
     assert pipeline.sent[0][0] == pipeline.topics.located
+
+
+class NobodyLocates(FakeCaller):
+    async def ask(self, *args: Any, **kwargs: Any) -> Answer[Any]:
+        self.calls.append("call")
+        raise RoleFailed("scripted failure")
+
+
+async def test_a_chunk_nobody_can_locate_keeps_its_sentences_under_its_first_topic() -> None:
+    pipeline = FakePipeline(FeedSettings(), NobodyLocates(lambda names: None))
+    await topic_locator.locate_topics(pipeline, FOUND)  # type: ignore[arg-type]
+    assert _spans(pipeline) == {"Wig": (1, 10)}
+    assert pipeline.sent[0][3]["trail"][-1] == "topic_locator=fallback(whole chunk)"
