@@ -115,6 +115,15 @@ class FeedSettings(BaseModel):
     aspects: tuple[str, ...] | None = Field(None, description="Custom aspect set; default by domain.")
     models: tuple[str, ...] | None = Field(None, description="Restrict this feed to these catalog models.")
     budget_usd_per_hour: float | None = Field(None, ge=0, description="Hard spend limit for this feed.")
+    max_topics: int = Field(
+        4,
+        ge=1,
+        le=20,
+        description=(
+            "Topics the Topic Finder may name per chunk (the first ones). Each costs Topic Locator "
+            "and Content Organizer calls, and a chunk of tens of sentences rarely holds more."
+        ),
+    )
     locator_batch: bool = Field(
         False,
         description=(
@@ -194,8 +203,12 @@ class Settings(BaseSettings):
     policy_store_host: str = "127.0.0.1"
     policy_store_port: int = 8642
     api_token: SecretStr | None = Field(None, description="Bearer token for state-changing HTTP calls.")
-    ingest: IngestSettings = Field(default_factory=IngestSettings, description="The HTTP/WebSocket ingest service.")
-    documents: DocumentsSettings = Field(default_factory=DocumentsSettings, description="The document read API.")
+    ingest: IngestSettings = Field(
+        default_factory=IngestSettings, description="The HTTP/WebSocket ingest service."
+    )
+    documents: DocumentsSettings = Field(
+        default_factory=DocumentsSettings, description="The document read API."
+    )
     worker_web_port: int = Field(
         6066, ge=0, le=65535, description="Worker health endpoints (/healthz, /readyz); 0 turns them off."
     )

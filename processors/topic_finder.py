@@ -65,8 +65,8 @@ def build_prompt(sentences: Sequence[Sentence], domain: str, lang: str) -> Promp
     return chat(render_transcript(sentences), task)
 
 
-def answer_schema(domain: str) -> JsonSchema:
-    """{"topics": [str, ...]}: 1 to MAX_TOPICS names (the same shape for every domain)."""
+def answer_schema(domain: str, max_topics: int = MAX_TOPICS) -> JsonSchema:
+    """{"topics": [str, ...]}: 1 to `max_topics` names (the same shape for every domain)."""
     del domain  # One shape for all domains keeps the grammar small; the prompt differs.
     return {
         "type": "object",
@@ -75,7 +75,7 @@ def answer_schema(domain: str) -> JsonSchema:
                 "type": "array",
                 "items": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS},
                 "minItems": 1,
-                "maxItems": MAX_TOPICS,
+                "maxItems": max_topics,
             }
         },
         "required": ["topics"],
@@ -83,16 +83,18 @@ def answer_schema(domain: str) -> JsonSchema:
     }
 
 
-def parse_answer(text: str | None, sentences: Sequence[Sentence] | None = None) -> list[str]:
+def parse_answer(
+    text: str | None, sentences: Sequence[Sentence] | None = None, max_topics: int = MAX_TOPICS
+) -> list[str]:
     """Topic names from the answer: stripped, non-empty, de-duplicated, in order of appearance.
 
     Accepts {"topics": [...]}, any object whose only list value holds the names, a bare list,
     fenced JSON, chatter around the JSON, and names given as {"name": ...} objects. Names are
-    cut to MAX_NAME_CHARS and the list to MAX_TOPICS; names without a letter (ids, numbers) are
-    dropped. With the chunk's `sentences`, names that
-    are sentences copied from the transcript (small models list lines instead of topics: the
-    whole line, or a long piece of one) and bare sentence ids are dropped. Raises ParseError when
-    nothing usable is left, so the shell re-asks with the complaint.
+    cut to MAX_NAME_CHARS and the list to `max_topics` (the first ones); names without a letter
+    (ids, numbers) are dropped. With the chunk's `sentences`, names that are sentences copied
+    from the transcript (small models list lines instead of topics: the whole line, or a long
+    piece of one) and bare sentence ids are dropped. Raises ParseError when nothing usable is
+    left, so the shell re-asks with the complaint.
     """
     value = extract_json(text)
     items = _name_list(value)
@@ -113,7 +115,7 @@ def parse_answer(text: str | None, sentences: Sequence[Sentence] | None = None) 
             continue
         seen.add(key)
         names.append(name)
-        if len(names) == MAX_TOPICS:
+        if len(names) == max_topics:
             break
     if not names:
         if copied:
@@ -192,12 +194,13 @@ ROLE = "topic_finder"
 
 async def find_topics(pipeline: Pipeline, chunk: dict[str, Any]) -> None:
     sentences = sentences_from_avro(chunk["sentences"])
+    feed = pipeline.feed(chunk)
     answer = await pipeline.caller(ROLE).ask(
         build_prompt(sentences, chunk["domain"], chunk["lang"]),
-        lambda text: parse_answer(text, sentences),
+        lambda text: parse_answer(text, sentences, feed.max_topics),
         pipeline.call_context(chunk),
-        answer_schema(chunk["domain"]),
-        pipeline.feed(chunk).models,
+        answer_schema(chunk["domain"], feed.max_topics),
+        feed.models,
     )
     topics: list[dict[str, Any]] = [
         {"name": name, "first_id": None, "last_id": None, "final": False, "aspects": {}}

@@ -710,3 +710,9 @@ def test_organizer_works_for_news_aspects() -> None:
         "Opinions": [2],
         "Facts": [1],
     }
+
+
+def test_finder_keeps_the_feeds_first_topics_and_its_grammar_says_so() -> None:
+    names = ["Wig", "Scarf", "Cup", "Shoes", "Bag"]
+    assert topic_finder.parse_answer(json.dumps({"topics": names}), max_topics=3) == names[:3]
+    assert topic_finder.answer_schema("ecommerce", 3)["properties"]["topics"]["maxItems"] == 3
