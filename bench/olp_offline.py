@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from olp.catalog import Catalog
 from olp.errors import ValidationError
+from olp.settings import FeedSettings
 from processors import (
     content_organizer,
     format_checker,
@@ -116,6 +117,7 @@ class OfflineOLP:
         aspects: Sequence[str] = (),
         relationship: bool = True,
         organize: bool = False,
+        max_topics: int = FeedSettings().max_topics,
         seed: int = 0,
         on_chunk: Callable[[ChunkTrace], None] | None = None,
     ) -> None:
@@ -126,6 +128,7 @@ class OfflineOLP:
         self.aspects = tuple(aspects)
         self.relationship = relationship
         self.organize = organize
+        self.max_topics = max_topics
         self.on_chunk = on_chunk
         self._rng = random.Random(seed)
         self._session: aiohttp.ClientSession | None = None
@@ -218,10 +221,10 @@ class OfflineOLP:
             found = await self._ask(
                 "topic_finder",
                 topic_finder.build_prompt(sentences, self.domain, self.lang),
-                lambda text: topic_finder.parse_answer(text, sentences),
+                lambda text: topic_finder.parse_answer(text, sentences, self.max_topics),
                 chunk,
                 "0",
-                topic_finder.answer_schema(self.domain),
+                topic_finder.answer_schema(self.domain, self.max_topics),
                 {"topics": []},
             )
         except RoleFailed as exc:

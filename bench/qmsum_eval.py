@@ -50,7 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.olp_offline import OfflineOLP, OlpRun
 from olp.embedded import LOCAL_MODELS, installed_local_models, start_model_pool
+from olp.settings import FeedSettings
 from olp.stack import local_catalog
+from processors import topic_finder
 from processors.domain import Sentence, chat, render_transcript
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "qmsum" / "train.jsonl"
@@ -286,6 +288,8 @@ async def evaluate_model(
                 lang="en",
                 chunk_size=args.chunk_size,
                 relationship=not args.no_relationship,
+                # The pipeline's per-chunk topic limit for OLP; the whole transcript may hold many.
+                max_topics=FeedSettings().max_topics if mode == "olp" else topic_finder.MAX_TOPICS,
                 on_chunk=lambda tr, m=mode: print(
                     f"    {alias} {m} chunk {tr.seq} [{tr.first_id}..{tr.last_id}] "
                     f"found {len(tr.found)} -> {len(tr.checked)} topics in {tr.seconds:.0f}s",
