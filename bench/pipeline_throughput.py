@@ -1,7 +1,8 @@
 """End-to-end throughput and latency of the six agents (spec section 9; issue 8, items 2 and 3).
 
     python bench/pipeline_throughput.py [--quick] [--workers 1 2] [--streams 100] [--per-stream 300]
-                                        [--chunk-size 40] [--pace 0.7] [--profile] [--env K=V ...]
+                                        [--chunk-size 40] [--pace 0.7 | --rate N] [--profile]
+                                        [--env K=V ...] [--out NAME]
 
 On the embedded Tansu broker, with the instant model backend (bench/pipeline_model.py: a scripted
 OpenAI-compatible HTTP server in its own process, answering at once as a perfect model), the
@@ -14,7 +15,7 @@ policy store and N worker processes (each running all six agents):
    a rate the pipeline sustains: p50/p99 per hop (Kafka timestamps of each chunk's records, see
    bench/pipeline_common.py), per chunk end to end (trigger -> ChunkDone) and per segment end to
    end (segment produced -> ChunkDone of the chunk that carried it first; includes waiting for the
-   chunk's other K-1 sentences).
+   chunk's other K-1 sentences). `--rate N` runs only this, at N segments/s.
 
 Per run it also reports the CPU seconds each process spent (worker, policy store, broker, model),
 which says where the time goes on a machine this small; `--profile` adds a py-spy profile of the
@@ -384,6 +385,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--pace", type=float, default=0.7, help="paced run at this share of the drain rate (0: skip)"
     )
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        metavar="SEGMENTS_PER_S",
+        help="paced run at this absolute rate instead of a share of the drain (skips the drain)",
+    )
+    parser.add_argument(
         "--profile",
         nargs="*",
         default=None,
@@ -393,7 +401,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--env", nargs="*", default=[], help="extra OLP_* settings for the services, KEY=VALUE"
     )
-    parser.add_argument("--out", default="pipeline_throughput", help="name of the JSON file in bench/out/")
+    parser.add_argument(
+        "--out", default="pipeline_throughput", help="name of the JSON file in bench/out/ (.json optional)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the services' logs (printed path)")
     parser.add_argument(
         "--locator-batch",
@@ -432,6 +442,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     env=env,
                     locator_batch=args.locator_batch,
                 )
+                profile = (
+                    (args.profile or ["worker-0"])
+                    if args.profile is not None and workers == args.workers[0]
+                    else None
+                )
+                if args.rate:
+                    cases.append(
+                        run_case(
+                            bootstrap, broker_pid, base_url, model_pid, work,
+                            rate=args.rate, profile=profile, **common,
+                        )
+                    )
+                    continue
                 drain = run_case(
                     bootstrap,
                     broker_pid,
@@ -439,9 +462,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     model_pid,
                     work,
                     rate=None,
-                    profile=(args.profile or ["worker-0"])
-                    if args.profile is not None and workers == args.workers[0]
-                    else None,
+                    profile=profile,
                     **common,
                 )
                 cases.append(drain)
@@ -466,7 +487,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "broker_produce_consume_per_s": pipe_rate,
         "cases": cases,
     }
-    path = save_json(args.out, payload)
+    path = save_json(args.out.removesuffix(".json"), payload)
     print(f"\nwrote {path}")
     return payload
 

@@ -12,14 +12,18 @@ aiokafka producer with `app.olp_data_max_batch_size` bytes per batch: with one r
 and one request in flight per broker, each partition takes one record per round trip and every
 `send` behind a full batch waits for it (bench/pipeline_throughput.py measures the difference).
 Both are flushed before Faust commits offsets, so at-least-once holds for both.
+
+The consumer also applies Faust's partition pauses (the changelogs of its active tables, after
+recovery) to aiokafka's fetcher, so records nobody reads do not stall every fetch (`_Consumer`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any
 
 import aiokafka
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -34,10 +38,54 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = getattr(self.app, "olp_fetch_max_wait_ms", DEFAULT_FETCH_MAX_WAIT_MS)
         return consumer
 
+    def set_fetching(self, tps: Iterable[Any], paused: bool) -> None:
+        """Pause or resume `tps` in aiokafka's fetcher (from any thread; runs in the consumer's)."""
+        if self._consumer is not None:
+            self.thread_loop.call_soon_threadsafe(self._set_fetching, frozenset(tps), paused)
+
+    def _set_fetching(self, tps: frozenset[Any], paused: bool) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        assigned = consumer.assignment()
+        mine = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+        mine = [tp for tp in mine if tp in assigned]
+        if not mine:
+            return
+        if paused:
+            consumer.pause(*mine)
+            # Records fetched before the pause would stay buffered, and hold back every fetch.
+            for tp in mine:
+                consumer._fetcher._records.pop(tp, None)
+        else:
+            consumer.resume(*mine)
+
 
 class _Consumer(faust_aiokafka.Consumer):
+    """Faust's consumer, with its partition pauses applied to aiokafka's fetcher as well.
+
+    Faust pauses a partition only in its own bookkeeping: aiokafka keeps fetching it, and records
+    nobody drains stay in its fetch buffer. While any partition has such records, aiokafka sends no
+    fetch to that broker for `prefetch_backoff` (100 ms): on a single broker, every partition
+    waits. After recovery Faust pauses the changelog partitions of its active tables, and each
+    table write (the Chunk Splitter's state) comes back on them, so every hop of the pipeline
+    waited up to 100 ms per fetch for records that are never read.
+    """
+
+    _thread: _ConsumerThread
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def pause_partitions(self, tps: Iterable[Any]) -> None:
+        tps = list(tps)
+        super().pause_partitions(tps)
+        self._thread.set_fetching(tps, paused=True)
+
+    def resume_partitions(self, tps: Iterable[Any]) -> None:
+        tps = list(tps)
+        super().resume_partitions(tps)
+        self._thread.set_fetching(tps, paused=False)
 
 
 CHANGELOG_SUFFIX = "-changelog"

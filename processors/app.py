@@ -419,7 +419,7 @@ def create_app(
         app=app,
         rng=random.Random(seed),
     )
-    app.service(_Lifecycle(pipeline))
+    app.service(_Lifecycle(pipeline))  # type: ignore[arg-type]  # Faust types a class; it takes instances too
     _register_health(app, pipeline)
 
     from processors import (

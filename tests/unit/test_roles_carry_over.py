@@ -25,6 +25,7 @@ import pytest
 from bench.olp_offline import OfflineOLP
 from olp.settings import DEFAULT_ASPECTS
 from olp.stack import local_catalog
+from processors import topic_finder
 from processors.chunk_splitter import carry_limit
 from processors.domain import Sentence
 from tests.support.fake_llm import Reply, ScriptedLLM
@@ -66,6 +67,7 @@ async def test_replayed_run_carries_the_unfinished_topic_over(
         chunk_size=k,
         aspects=DEFAULT_ASPECTS["ecommerce"],
         organize=True,
+        max_topics=topic_finder.MAX_TOPICS,  # recorded before feeds limited topics per chunk
     ) as olp:
         run = await olp.run(sentences, "replay")
 
