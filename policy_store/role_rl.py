@@ -81,7 +81,11 @@ Deviations from the paper (Role-RL's released code, `main_Role_RL.py`), numbered
      conditional-independence model P(b ok | a ok)*p_a(c) + P(b ok | a wrong)*(1 - p_a(c)) - p_a(c);
      the threshold maximises the expected reward over a's recent confidences, and the plan is used
      when it beats the best single model.
-  10. At-least-once delivery: duplicate `event_id`s are ignored (bounded memory).
+  10. At-least-once delivery: duplicate `event_id`s are ignored. The ids are remembered for
+      `dedupe_window_s` of the records' time (a replay after a worker restart repeats calls of
+      the last seconds; a chunk re-sent after `chunk_timeout_s` repeats them minutes later) and
+      at most `dedupe_capacity` of them (~250 B each), so at a low feedback rate the memory
+      stops growing long before the count cap.
   11. Operator control: pin / unpin, ban / unban, add a model, retire the worst one per role
       (the paper replaced the worst LLM with a new one by hand); per-role latency SLOs.
 """
@@ -229,8 +233,12 @@ class RoleRLParams:
     """Confidences kept per (role, model) for calibration (oldest dropped first)."""
 
     # --- Plumbing ---------------------------------------------------------------------------
+    dedupe_window_s: float = 1200.0
+    """Event ids are remembered for this long (records' time, `ts_ms`) for de-duplication. Must
+    exceed the processors' `chunk_timeout_s` (600 s): a chunk sent again after that timeout
+    repeats its calls, with the same event ids, that much later."""
     dedupe_capacity: int = 100_000
-    """Event ids remembered for de-duplication."""
+    """At most this many event ids are remembered (the oldest dropped first), whatever the window."""
     group_capacity: int = 4096
     """Inputs (stream_id, chunk_id) remembered for cross updates."""
 
@@ -254,6 +262,8 @@ class RoleRLParams:
             raise PolicyError("pool_prior must be > 0, context/state priors >= 0, min_step in (0, 1]")
         if self.breaker_failures < 1:
             raise PolicyError("breaker_failures must be >= 1")
+        if self.dedupe_window_s <= 0 or self.dedupe_capacity < 1:
+            raise PolicyError("dedupe_window_s must be > 0 and dedupe_capacity >= 1")
         if self.mode not in ("role_rl", "paper"):
             raise PolicyError(f"unknown mode {self.mode!r}")
 
@@ -836,7 +846,7 @@ class RoleRL:
         self._budgets: dict[str, Budget] = dict(budgets or {})
         self._ledgers: dict[str, BudgetLedger] = {}
         # Plumbing.
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: OrderedDict[str, int] = OrderedDict()  # event id -> learner clock (ms) when seen
         self._signatures: dict[str, tuple[str, str | None]] = {}
         self._now_ms = 0
         self.counters: dict[str, int] = {
@@ -974,13 +984,11 @@ class RoleRL:
         if event_id in self._seen:
             self.counters["duplicate"] += 1
             return False
-        self._seen[event_id] = None
-        while len(self._seen) > self.params.dedupe_capacity:
-            self._seen.popitem(last=False)
-
-        role, model = str(outcome["role"]), str(outcome["model"])
         ts = int(outcome.get("ts_ms") or self._now_ms)
         self._now_ms = max(self._now_ms, ts)
+        self._remember(event_id)
+
+        role, model = str(outcome["role"]), str(outcome["model"])
         if role not in self._pools or model not in self._models:
             self.counters["unknown"] += 1
             return False
@@ -1021,6 +1029,15 @@ class RoleRL:
             self._versions[role] += 1
             return True
         return False
+
+    def _remember(self, event_id: str) -> None:
+        """Dedupe window (deviation 10): ids seen within `dedupe_window_s` of the learner's clock,
+        at most `dedupe_capacity`; the oldest first out (ids arrive roughly in time order)."""
+        self._seen[event_id] = self._now_ms
+        horizon = self._now_ms - int(self.params.dedupe_window_s * 1000)
+        seen = self._seen
+        while len(seen) > self.params.dedupe_capacity or seen[next(iter(seen))] < horizon:
+            seen.popitem(last=False)
 
     def _learn(self, role: str, model: str, outcome: Mapping[str, Any], weight: float) -> None:
         p = self.params
@@ -1665,7 +1682,7 @@ class RoleRL:
             "breakers": {r: {m: asdict(b) for m, b in bs.items()} for r, bs in self._breakers.items()},
             "budgets": {f: asdict(b) for f, b in self._budgets.items()},
             "ledgers": {f: asdict(ledger) for f, ledger in self._ledgers.items()},
-            "seen": list(self._seen),
+            "seen": [[e, t] for e, t in self._seen.items()],
             "signatures": {r: list(s) for r, s in self._signatures.items()},
             "now_ms": self._now_ms,
             "counters": self.counters,
@@ -1721,9 +1738,12 @@ class RoleRL:
             ledger = BudgetLedger(**raw_ledger)
             ledger.history = [(int(s), float(x)) for s, x in ledger.history]
             self._ledgers[feed] = ledger
-        self._seen = OrderedDict((e, None) for e in data["seen"])
         self._signatures = {r: (s[0], s[1]) for r, s in data["signatures"].items()}
         self._now_ms = int(data["now_ms"])
+        # [id, ms] pairs; a snapshot from before the dedupe window held bare ids (seen "now").
+        self._seen = OrderedDict(
+            (str(e), self._now_ms) if isinstance(e, str) else (str(e[0]), int(e[1])) for e in data["seen"]
+        )
         self.counters = dict(data["counters"])
         self._plans = {r: (CascadePlan(**plan) if plan else None) for r, plan in data["plans"].items()}
         return self

@@ -235,6 +235,39 @@ def test_duplicate_event_ids_are_ignored() -> None:
     assert after["est"] == snapshot["est"] and after["q"] == snapshot["q"]
 
 
+def test_dedupe_memory_is_bounded_by_the_window_on_an_endless_stream() -> None:
+    """10,000 outcomes, one per 100 ms: the learner remembers the ids of the last minute only
+    (not all of them up to the count cap), and still drops a duplicate inside the window."""
+    learner = RoleRL({"finder": MODELS}, RoleRLParams(dedupe_window_s=60.0))
+    for i in range(10_000):
+        learner.observe(outcome(f"e{i}", MODELS[i % 3], ts_ms=1_000 + 100 * i))
+        if i % 2_000 == 0:
+            assert len(learner.snapshot()["seen"]) <= 601
+    assert len(learner.snapshot()["seen"]) == 601  # ids of the window's 60 s (both ends included)
+    assert learner.observe(outcome("e9500", "mid", ts_ms=1_000 + 100 * 9_999)) is False
+    assert learner.counters["duplicate"] == 1
+    learner.observe(outcome("e0", "mid", ts_ms=1_000 + 100 * 9_999))  # long gone: learned again
+    assert learner.counters["duplicate"] == 1
+
+
+def test_dedupe_memory_is_bounded_by_the_capacity_within_the_window() -> None:
+    learner = RoleRL({"finder": MODELS}, RoleRLParams(dedupe_capacity=500))
+    for i in range(5_000):
+        learner.observe(outcome(f"e{i}", "mid", ts_ms=1_000))  # all inside the window
+    assert len(learner.snapshot()["seen"]) == 500
+    assert learner.observe(outcome("e4999", "mid")) is False
+
+
+def test_restore_takes_a_snapshot_of_bare_event_ids() -> None:
+    learner = RoleRL({"finder": MODELS}, RoleRLParams())
+    learner.observe(outcome("old", "mid", ts_ms=5_000))
+    data = json.loads(json.dumps(learner.snapshot()))
+    data["seen"] = ["old"]  # the format before the dedupe window
+    clone = RoleRL.restore(data, random.Random(0))
+    assert clone.observe(outcome("old", "mid", ts_ms=5_000)) is False
+    assert clone.snapshot()["seen"] == [["old", 5_000]]
+
+
 def test_observe_reports_a_change_of_the_greedy_choice() -> None:
     learner = RoleRL({"finder": ["a", "b"]}, RoleRLParams(explore_horizon=0.0, cascade=False))
     version = learner.version("finder")
