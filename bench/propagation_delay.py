@@ -265,7 +265,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     trial = {"role": role, "old": old, "new": changed[1]["model"] if changed else None}
                     with lock:
                         trial["requests_after"] = [
-                            (round(t - t0, 3), m, first) for t, m, r, first in requests if r == role and t >= t0
+                            (round(t - t0, 3), m, first)
+                            for t, m, r, first in requests
+                            if r == role and t >= t0
                         ][:12]
                     if changed is not None:
                         trial["publish_s"] = changed[0] - t0
@@ -320,7 +322,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--timeout", type=float, default=15.0, help="give up on a trial after this")
     parser.add_argument("--keep", action="store_true", help="keep the services' logs (printed path)")
     parser.add_argument(
-        "--env", nargs="*", default=[], type=lambda kv: tuple(kv.split("=", 1)), help="OLP_* settings, KEY=VALUE"
+        "--env",
+        nargs="*",
+        default=[],
+        type=lambda kv: tuple(kv.split("=", 1)),
+        help="OLP_* settings, KEY=VALUE",
     )
     args = parser.parse_args(argv)
     args.trials = args.trials or (8 if args.quick else 24)

@@ -287,7 +287,8 @@ def issue_table() -> list[list[str]]:
         [
             "6",
             "real-time factor (transcript s / wall s), local models",
-            f"{rtf['real_time_factor']:.2f} ({rtf['sentences']} sentences, pool {', '.join(rtf['model_pool'])})"
+            f"{rtf['real_time_factor']:.2f} ({rtf['sentences']} sentences, "
+            f"pool {', '.join(rtf['model_pool'])})"
             if rtf
             else "not run (make bench BENCH_ARGS=--llm)",
         ]

@@ -221,7 +221,9 @@ async def write_documents(pipeline: Pipeline, organized: dict[str, Any]) -> None
     for topic in organized["topics"]:
         try:
             documents.append(
-                check_document(chunk, topic, aspects, int(chunk["seq"]), now_ms, carry_limit=carry_limit(chunk_size))
+                check_document(
+                    chunk, topic, aspects, int(chunk["seq"]), now_ms, carry_limit=carry_limit(chunk_size)
+                )
             )
         except ValidationError as exc:
             # One irreparable topic is dead-lettered; the chunk's other topics still go out.

@@ -3,6 +3,7 @@ broker, configured only by OLP_* environment variables as in production."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -118,13 +119,13 @@ class ServiceStack:
             docs = view.stream(stream_id)
             if last is not None and docs:
                 ids = [i for i in range(int(docs[0]["first_id"]), last + 1)]
-                ids = [i for i in ids if not any(d["last_id"] < i < n["first_id"] for d, n in zip(docs, docs[1:]))]
+                gaps = [(d["last_id"], n["first_id"]) for d, n in itertools.pairwise(docs)]
+                ids = [i for i in ids if not any(a < i < b for a, b in gaps)]
             if ids and view.covers(stream_id, ids):
                 return view
             if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"documents incomplete after {timeout_s}s: {[(d['topic_id'], d['last_id'], d['final']) for d in view.stream(stream_id)]}\n{self.logs()}"
-                )
+                held = [(d["topic_id"], d["last_id"], d["final"]) for d in view.stream(stream_id)]
+                raise AssertionError(f"documents incomplete after {timeout_s}s: {held}\n{self.logs()}")
             for child in self.children:
                 if not child.alive():
                     raise AssertionError(f"{child.name} died\n{self.logs()}")
