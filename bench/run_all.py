@@ -108,7 +108,7 @@ REGISTRY: tuple[Benchmark, ...] = (
         quick=("--seeds", "1"),
     ),
     Benchmark(
-        "qmsum_eval.py",
+        "segmentation_eval.py",
         "QMSum segmentation, OLP vs non-OLP",
         quick=("--limit", "1"),
         timeout_s=7200,

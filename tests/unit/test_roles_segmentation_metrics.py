@@ -1,4 +1,4 @@
-"""The QMSum evaluation's pure parts (bench/qmsum_eval.py): turning a meeting into the sentence
+"""The QMSum evaluation's pure parts (bench/segmentation_eval.py): turning a meeting into the sentence
 stream, the one-to-one matching rule, recall / precision, Pk and WindowDiff, and cutting a
 transcript to a context window."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.qmsum_eval import (
+from bench.segmentation_eval import (
     best_matching,
     clean_turn,
     fit_to_context,

@@ -1,6 +1,6 @@
 """QMSum topic segmentation: OLP vs non-OLP with the same local model (spec section 9, "OLP quality").
 
-    python bench/qmsum_eval.py [--data ../shared/data/qmsum/train.jsonl] [--limit 2] [--order short]
+    python bench/segmentation_eval.py [--data ../shared/data/qmsum/train.jsonl] [--limit 2] [--order short]
         [--models smollm2-135m,qwen2.5-coder-0.5b,qwen2.5-coder-1.5b] [--chunk-size 40] [--out FILE]
 
 Reads QMSum meetings (JSON lines: `meeting_transcripts` = speaker turns, `topic_list` = topic name
