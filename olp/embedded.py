@@ -23,8 +23,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
@@ -276,7 +278,11 @@ def smollm2_weights() -> Path:
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: own process group, SIGTERM when the parent dies."""
+    """Runs in the child before exec: own process group, SIGTERM when the parent dies.
+
+    "Parent" is the thread that forked the child, which is why children are forked by a thread
+    that lives as long as this process (`_popen`).
+    """
     os.setsid()
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
@@ -284,6 +290,32 @@ def _die_with_parent() -> None:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+_spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="olp-spawn")
+"""Forks the children of other threads: its thread lives until this process exits."""
+
+
+def _popen(argv: Sequence[str], env: Mapping[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """Popen from a thread that outlives the caller.
+
+    PR_SET_PDEATHSIG fires when the forking *thread* ends: a worker restarted from a short-lived
+    thread (a supervisor's restart, a test's killer) got SIGTERM as soon as that thread returned.
+    """
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+
+    if threading.current_thread() is threading.main_thread():
+        return spawn()
+    return _spawner.submit(spawn).result()
 
 
 @dataclass
@@ -300,14 +332,7 @@ class ChildProcess:
     def start(self) -> ChildProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            list(self.argv),
-            env=dict(self.env),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
+        self.proc = _popen(self.argv, self.env, self._log)
         return self
 
     def alive(self) -> bool:
