@@ -11,14 +11,19 @@ is exact only with one record per batch; spec section 6). Every other topic goes
 aiokafka producer with `app.olp_data_max_batch_size` bytes per batch: with one record per batch
 and one request in flight per broker, each partition takes one record per round trip and every
 `send` behind a full batch waits for it (bench/pipeline_throughput.py measures the difference).
-Both are flushed before Faust commits offsets, so at-least-once holds for both.
+Both are flushed before Faust commits offsets, so at-least-once holds for both: Faust's own flush
+returns once no record went out for 0.1 s, with table writes still buffered, so the changelog side
+waits for every buffered write to be acknowledged (`_ProducerBuffer`).
 
 The consumer also applies Faust's partition pauses (the changelogs of its active tables, after
-recovery) to aiokafka's fetcher, so records nobody reads do not stall every fetch (`_Consumer`).
+recovery) to aiokafka's fetcher, so records nobody reads do not stall every fetch, and fetches a
+newly assigned stream partition only after Faust has sought it to its committed offset, so that
+no record is skipped after a rebalance (`_Consumer`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any
 
@@ -27,6 +32,8 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer
+from faust.types.tuples import FutureMessage
 
 DEFAULT_FETCH_MAX_WAIT_MS = 10
 
@@ -62,7 +69,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
-    """Faust's consumer, with its partition pauses applied to aiokafka's fetcher as well.
+    """Faust's consumer, with its partition pauses applied to aiokafka's fetcher as well, and no
+    fetching of a newly assigned stream partition before Faust has sought it to its committed offset.
 
     Faust pauses a partition only in its own bookkeeping: aiokafka keeps fetching it, and records
     nobody drains stay in its fetch buffer. While any partition has such records, aiokafka sends no
@@ -70,12 +78,27 @@ class _Consumer(faust_aiokafka.Consumer):
     waits. After recovery Faust pauses the changelog partitions of its active tables, and each
     table write (the Chunk Splitter's state) comes back on them, so every hop of the pipeline
     waited up to 100 ms per fetch for records that are never read.
+
+    After a rebalance Faust's recovery resumes the stream partitions and only then seeks them to
+    their committed offsets (`perform_seek`, one broker round trip per partition). Records fetched
+    in between were handed to the agents a second time after the seek, or, when the consumer loop
+    moved a partition's read offset past them after the seek had reset it, dropped as "already
+    read": a restarted worker skipped a run of segments and their sentences were lost (issue 7,
+    tests/reliability/test_worker_crash.py). So a stream partition is fetched only once sought.
     """
 
     _thread: _ConsumerThread
+    _awaiting_seek: set[Any]
+    """Stream partitions assigned and not yet sought to their committed offsets."""
 
     def _new_consumer_thread(self) -> _ConsumerThread:
+        self._awaiting_seek = set()
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def on_partitions_assigned(self, assigned: set[Any], generation_id: int = 0) -> None:
+        self._awaiting_seek = {tp for tp in assigned if not self._is_changelog_tp(tp)}
+        self._thread.set_fetching(self._awaiting_seek, paused=True)
+        await super().on_partitions_assigned(assigned, generation_id)
 
     def pause_partitions(self, tps: Iterable[Any]) -> None:
         tps = list(tps)
@@ -85,16 +108,80 @@ class _Consumer(faust_aiokafka.Consumer):
     def resume_partitions(self, tps: Iterable[Any]) -> None:
         tps = list(tps)
         super().resume_partitions(tps)
-        self._thread.set_fetching(tps, paused=False)
+        self._thread.set_fetching([tp for tp in tps if tp not in self._awaiting_seek], paused=False)
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        sought = {tp for tp in self._awaiting_seek if tp not in self._paused_partitions}
+        self._awaiting_seek -= sought
+        self._thread.set_fetching(sought, paused=False)
 
 
 CHANGELOG_SUFFIX = "-changelog"
+FLUSH_TIMEOUT_S = 120.0
+"""How long a flush (before an offset commit) waits for the broker to acknowledge table writes."""
+STOP_FLUSH_TIMEOUT_S = 10.0
+"""The same when the worker is stopping (a supervisor's grace period is short)."""
+
+
+class _ProducerBuffer(ProducerBuffer):
+    """Faust's buffer of table writes, with a flush that returns only when all are acknowledged.
+
+    Faust's `flush` gives up as soon as no record was sent for 0.1 s (one changelog record per
+    request on Tansu takes longer under load) and the consumer then commits offsets past the events
+    that made those writes. A SIGKILL at that moment lost the writes but not the commit: the
+    restarted worker restored an older splitter state and never saw the events again, and a run of
+    sentences vanished (issue 7, tests/reliability/test_worker_crash.py).
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._unacked: set[FutureMessage] = set()
+        self._failed: BaseException | None = None
+
+    def put(self, fut: FutureMessage) -> None:
+        self._unacked.add(fut)
+        fut.add_done_callback(self._on_done)
+        super().put(fut)
+
+    def _on_done(self, fut: Any) -> None:
+        self._unacked.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None and self._failed is None:
+            self._failed = fut.exception()
+
+    async def flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        limit_s = STOP_FLUSH_TIMEOUT_S if self.should_stop else FLUSH_TIMEOUT_S
+        deadline = loop.time() + limit_s
+        while self._unacked:
+            if self.should_stop:
+                # The sending task ends once stopping starts: what is still queued is sent from here.
+                while not self.pending.empty():
+                    await self._send_pending(self.pending.get_nowait())
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise ProducerSendError(
+                    f"{len(self._unacked)} table writes not acknowledged after {limit_s:.0f}s"
+                )
+            await asyncio.wait(list(self._unacked), timeout=min(remaining, 0.5))
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            # Committing now would skip events whose state was never saved: fail, so the worker
+            # restarts and processes them again.
+            raise ProducerSendError(f"a table write failed: {failed!r}")
 
 
 class _Producer(faust_aiokafka.Producer):
     """Faust's producer for changelogs (and transactions), a batching one for data topics."""
 
     _data_producer: aiokafka.AIOKafkaProducer | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.app.conf.producer_threaded:
+            return  # (not used here: its queue lives in another thread)
+        self.buffer = _ProducerBuffer(loop=self.loop, beacon=self.beacon)
+        self.buffer.app = self.app
 
     async def on_start(self) -> None:
         await super().on_start()
