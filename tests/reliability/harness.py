@@ -8,7 +8,6 @@ scripted OpenAI-compatible server of `tests/support/fake_llm.py`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -23,15 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from olp.clients import DocumentView, follow_documents, follow_topic
 from olp.embedded import ChildProcess, free_port
 from olp.errors import OlpError
 from olp.feeds import read_transcript, with_end_marker
 from olp.settings import Settings
 from schemas.codec import make_codec
-from tests.support.fake_llm import Reply, ScriptedLLM
 from tests.support.scripted_roles import PRODUCTS, aspect_of
 from tests.support.stack import ServiceStack
 
@@ -361,69 +357,6 @@ def read_raw(settings: Settings, topic: str, quiet_s: float = 1.5) -> list[Any]:
         elif time.monotonic() - last > quiet_s:
             break
     return messages
-
-
-# --- model faults -----------------------------------------------------------------------------
-
-
-@dataclass
-class FaultReply(Reply):
-    """A scripted reply that may also drip its body: `drip_s` spread over ten writes."""
-
-    drip_s: float = 0.0
-
-
-class FaultyLLM(ScriptedLLM):
-    """The scripted server (same Reply semantics) plus a slow drip: headers at once, then the
-    body in ten pieces spread over `drip_s`."""
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        model = str(body.get("model"))
-        with self._lock:
-            self.requests.append((model, body))
-        reply = self.responder(model, body)
-        if reply.delay_s:
-            await asyncio.sleep(reply.delay_s)
-        if reply.drop_connection:
-            assert request.transport is not None
-            request.transport.close()
-            return web.Response()
-        if reply.status != 200:
-            headers = {"Retry-After": reply.retry_after} if reply.retry_after else {}
-            return web.json_response(
-                {"error": {"message": "scripted fault"}}, status=reply.status, headers=headers
-            )
-        payload = json.dumps(
-            {
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": reply.text},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": 100, "completion_tokens": max(1, len(reply.text) // 4)},
-            }
-        ).encode()
-        if reply.truncate:
-            payload = payload[: len(payload) // 2]
-        drip_s = reply.drip_s if isinstance(reply, FaultReply) else 0.0
-        if not drip_s:
-            return web.Response(body=payload, content_type="application/json")
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        response.content_length = len(payload)
-        await response.prepare(request)
-        step = max(1, len(payload) // 10)
-        try:
-            for i in range(0, len(payload), step):
-                await asyncio.sleep(drip_s / 10)
-                await response.write(payload[i : i + step])
-            await response.write_eof()
-        except (ConnectionError, RuntimeError):
-            pass  # the client gave up (its timeout): that is the point
-        return response
 
 
 def describe_difference(got: Sequence[Mapping[str, Any]], want: Sequence[Mapping[str, Any]]) -> str:

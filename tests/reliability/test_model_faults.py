@@ -36,8 +36,6 @@ from processors.role_call import CallContext, RoleCaller
 from tests.reliability.conftest import Report
 from tests.reliability.harness import (
     DocumentCollector,
-    FaultReply,
-    FaultyLLM,
     Stack,
     audit,
     comparable,
@@ -47,6 +45,7 @@ from tests.reliability.harness import (
     read_all,
     sample_segments,
 )
+from tests.support.fake_llm import Reply, ScriptedLLM
 from tests.support.scripted_roles import perfect_answer, role_of, shown_sentences
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
@@ -64,7 +63,7 @@ LOCATOR_OK = '{"first_id": 1, "last_id": 3}'
 @dataclass(frozen=True)
 class Fault:
     name: str
-    reply: FaultReply | None  # None: the endpoint refuses connections
+    reply: Reply | None  # None: the endpoint refuses connections
     role: str = "topic_finder"
     expected_attempts: int = 3
     """Calls the faulty model gets: 3 for a retried fault, 2 for junk (one re-ask), 1 for permanent."""
@@ -72,40 +71,40 @@ class Fault:
 
 
 FAULTS = [
-    Fault("timeout", FaultReply(FINDER_OK, delay_s=3.0)),
-    Fault("slow drip", FaultReply(FINDER_OK, drip_s=4.0)),
-    Fault("HTTP 429 + Retry-After: 1", FaultReply(status=429, retry_after="1")),
-    Fault("HTTP 500", FaultReply(status=500)),
-    Fault("HTTP 503", FaultReply(status=503)),
+    Fault("timeout", Reply(FINDER_OK, delay_s=3.0)),
+    Fault("slow drip", Reply(FINDER_OK, drip_s=4.0)),
+    Fault("HTTP 429 + Retry-After: 1", Reply(status=429, retry_after="1")),
+    Fault("HTTP 500", Reply(status=500)),
+    Fault("HTTP 503", Reply(status=503)),
     Fault("connection refused", None),
-    Fault("connection reset", FaultReply(drop_connection=True)),
+    Fault("connection reset", Reply(drop_connection=True)),
     Fault(
         "truncated HTTP body",
-        FaultReply(FINDER_OK, truncate=True),
+        Reply(FINDER_OK, truncate=True),
         expected_attempts=1,
         handling="malformed response: failover at once (a server sending junk is not retried)",
     ),
     Fault(
         "truncated answer",
-        FaultReply('{"topics": ["Human hair'),
+        Reply('{"topics": ["Human hair'),
         expected_attempts=2,
         handling="ParseError: re-asked once, then failover",
     ),
     Fault(
         "non-JSON answer",
-        FaultReply("Sure! They sell a wig and some shoes."),
+        Reply("Sure! They sell a wig and some shoes."),
         expected_attempts=2,
         handling="ParseError: re-asked once, then failover",
     ),
     Fault(
         "other JSON (obeys an injection)",
-        FaultReply('{"instructions": "ignored", "result": "HACKED"}'),
+        Reply('{"instructions": "ignored", "result": "HACKED"}'),
         expected_attempts=2,
         handling="ParseError: re-asked once, then failover",
     ),
     Fault(
         "ids not in the chunk",
-        FaultReply('{"first_id": 900, "last_id": 950}'),
+        Reply('{"first_id": 900, "last_id": 950}'),
         role="topic_locator",
         expected_attempts=2,
         handling="ParseError: re-asked once, then failover",
@@ -128,8 +127,8 @@ async def one_call(fault: Fault) -> tuple[int, str, float, list[dict[str, Any]]]
     """One role call with `faulty` assigned and `healthy` next: (faulty attempts, model that
     answered, seconds, feedback outcomes)."""
     ok = FINDER_OK if fault.role == "topic_finder" else LOCATOR_OK
-    server = FaultyLLM(
-        lambda model, body: fault.reply if model == "faulty" and fault.reply else FaultReply(ok)
+    server = ScriptedLLM(
+        lambda model, body: fault.reply if model == "faulty" and fault.reply else Reply(ok)
     )
     server.start()
     try:
@@ -210,16 +209,16 @@ async def test_model_fault_matrix(report: Report) -> None:
 
 # --- the pipeline on the broker ------------------------------------------------------------------
 
-PIPELINE_FAULTS: dict[str, Callable[[], FaultReply]] = {
-    "none": lambda: FaultReply(),  # control: the faulty model answers well for this stream
-    "timeout": lambda: FaultReply(delay_s=3.0),
-    "drip": lambda: FaultReply(drip_s=4.0),
-    "r429": lambda: FaultReply(status=429, retry_after="1"),
-    "r500": lambda: FaultReply(status=500),
-    "reset": lambda: FaultReply(drop_connection=True),
-    "trunc": lambda: FaultReply(truncate=True),
-    "nonjson": lambda: FaultReply("I think it is about a wig."),
-    "badids": lambda: FaultReply(),  # see BAD_IDS: only roles that answer with ids get them wrong
+PIPELINE_FAULTS: dict[str, Callable[[], Reply]] = {
+    "none": lambda: Reply(),  # control: the faulty model answers well for this stream
+    "timeout": lambda: Reply(delay_s=3.0),
+    "drip": lambda: Reply(drip_s=4.0),
+    "r429": lambda: Reply(status=429, retry_after="1"),
+    "r500": lambda: Reply(status=500),
+    "reset": lambda: Reply(drop_connection=True),
+    "trunc": lambda: Reply(truncate=True),
+    "nonjson": lambda: Reply("I think it is about a wig."),
+    "badids": lambda: Reply(),  # see BAD_IDS: only roles that answer with ids get them wrong
 }
 BAD_IDS = {
     "topic_locator": '{"first_id": 9000, "last_id": 9100}',
@@ -252,17 +251,17 @@ def test_pipeline_survives_model_faults(
 ) -> None:
     calls: Counter[tuple[str, str]] = Counter()
 
-    def responder(model: str, body: dict[str, Any]) -> FaultReply:
+    def responder(model: str, body: dict[str, Any]) -> Reply:
         kind = kind_of(body)
         calls[(model, kind)] += 1
         good = perfect_answer(first_ask(body))
         if kind == ALL_DOWN:
-            return FaultReply(status=500)
+            return Reply(status=500)
         if model == "faulty" and kind == "badids":
-            return FaultReply(BAD_IDS.get(role_of(first_ask(body)), good))
+            return Reply(BAD_IDS.get(role_of(first_ask(body)), good))
         if model == "faulty" and kind != "none":
             fault = PIPELINE_FAULTS[kind]()
-            return FaultReply(
+            return Reply(
                 fault.text or good,
                 fault.status,
                 fault.delay_s,
@@ -271,9 +270,9 @@ def test_pipeline_survives_model_faults(
                 fault.truncate,
                 fault.drip_s,
             )
-        return FaultReply(good)
+        return Reply(good)
 
-    server = FaultyLLM(responder).start()
+    server = ScriptedLLM(responder).start()
     catalog = Catalog(
         models=(
             ModelSpec(

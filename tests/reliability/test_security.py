@@ -34,12 +34,11 @@ from processors.model_gateway import ModelGateway
 from tests.reliability.conftest import Report
 from tests.reliability.harness import (
     DocumentCollector,
-    FaultReply,
-    FaultyLLM,
     Stack,
     read_raw,
     sample_segments,
 )
+from tests.support.fake_llm import Reply, ScriptedLLM
 from tests.support.scripted_roles import perfect_answer
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
@@ -162,17 +161,17 @@ async def test_state_changing_endpoints_need_the_token_and_limit_request_size(
 
 
 @pytest.fixture
-def echoing_llm() -> Iterator[FaultyLLM]:
+def echoing_llm() -> Iterator[ScriptedLLM]:
     """`leaky` refuses every call with 401 and echoes the Authorization header it got (some
     providers and proxies do); `healthy` answers well, except for stream `leak-all`."""
 
-    def responder(model: str, body: dict[str, Any]) -> FaultReply:
+    def responder(model: str, body: dict[str, Any]) -> Reply:
         text = json.dumps(body)
         if model == "leaky" or "(leak-all)" in text:
-            return FaultReply(status=401)
-        return FaultReply(perfect_answer({**body, "messages": body["messages"][:2]}))
+            return Reply(status=401)
+        return Reply(perfect_answer({**body, "messages": body["messages"][:2]}))
 
-    server = FaultyLLM(responder)
+    server = ScriptedLLM(responder)
     original = server._chat
 
     async def chat(request: web.Request) -> web.StreamResponse:
@@ -189,7 +188,7 @@ def echoing_llm() -> Iterator[FaultyLLM]:
 
 
 def test_planted_secret_never_reaches_logs_traces_or_records(
-    broker: str, topic_prefix: str, run_dir: Path, echoing_llm: FaultyLLM, report: Report
+    broker: str, topic_prefix: str, run_dir: Path, echoing_llm: ScriptedLLM, report: Report
 ) -> None:
     catalog = Catalog(
         models=(

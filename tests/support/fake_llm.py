@@ -1,7 +1,8 @@
 """A scripted OpenAI-compatible chat-completions server (aiohttp) for tests (spec section 5).
 
 It stands in for remote model providers: a `responder(model, body) -> Reply` decides each answer,
-with optional latency and faults (HTTP status, Retry-After, dropped connection, truncated body).
+with optional latency and faults (HTTP status, Retry-After, dropped connection, truncated body,
+a body dripped out slowly).
 Runs on its own event loop in a thread, so subprocess workers can call it over real HTTP and the
 test can read every request it received.
 """
@@ -26,6 +27,8 @@ class Reply:
     retry_after: str | None = None
     drop_connection: bool = False
     truncate: bool = False
+    drip_s: float = 0.0
+    """Send the headers at once, then the body in ten pieces spread over this many seconds."""
 
 
 Responder = Callable[[str, dict[str, Any]], Reply]
@@ -84,7 +87,20 @@ class ScriptedLLM:
         raw = json.dumps(payload).encode()
         if reply.truncate:
             raw = raw[: len(raw) // 2]
-        return web.Response(body=raw, content_type="application/json")
+        if not reply.drip_s:
+            return web.Response(body=raw, content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(raw)
+        await response.prepare(request)
+        step = max(1, len(raw) // 10)
+        try:
+            for i in range(0, len(raw), step):
+                await asyncio.sleep(reply.drip_s / 10)
+                await response.write(raw[i : i + step])
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client gave up (its timeout): that is the point
+        return response
 
     def start(self) -> ScriptedLLM:
         ready = threading.Event()
