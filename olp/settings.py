@@ -155,6 +155,15 @@ class LearnerSettings(BaseModel):
     cost_weight: float = Field(100.0, description="k1: reward points per US dollar.")
     latency_weight: float = Field(0.1, description="k2: reward points per second of latency.")
     snapshot_path: Path | None = Field(None, description="Where the policy store keeps its state.")
+    snapshot_interval_s: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "Longest time learned feedback waits to be written to the snapshot (0: after every "
+            "batch). The snapshot holds its feedback offsets, so a crash replays what came after "
+            "it, exactly once."
+        ),
+    )
 
 
 class JudgeSettings(BaseModel):

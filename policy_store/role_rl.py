@@ -795,6 +795,12 @@ class _Member:
     latency: float = 0.0
 
 
+def _flat(obj: _Member | Estimate | Breaker) -> dict[str, Any]:
+    """`asdict` of a dataclass whose fields are all scalars. `asdict` deep-copies every float,
+    which made snapshots of thousands of group members most of the policy store's CPU."""
+    return dict(vars(obj))
+
+
 def _finite(x: Any) -> float | None:
     if x is None:
         return None
@@ -1668,18 +1674,18 @@ class RoleRL:
             "board": self._board,
             "board_role": self._board_role,
             "board_count": self._board_count,
-            "groups": [[k, [asdict(m) for m in g]] for k, g in self._groups.items()],
+            "groups": [[k, [_flat(m) for m in g]] for k, g in self._groups.items()],
             "est": {
-                r: {c: {m: asdict(e) for m, e in ms.items()} for c, ms in cs.items()}
+                r: {c: {m: _flat(e) for m, e in ms.items()} for c, ms in cs.items()}
                 for r, cs in self._est.items()
             },
-            "pooled": {m: asdict(e) for m, e in self._pooled.items()},
+            "pooled": {m: _flat(e) for m, e in self._pooled.items()},
             "calib": {r: {m: list(c.order) for m, c in ms.items()} for r, ms in self._calib.items()},
             "corun": self._corun,
             "gains": {r: {k: list(c.order) for k, c in cells.items()} for r, cells in self._gains.items()},
             "plan_age": self._plan_age,
             "plans": {r: (asdict(plan) if plan else None) for r, plan in self._plans.items()},
-            "breakers": {r: {m: asdict(b) for m, b in bs.items()} for r, bs in self._breakers.items()},
+            "breakers": {r: {m: _flat(b) for m, b in bs.items()} for r, bs in self._breakers.items()},
             "budgets": {f: asdict(b) for f, b in self._budgets.items()},
             "ledgers": {f: asdict(ledger) for f, ledger in self._ledgers.items()},
             "seen": [[e, t] for e, t in self._seen.items()],

@@ -263,9 +263,13 @@ async def _consume_feedback(app: web.Application) -> None:
         consumer.assign(tps)
         await _feedback_start(app, consumer, tps)
         state.kafka_ready = True
+        saved_at, unsaved = time.monotonic(), False
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
             if not batches:
+                if unsaved:
+                    save_snapshot(state, settings.learner.snapshot_path)
+                    saved_at, unsaved = time.monotonic(), False
                 continue
             changed: dict[str, list[SpanContext]] = {}  # role -> the feedback spans that changed it
             async with state.lock:
@@ -296,7 +300,12 @@ async def _consume_feedback(app: web.Application) -> None:
                     for role in sorted(changed):
                         if changed[role] or state.stale(role):
                             await publish(app, role, causes=changed[role])
-                save_snapshot(state, settings.learner.snapshot_path)
+                # Snapshots are throttled: under a flood, writing the whole learner after every
+                # batch was most of this process's CPU.
+                unsaved = True
+                if time.monotonic() - saved_at >= settings.learner.snapshot_interval_s:
+                    save_snapshot(state, settings.learner.snapshot_path)
+                    saved_at, unsaved = time.monotonic(), False
     finally:
         state.kafka_ready = False
         with contextlib.suppress(Exception):
