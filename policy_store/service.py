@@ -253,7 +253,7 @@ async def _consume_feedback(app: web.Application) -> None:
         **kafka.aiokafka_config(),
         group_id=None,
         enable_auto_commit=False,
-        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+        fetch_max_wait_ms=max(kafka.fetch_max_wait_ms, kafka.policy_fetch_max_wait_ms),
     )
     await consumer.start()
     try:
@@ -319,11 +319,12 @@ async def _follow_policy(app: web.Application) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     settings, state, topic, codec = app[SETTINGS], app[STATE], app[TOPICS].policy, app[CODEC]
+    kafka = settings.kafka
     consumer = AIOKafkaConsumer(
-        **settings.kafka.aiokafka_config(),
+        **kafka.aiokafka_config(),
         group_id=None,
         enable_auto_commit=False,
-        fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
+        fetch_max_wait_ms=max(kafka.fetch_max_wait_ms, kafka.policy_fetch_max_wait_ms),
     )
     await consumer.start()
     try:

@@ -51,8 +51,6 @@ STAGES: tuple[str, ...] = (
     "format_checker",
 )
 Record = dict[str, Any]
-POLICY_FETCH_MAX_WAIT_MS = 100
-"""Longest fetch wait of the policy follower (see `_Lifecycle._follow_policy`)."""
 _MAX_DLQ_KEY_BYTES = 4096
 
 
@@ -322,10 +320,7 @@ class _Lifecycle(Service):
             **settings.kafka.aiokafka_config(),
             group_id=None,
             enable_auto_commit=False,
-            # A fetch per 100 ms, not per 10 ms: Tansu answers fetches only when they expire, and
-            # polling this rarely-written topic 100 times a second cost the broker a tenth of a
-            # core when idle; 100 ms is well inside the 1 s policy-propagation target.
-            fetch_max_wait_ms=max(settings.kafka.fetch_max_wait_ms, POLICY_FETCH_MAX_WAIT_MS),
+            fetch_max_wait_ms=max(settings.kafka.fetch_max_wait_ms, settings.kafka.policy_fetch_max_wait_ms),
         )
         await consumer.start()
         try:
