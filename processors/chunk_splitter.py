@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -74,13 +74,12 @@ class SplitterState:
     """The chunk in flight was the stream's last: its done record drops all of it."""
     end_of_stream: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, with_buffer: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "stream_id": self.stream_id,
             "feed": self.feed,
             "domain": self.domain,
             "lang": self.lang,
-            "buffer": [s.to_avro() for s in self.buffer],
             "max_id": self.max_id,
             "sent_upto": self.sent_upto,
             "next_seq": self.next_seq,
@@ -88,6 +87,9 @@ class SplitterState:
             "in_flight_last": self.in_flight_last,
             "end_of_stream": self.end_of_stream,
         }
+        if with_buffer:
+            out["buffer"] = [s.to_avro() for s in self.buffer]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SplitterState:
@@ -275,6 +277,100 @@ def in_flight_chunk(state: SplitterState) -> ChunkSpec | None:
     )
 
 
+# --- stored form: a head per stream with the buffer's last page, earlier pages apart -----------
+
+PAGE_SIZE = 64
+"""Sentence ids per stored page of a buffer (page = id // PAGE_SIZE)."""
+PAGE_SEPARATOR = "\x1f"
+"""Between the stream id and the page number in a page's table key (stream ids may not hold it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateWrites:
+    """What to write to the table for one stream: pages first, then the head.
+
+    The head is `to_dict()` without the buffer, plus the buffer's `first_id` and `last_id`, its
+    last page inline (`tail`) and the numbers of its earlier `pages`, each stored once under its
+    `page_key` when the buffer moves past it (ids only grow, so a page is then complete). A write
+    thus encodes at most a page plus the new sentences, and is one record unless a page filled
+    up: a stream far behind used to re-encode its whole backlog on every write. Pages go out
+    before the head, on the same changelog partition, so a head is only ever read with the pages
+    written before it; after a crash between the two, a page may hold sentences past the head's
+    `last_id`, which are not part of it (their segments are replayed: the head's `max_id` is older).
+    """
+
+    head: dict[str, Any]
+    pages: dict[int, list[list[Any]]]
+    """Page number -> its sentences as [id, text] pairs."""
+    deleted: tuple[int, ...]
+    """Stored pages holding only sentences that left the buffer."""
+
+
+def page_key(stream_id: str, page: int) -> str:
+    return f"{stream_id}{PAGE_SEPARATOR}{page}"
+
+
+def is_page_key(key: str) -> bool:
+    return PAGE_SEPARATOR in key
+
+
+def state_writes(state: SplitterState, stored: Mapping[str, Any] | None) -> StateWrites:
+    """The table writes that turn the `stored` head (None: nothing, or an older value with the
+    whole buffer in it) into `state`."""
+    buffer = state.buffer
+    old_pages = set(stored.get("pages", ())) if stored is not None and "tail" in stored else set()
+    tail_page = buffer[-1].id // PAGE_SIZE if buffer else None
+    # The buffer from its last page backwards: the tail, then every page not stored yet (the
+    # stored ones are complete and unchanged: a buffer only loses sentences at its start).
+    split = len(buffer)
+    while split > 0 and buffer[split - 1].id // PAGE_SIZE == tail_page:
+        split -= 1
+    pages: dict[int, list[list[Any]]] = {}
+    i = split
+    while i > 0 and buffer[i - 1].id // PAGE_SIZE not in old_pages:
+        i -= 1
+    for sentence in buffer[i:split]:
+        pages.setdefault(sentence.id // PAGE_SIZE, []).append([sentence.id, sentence.text])
+    first_page = buffer[0].id // PAGE_SIZE if buffer else None
+    kept = {p for p in old_pages if first_page is not None and p >= first_page and p != tail_page}
+    head = state.to_dict(with_buffer=False)
+    head["first_id"] = buffer[0].id if buffer else None
+    head["last_id"] = buffer[-1].id if buffer else None
+    head["pages"] = sorted(kept | set(pages))
+    head["tail"] = [[s.id, s.text] for s in buffer[split:]]
+    deleted = tuple(sorted(old_pages - kept - set(pages)))
+    return StateWrites(head=head, pages=pages, deleted=deleted)
+
+
+def restore_state(head: Mapping[str, Any], read_page: Callable[[int], Any]) -> SplitterState:
+    """The state a stored head and its pages (`read_page(page)`, None when absent) describe;
+    an older value with the whole buffer in it is read as it is."""
+    if "tail" not in head:
+        return SplitterState.from_dict(head)
+    try:
+        first, last = _opt_int(head["first_id"]), _opt_int(head["last_id"])
+        stored: list[Any] = []
+        for page in head["pages"]:
+            sentences = read_page(int(page))
+            if sentences is None:
+                raise ValidationError(f"splitter state of {head['stream_id']!r} misses page {page}")
+            stored.extend(sentences)
+        stored.extend(head["tail"])
+        buffer = [
+            Sentence(int(sentence_id), str(text))
+            for sentence_id, text in stored
+            if first is not None and last is not None and first <= int(sentence_id) <= last
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValidationError(f"corrupt splitter state: {exc!r}") from exc
+    if (buffer[0].id, buffer[-1].id) != (first, last) if buffer else first is not None:
+        raise ValidationError(
+            f"splitter state of {head.get('stream_id')!r}: its pages hold "
+            f"{len(buffer)} sentences, not {first}..{last}"
+        )
+    return replace(SplitterState.from_dict({**head, "buffer": ()}), buffer=tuple(buffer))
+
+
 def _carried_and_new(state: SplitterState) -> tuple[tuple[Sentence, ...], tuple[Sentence, ...]]:
     if state.sent_upto is None:
         return (), state.buffer
@@ -295,7 +391,8 @@ MAX_SENTENCE_CHARS = 4000
 
 
 def register(app: faust.App, pipeline: Pipeline) -> None:
-    # One SplitterState per stream, kept in a changelogged table so a restarted worker resumes.
+    # One SplitterState per stream, kept in a changelogged table so a restarted worker resumes:
+    # a head under the stream id and the buffer in pages under `page_key`s (see StateWrites).
     import weakref
 
     import faust
@@ -315,7 +412,7 @@ def register(app: faust.App, pipeline: Pipeline) -> None:
     pending: dict[str, tuple[SplitterState, Any]] = {}
     """stream_id -> (state changed by this batch, the stream's newest event in it)."""
     decoded: dict[str, tuple[Any, SplitterState]] = {}
-    """stream_id -> (the table value we wrote, its state): no from_dict while the value stands."""
+    """stream_id -> (the head we wrote, its state): no restoring while the head stands."""
     current: list[Any] = [None]
 
     async def emit_due_chunk(state: SplitterState, event: Any) -> None:
@@ -328,7 +425,12 @@ def register(app: faust.App, pipeline: Pipeline) -> None:
         # the stream's `current_event` attribute would race with take_events' buffering).
         token = _current_event.set(weakref.ref(event))
         try:
-            value = {**state.to_dict(), "partition": partition}
+            writes = state_writes(state, states.get(state.stream_id))
+            for page, sentences in writes.pages.items():
+                states[page_key(state.stream_id, page)] = sentences
+            for page in writes.deleted:
+                states.pop(page_key(state.stream_id, page), None)
+            value = {**writes.head, "partition": partition}
             states[state.stream_id] = value
         finally:
             _current_event.reset(token)
@@ -337,15 +439,20 @@ def register(app: faust.App, pipeline: Pipeline) -> None:
             chunk = spec.to_avro(int(time.time() * 1000))
             await pipeline.send(pipeline.topics.chunks, spec.stream_id, "Chunk", chunk)
 
+    def restore(stream_id: str, head: Mapping[str, Any]) -> SplitterState:
+        known = decoded.get(stream_id)
+        if known is not None and known[0] is head:  # (a recovered table holds other objects)
+            return known[1]
+        return restore_state(head, lambda page: states.get(page_key(stream_id, page)))
+
     def load(stream_id: str, segment: Mapping[str, Any] | None = None) -> SplitterState:
+        if is_page_key(stream_id):
+            raise ValidationError(f"stream id {stream_id!r} holds the control character U+001F")
         if stream_id in pending:
             return pending[stream_id][0]
         held = states.get(stream_id)
         if held is not None:
-            known = decoded.get(stream_id)
-            if known is not None and known[0] is held:  # (a recovered table holds other objects)
-                return known[1]
-            return SplitterState.from_dict(held)
+            return restore(stream_id, held)
         if segment is None:
             raise ValidationError(f"progress for unknown stream {stream_id}")
         return SplitterState(stream_id, feed=segment["feed"], domain=segment["domain"], lang=segment["lang"])
@@ -407,8 +514,10 @@ def register(app: faust.App, pipeline: Pipeline) -> None:
         mine = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in sources}
         now = time.monotonic()
         for stream_id, held in list(states.items()):
+            if is_page_key(stream_id):
+                continue
             try:
-                state = SplitterState.from_dict(held)
+                state = restore(stream_id, held)
             except ValidationError:
                 continue
             partition = held.get("partition")

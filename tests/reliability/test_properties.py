@@ -334,6 +334,27 @@ def test_splitter_state_from_a_corrupt_dict_or_validation_error(
     only((ValidationError,), lambda: cs.SplitterState.from_dict(raw))
 
 
+PAGED_HEAD = cs.state_writes(
+    cs.SplitterState("s", buffer=(Sentence(1, "a"), Sentence(70, "b")), max_id=70), None
+).head
+PAGES = {0: [[1, "a"]], 1: [[70, "b"]]}
+
+
+@HEAVY
+@given(
+    changes=st.dictionaries(st.sampled_from(sorted(PAGED_HEAD)), JSON | SHAPED, max_size=3),
+    pages=st.dictionaries(st.integers(-2, 3), JSON | SHAPED, max_size=3),
+)
+def test_splitter_state_from_corrupt_pages_or_validation_error(
+    changes: dict[str, Any], pages: dict[int, Any]
+) -> None:
+    """A head or pages that are not what we wrote: the state they describe, or ValidationError."""
+    count("splitter: state from corrupt pages")
+    head = {**PAGED_HEAD, **changes}
+    stored = {**PAGES, **pages}
+    only((ValidationError,), lambda: cs.restore_state(head, stored.get))
+
+
 @PROFILE
 @given(
     k=st.integers(4, 12),
@@ -346,9 +367,11 @@ def test_splitter_sends_every_sentence_once_and_rebuilds_the_chunk_in_flight(
     k: int, steps: list[tuple[str, int]]
 ) -> None:
     """Random arrivals, done records (with any next start) and re-sends: every sentence is sent
-    as new once; a state restored from its dict rebuilds exactly the chunk in flight."""
+    as new once; a state restored from its dict, or from its paged table form, rebuilds exactly
+    the chunk in flight."""
     count("splitter: at-least-once invariants")
     state = cs.SplitterState("s")
+    table: dict[str, Any] = {}  # the Faust table: the stored head and pages
     next_id, sent_new, in_flight = 1, [], None
     for op, n in steps:
         if op == "seg":
@@ -368,6 +391,13 @@ def test_splitter_sends_every_sentence_once_and_rebuilds_the_chunk_in_flight(
             in_flight = spec
             sent_new.extend(s.id for s in spec.new_sentences)
         restored = cs.SplitterState.from_dict(json.loads(json.dumps(state.to_dict())))
+        writes = cs.state_writes(state, table.get("s"))
+        for page, sentences in writes.pages.items():
+            table[cs.page_key("s", page)] = json.loads(json.dumps(sentences))
+        for page in writes.deleted:
+            del table[cs.page_key("s", page)]
+        table["s"] = json.loads(json.dumps(writes.head))
+        assert cs.restore_state(table["s"], lambda p: table.get(cs.page_key("s", p))) == restored
         rebuilt = cs.in_flight_chunk(restored)
         if in_flight is None:
             assert rebuilt is None

@@ -242,6 +242,97 @@ def test_corrupt_state_is_a_validation_error() -> None:
         SplitterState.from_dict({"stream_id": "s", "buffer": "oops"})
 
 
+class Table(dict[str, Any]):
+    """The Faust table as the shell uses it: heads under stream ids, pages under page keys.
+    Values go through JSON like Faust's codec; `written` counts the sentences of each write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[int] = []
+        self.records = 0
+
+    def write(self, state: SplitterState) -> None:
+        writes = cs.state_writes(state, self.get(state.stream_id))
+        self.written.append(sum(len(p) for p in writes.pages.values()) + len(writes.head["tail"]))
+        self.records += 1 + len(writes.pages) + len(writes.deleted)
+        for page, sentences in writes.pages.items():
+            self[cs.page_key(state.stream_id, page)] = json.loads(json.dumps(sentences))
+        for page in writes.deleted:
+            self.pop(cs.page_key(state.stream_id, page))
+        self[state.stream_id] = json.loads(json.dumps(writes.head))
+
+    def read(self, stream_id: str) -> SplitterState:
+        return cs.restore_state(self[stream_id], lambda page: self.get(cs.page_key(stream_id, page)))
+
+
+def test_a_write_costs_the_new_sentences_not_the_backlog() -> None:
+    """A stream far behind (one chunk in flight while 2,000 sentences arrive) writes each new
+    sentence about once, not its whole backlog on every write."""
+    table, k = Table(), 40
+    state, spec = next_chunk(feed(SplitterState("s"), range(k)), k)
+    assert spec is not None
+    table.write(state)
+    for i in range(k, 2000 + k, 10):  # batches of 10 arrivals
+        state = feed(state, range(i, i + 10))
+        table.write(state)
+        assert table.read("s") == state
+    assert max(table.written) <= cs.PAGE_SIZE + 10
+    assert sum(table.written) < 3 * (2000 + k)  # the last page is rewritten until it is full
+    spanned = state.buffer[-1].id // cs.PAGE_SIZE - state.buffer[0].id // cs.PAGE_SIZE + 1
+    assert table.records <= len(table.written) + spanned  # a head per write, a record per page
+    state = apply_done(state, spec.seq, None)  # the chunk is done: its pages go
+    state, _ = next_chunk(state, k)
+    table.write(state)
+    assert table.read("s") == state
+    first_page = state.buffer[0].id // cs.PAGE_SIZE
+    assert all(int(key.split(cs.PAGE_SEPARATOR)[1]) >= first_page for key in table if cs.is_page_key(key))
+
+
+def test_an_empty_buffer_drops_every_page_and_starts_again() -> None:
+    table, k = Table(), 4
+    state, spec = next_chunk(feed(SplitterState("s"), range(4), eos_at=3), k)
+    assert spec is not None and spec.is_last
+    table.write(state)
+    state = apply_done(state, spec.seq, None)
+    table.write(state)
+    assert list(table) == ["s"] and table.read("s") == state and not state.buffer
+    state = add_segment(state, sentence(9), False)  # taken after the end, as rule 5 says
+    table.write(state)
+    assert table.read("s") == state
+
+
+def test_a_head_written_before_pages_existed_is_read_and_rewritten_paged() -> None:
+    table = Table()
+    state, _ = next_chunk(feed(SplitterState("s"), range(12)), k=5)
+    table["s"] = roundtrip(state).to_dict()  # as written by an older worker: the whole buffer
+    assert table.read("s") == state
+    state = feed(state, range(12, 15))
+    table.write(state)
+    assert table.read("s") == state and "buffer" not in table["s"]
+
+
+def test_a_crash_between_pages_and_head_leaves_the_older_state() -> None:
+    """Pages go out before the head: a head is never read without its pages, and sentences of
+    a newer page beyond the head's last id are not part of it (their segments come again)."""
+    table = Table()
+    before, _ = next_chunk(feed(SplitterState("s"), range(100)), k=40)
+    table.write(before)
+    after = feed(before, range(100, 130))
+    writes = cs.state_writes(after, table["s"])
+    for page, sentences in writes.pages.items():  # ... and the worker dies before the head
+        table[cs.page_key("s", page)] = sentences
+    assert table.read("s") == before
+
+
+def test_a_missing_page_is_a_validation_error() -> None:
+    table = Table()
+    state, _ = next_chunk(feed(SplitterState("s"), range(200)), k=40)
+    table.write(state)
+    table.pop(cs.page_key("s", table["s"]["pages"][1]))
+    with pytest.raises(ValidationError, match="misses page"):
+        table.read("s")
+
+
 # --- a whole stream ----------------------------------------------------------------------------
 
 # Where the topics of the simulated stream start (sentence indices): the 35-sentence topic
