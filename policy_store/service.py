@@ -268,7 +268,8 @@ async def _consume_feedback(app: web.Application) -> None:
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
             if not batches:
                 if unsaved:
-                    save_snapshot(state, settings.learner.snapshot_path)
+                    async with state.lock:  # not in the middle of an API call's change
+                        save_snapshot(state, settings.learner.snapshot_path)
                     saved_at, unsaved = time.monotonic(), False
                 continue
             changed: dict[str, list[SpanContext]] = {}  # role -> the feedback spans that changed it

@@ -2,7 +2,8 @@
 
 Reads `olp.transcripts` (TranscriptSegment) and `olp.progress` (ChunkDone), writes `olp.chunks`
 (Chunk, `schemas/chunk.avsc`). This module is the pure logic; the Faust agent keeps one
-`SplitterState` per stream in a table (hence `to_dict`/`from_dict`) and calls:
+`SplitterState` per stream in a table (stored as a head and pages: `state_writes`, `restore_state`)
+and calls:
 
     state = add_segment(state, sentence, end_of_stream)   # for every segment
     state, spec = next_chunk(state, k)                     # after segments and after done records
