@@ -29,6 +29,7 @@ from processors.format_checker import check_document
 from processors.model_gateway import _parse_completion
 from schemas.codec import RECORD_TYPES, contract, make_codec
 from tests.reliability.conftest import Report
+from tests.support.splitter_table import SplitterTable
 
 pytestmark = pytest.mark.reliability
 
@@ -371,7 +372,7 @@ def test_splitter_sends_every_sentence_once_and_rebuilds_the_chunk_in_flight(
     the chunk in flight."""
     count("splitter: at-least-once invariants")
     state = cs.SplitterState("s")
-    table: dict[str, Any] = {}  # the Faust table: the stored head and pages
+    table = SplitterTable()  # the Faust table: the stored head and pages
     next_id, sent_new, in_flight = 1, [], None
     for op, n in steps:
         if op == "seg":
@@ -391,13 +392,8 @@ def test_splitter_sends_every_sentence_once_and_rebuilds_the_chunk_in_flight(
             in_flight = spec
             sent_new.extend(s.id for s in spec.new_sentences)
         restored = cs.SplitterState.from_dict(json.loads(json.dumps(state.to_dict())))
-        writes = cs.state_writes(state, table.get("s"))
-        for page, sentences in writes.pages.items():
-            table[cs.page_key("s", page)] = json.loads(json.dumps(sentences))
-        for page in writes.deleted:
-            del table[cs.page_key("s", page)]
-        table["s"] = json.loads(json.dumps(writes.head))
-        assert cs.restore_state(table["s"], lambda p: table.get(cs.page_key("s", p))) == restored
+        table.write(state)
+        assert table.read("s") == restored
         rebuilt = cs.in_flight_chunk(restored)
         if in_flight is None:
             assert rebuilt is None

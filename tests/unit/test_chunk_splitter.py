@@ -13,6 +13,7 @@ from processors import chunk_splitter as cs
 from processors import format_checker
 from processors.chunk_splitter import SplitterState, add_segment, apply_done, next_chunk
 from processors.domain import Sentence
+from tests.support.splitter_table import SplitterTable
 
 PITCH = [
     "Hi everyone, welcome back to the live room!",
@@ -242,33 +243,10 @@ def test_corrupt_state_is_a_validation_error() -> None:
         SplitterState.from_dict({"stream_id": "s", "buffer": "oops"})
 
 
-class Table(dict[str, Any]):
-    """The Faust table as the shell uses it: heads under stream ids, pages under page keys.
-    Values go through JSON like Faust's codec; `written` counts the sentences of each write."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written: list[int] = []
-        self.records = 0
-
-    def write(self, state: SplitterState) -> None:
-        writes = cs.state_writes(state, self.get(state.stream_id))
-        self.written.append(sum(len(p) for p in writes.pages.values()) + len(writes.head["tail"]))
-        self.records += 1 + len(writes.pages) + len(writes.deleted)
-        for page, sentences in writes.pages.items():
-            self[cs.page_key(state.stream_id, page)] = json.loads(json.dumps(sentences))
-        for page in writes.deleted:
-            self.pop(cs.page_key(state.stream_id, page))
-        self[state.stream_id] = json.loads(json.dumps(writes.head))
-
-    def read(self, stream_id: str) -> SplitterState:
-        return cs.restore_state(self[stream_id], lambda page: self.get(cs.page_key(stream_id, page)))
-
-
 def test_a_write_costs_the_new_sentences_not_the_backlog() -> None:
     """A stream far behind (one chunk in flight while 2,000 sentences arrive) writes each new
     sentence about once, not its whole backlog on every write."""
-    table, k = Table(), 40
+    table, k = SplitterTable(), 40
     state, spec = next_chunk(feed(SplitterState("s"), range(k)), k)
     assert spec is not None
     table.write(state)
@@ -289,7 +267,7 @@ def test_a_write_costs_the_new_sentences_not_the_backlog() -> None:
 
 
 def test_an_empty_buffer_drops_every_page_and_starts_again() -> None:
-    table, k = Table(), 4
+    table, k = SplitterTable(), 4
     state, spec = next_chunk(feed(SplitterState("s"), range(4), eos_at=3), k)
     assert spec is not None and spec.is_last
     table.write(state)
@@ -302,7 +280,7 @@ def test_an_empty_buffer_drops_every_page_and_starts_again() -> None:
 
 
 def test_a_head_written_before_pages_existed_is_read_and_rewritten_paged() -> None:
-    table = Table()
+    table = SplitterTable()
     state, _ = next_chunk(feed(SplitterState("s"), range(12)), k=5)
     table["s"] = roundtrip(state).to_dict()  # as written by an older worker: the whole buffer
     assert table.read("s") == state
@@ -314,7 +292,7 @@ def test_a_head_written_before_pages_existed_is_read_and_rewritten_paged() -> No
 def test_a_crash_between_pages_and_head_leaves_the_older_state() -> None:
     """Pages go out before the head: a head is never read without its pages, and sentences of
     a newer page beyond the head's last id are not part of it (their segments come again)."""
-    table = Table()
+    table = SplitterTable()
     before, _ = next_chunk(feed(SplitterState("s"), range(100)), k=40)
     table.write(before)
     after = feed(before, range(100, 130))
@@ -325,7 +303,7 @@ def test_a_crash_between_pages_and_head_leaves_the_older_state() -> None:
 
 
 def test_a_missing_page_is_a_validation_error() -> None:
-    table = Table()
+    table = SplitterTable()
     state, _ = next_chunk(feed(SplitterState("s"), range(200)), k=40)
     table.write(state)
     table.pop(cs.page_key("s", table["s"]["pages"][1]))
