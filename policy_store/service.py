@@ -520,20 +520,9 @@ async def _watch_broker(app: web.Application) -> None:
     """Report broker outages; when the broker lost its data (a restarted in-memory broker),
     re-create the topics and stop gracefully (the snapshot is saved), so the supervisor restarts
     the store, which then publishes every role again on the new broker (spec section 6)."""
-    import os
-    import signal
+    from olp.kafka import stop_when_data_lost
 
-    from olp.broker_watch import BrokerWatch, watch_broker
-
-    kafka = app[SETTINGS].kafka
-    names = app[TOPICS].all()
-    watch = BrokerWatch(kafka.confluent_config(), names, kafka.partitions, kafka.replication_factor)
-
-    def restart(_lost: list[str]) -> None:
-        log.error("stopping the policy store so that its supervisor starts it again on the new broker")
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    await watch_broker(watch, restart)
+    await stop_when_data_lost(app[SETTINGS].kafka, app[TOPICS].all(), "policy store")
 
 
 async def kafka_ctx(app: web.Application) -> AsyncIterator[None]:

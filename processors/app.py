@@ -296,20 +296,10 @@ class _Lifecycle(Service):
     async def _watch_broker(self) -> None:
         """Report broker outages; when the broker lost its data (a restarted in-memory broker),
         re-create the topics and stop, so the supervisor restarts this worker clean (spec 6)."""
-        import signal
+        from olp.kafka import stop_when_data_lost
 
-        from olp.broker_watch import BrokerWatch, watch_broker
-
-        kafka = self.pipeline.settings.kafka
-        watch = BrokerWatch(
-            kafka.confluent_config(), self.pipeline.topics.all(), kafka.partitions, kafka.replication_factor
-        )
-
-        def restart(_lost: list[str]) -> None:
-            log.error("stopping this worker so that its supervisor starts it again on the new broker")
-            os.kill(os.getpid(), signal.SIGTERM)
-
-        await watch_broker(watch, restart)
+        pipeline = self.pipeline
+        await stop_when_data_lost(pipeline.settings.kafka, pipeline.topics.all(), "worker")
 
     @Service.task
     async def _follow_policy(self) -> None:
