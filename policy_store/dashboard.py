@@ -1,4 +1,4 @@
-"""Live dashboard of the policy store (spec sections 4 and 7; issue 5).
+"""Live dashboard of the policy store (spec sections 4 and 7).
 
     GET /dashboard                 the page (policy_store/static/: HTML, JS, CSS; no external assets)
     GET /dashboard/static/{file}   its files
@@ -41,9 +41,10 @@ from opentelemetry.metrics import Observation
 
 from olp import telemetry
 from olp.errors import CodecError
+from olp.kafka import read_from_start
 from olp.settings import ROLES
 from olp.topics import TopicNames
-from policy_store.service import CODEC, SETTINGS, STATE, TOPICS
+from policy_store.keys import CODEC, SETTINGS, STATE, TOPICS
 from schemas.codec import Codec
 
 log = logging.getLogger("olp.policy_store.dashboard")
@@ -262,46 +263,33 @@ async def _follow(app: web.Application) -> None:
 
 async def _follow_once(app: web.Application) -> None:
     """Read feedback and documents from the beginning, and sample the processors' offsets."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
     feed, settings, topics, codec = app[FEED], app[SETTINGS], app[TOPICS], app[CODEC]
     feed.reset()
     kafka = settings.kafka
-    reader = AIOKafkaConsumer(
-        **kafka.aiokafka_config(), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=100
-    )
     # Not a member of the processors' group: it only asks the group's coordinator for offsets.
     offsets = AIOKafkaConsumer(**kafka.aiokafka_config(), group_id=settings.app_id, enable_auto_commit=False)
-    getmany = getattr(AIOKafkaConsumer.getmany, "__wrapped__", None)  # untraced (module docstring)
+    getmany = getattr(AIOKafkaConsumer.getmany, "__wrapped__", AIOKafkaConsumer.getmany)  # untraced
+    followed = [topics.feedback, topics.documents]
     try:
-        await reader.start()
         await offsets.start()
-        feed.running = True
-        followed = [topics.feedback, topics.documents]
-        await _wait_for_topics(reader, followed)
-        reader.assign(
-            [TopicPartition(t, p) for t in followed for p in sorted(reader.partitions_for_topic(t) or ())]
-        )
-        await reader.seek_to_beginning()
-        next_sample = 0.0
-        while True:
-            if getmany is not None:
+        async with read_from_start(kafka, followed, fetch_max_wait_ms=100) as (reader, _partitions):
+            feed.running = True
+            next_sample = 0.0
+            while True:
                 batches = await getmany(reader, timeout_ms=500, max_records=1000)
-            else:
-                batches = await reader.getmany(timeout_ms=500, max_records=1000)
-            for tp, records in batches.items():
-                for msg in records:
-                    _apply(feed, codec, topics, tp.topic, msg)
-            if time.monotonic() >= next_sample:
-                next_sample = time.monotonic() + 2.0
-                try:
-                    await _sample_offsets(feed, reader, offsets, topics)
-                except Exception as exc:  # the page shows what it has; the store goes on
-                    log.debug("offset sample failed: %s", exc)
+                for tp, records in batches.items():
+                    for msg in records:
+                        _apply(feed, codec, topics, tp.topic, msg)
+                if time.monotonic() >= next_sample:
+                    next_sample = time.monotonic() + 2.0
+                    try:
+                        await _sample_offsets(feed, reader, offsets, topics)
+                    except Exception as exc:  # the page shows what it has; the store goes on
+                        log.debug("offset sample failed: %s", exc)
     finally:
         feed.running = False
-        with contextlib.suppress(Exception):
-            await reader.stop()
         with contextlib.suppress(Exception):
             await offsets.stop()
 
@@ -314,15 +302,6 @@ def _apply(feed: DashboardFeed, codec: Codec, topics: TopicNames, topic: str, ms
             feed.apply_document(codec.decode(msg.value, "TopicDocument", topic=topic))
     except (CodecError, KeyError, TypeError, ValueError) as exc:
         log.debug("dashboard skipped %s@%s: %s", topic, msg.offset, exc)
-
-
-async def _wait_for_topics(consumer: Any, names: list[str], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not all(consumer.partitions_for_topic(t) for t in names):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"topics {names} not found")
-        await consumer._client.force_metadata_update()
-        await asyncio.sleep(0.2)
 
 
 async def _sample_offsets(feed: DashboardFeed, reader: Any, offsets: Any, topics: TopicNames) -> None:

@@ -1,31 +1,40 @@
 """HTTP API of the policy store (spec section 4, "Explainability and control over HTTP").
 
-    GET    /healthz, /readyz                  liveness / readiness (Kafka loop running), with
-                                              "replica": leader or follower (policy_store/service.py)
+    GET    /healthz, /readyz                  liveness / readiness (feedback loop running), with
+                                              "replica": leader or follower (policy_store/leadership.py)
     GET    /v1/policy                         every role: assigned model, Q-values, epsilon, why
     GET    /v1/policy/{role}                  one role
-    PUT    /v1/policy/{role}/pin              {"model": m}  always use m for role        (token)
-    DELETE /v1/policy/{role}/pin              back to learning                           (token)
-    PUT    /v1/policy/{role}/ban/{model}      never use model for role                   (token)
-    DELETE /v1/policy/{role}/ban/{model}      allow it again                             (token)
+    PUT    /v1/policy/{role}/pin              {"model": m}  always use m for role        (token, leader)
+    DELETE /v1/policy/{role}/pin              back to learning                           (token, leader)
+    PUT    /v1/policy/{role}/ban/{model}      never use model for role                   (token, leader)
+    DELETE /v1/policy/{role}/ban/{model}      allow it again                             (token, leader)
+    POST   /v1/roles/{role}/retire-worst      remove the role's worst model from its pool (token, leader)
     POST   /v1/feedback                       human verdict on a role's answer           (token)
 
 State-changing calls need `Authorization: Bearer <OLP_API_TOKEN>`; without a configured token they
-are refused, never open. Only the leader replica changes state; a follower answers 409. Errors are
-JSON: {"error": message}.
+are refused, never open. Operator changes are made by the leader replica only; a follower answers
+409. A human verdict, {"role", "model", "quality" in [-1, 1], optional "event_id", "stream_id",
+"feed", "domain", "lang"}, is produced to `olp.feedback` like every other outcome (any replica
+takes it; 202 with its event id), so every replica learns it; an event id sent again is
+dropped as a duplicate.
+Errors are JSON: {"error": message}.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
 
 from olp.http import check_bearer, json_error
 from olp.settings import ROLES
-from policy_store.service import SETTINGS, STATE, NotLeader, publish, save_snapshot
+from policy_store.feedback import human_outcome
+from policy_store.keys import BUS, SETTINGS, STATE, TOPICS
+from policy_store.leadership import publish
+from policy_store.state import NotLeader, PolicyState, save_snapshot
 
 routes = web.RouteTableDef()
 
@@ -109,14 +118,21 @@ async def get_role(request: web.Request) -> web.Response:
     return web.json_response(_role_view(request, _role(request)))
 
 
-async def _change(request: web.Request, role: str, action: Callable[[], None], reason: str) -> web.Response:
+@contextlib.asynccontextmanager
+async def _as_leader(request: web.Request) -> AsyncIterator[PolicyState]:
+    """The state, locked, for an operator change on the leader; saved after the change."""
     state = request.app[STATE]
     _require_leader(request)
     async with state.lock:
-        _require_leader(request)
-        action()
-        record = await publish(request.app, role, reason)
+        _require_leader(request)  # the lease may have moved while this call waited for the lock
+        yield state
         save_snapshot(state, request.app[SETTINGS].learner.snapshot_path)
+
+
+async def _change(request: web.Request, role: str, action: Callable[[], None], reason: str) -> web.Response:
+    async with _as_leader(request) as state:
+        action()
+        record = await publish(state, request.app[BUS], role, reason)
     return web.json_response({"published": record})
 
 
@@ -153,46 +169,31 @@ async def unban(request: web.Request) -> web.Response:
     return await _change(request, role, lambda: learner.unban(role, model), f"{model} unbanned by operator")
 
 
+@routes.post("/v1/roles/{role}/retire-worst")
+async def retire_worst(request: web.Request) -> web.Response:
+    """Remove the role's worst model (lowest value; never the pinned one) from its pool."""
+    _require_token(request)
+    role = _role(request)
+    async with _as_leader(request) as state:
+        retired = state.learner.retire_worst(role)
+        if retired is None:
+            raise json_error(
+                web.HTTPConflict, f"role {role} has no model to retire (one left, or the pinned one)"
+            )
+        record = await publish(
+            state, request.app[BUS], role, f"{retired} retired by operator (worst of the role)"
+        )
+    return web.json_response({"retired": retired, "published": record})
+
+
 @routes.post("/v1/feedback")
 async def human_feedback(request: web.Request) -> web.Response:
-    """A person's verdict on one role's answer: quality in [-1, 1] (the paper's k)."""
+    """A person's verdict on one role's answer, produced to the feedback topic (202: the feedback
+    loop of every replica learns it from there)."""
     _require_token(request)
-    _require_leader(request)
     body = await _json_body(request)
-    role = str(body["role"])
-    if role not in ROLES:
-        raise json_error(web.HTTPBadRequest, f"unknown role {role}")
-    quality = float(body["quality"])
-    if not -1.0 <= quality <= 1.0:
-        raise json_error(web.HTTPBadRequest, "quality must lie in [-1, 1]")
-    outcome = {
-        "event_id": f"human:{body.get('stream_id', '')}:{body.get('topic_id', '')}:{role}:{body['model']}",
-        "role": role,
-        "model": str(body["model"]),
-        "policy_version": request.app[STATE].version,
-        "propensity": 1.0,
-        "prev_model": None,
-        "prev_success": True,
-        "domain": str(body.get("domain", "ecommerce")),
-        "lang": str(body.get("lang", "en")),
-        "feed": str(body.get("feed", "default")),
-        "chunk_size": 0,
-        "latency_ms": 0.0,
-        "tokens_in": 0,
-        "tokens_out": 0,
-        "cost_usd": 0.0,
-        "success": quality > 0,
-        "error": None,
-        "quality": quality,
-        "source": "human",
-        "stream_id": str(body.get("stream_id", "")),
-        "chunk_id": "",
-        "ts_ms": int(time.time() * 1000),
-    }
-    state = request.app[STATE]
-    async with state.lock:
-        _require_leader(request)
-        changed = state.learner.observe(state.for_learner(outcome))
-        record = await publish(request.app, role, "human feedback") if changed else None
-        save_snapshot(state, request.app[SETTINGS].learner.snapshot_path)
-    return web.json_response({"accepted": True, "published": record}, status=202)
+    outcome = human_outcome(body, request.app[STATE].published, int(time.time() * 1000))
+    await request.app[BUS].publish_feedback(outcome)
+    return web.json_response(
+        {"accepted": True, "event_id": outcome["event_id"], "topic": request.app[TOPICS].feedback}, status=202
+    )

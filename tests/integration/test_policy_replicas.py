@@ -1,7 +1,8 @@
-"""Two policy-store replicas on the real broker (issue 3, "two replicas never publish conflicting
-versions"; policy_store/service.py): one leads and publishes, the other follows and refuses
-changes; when the leader is killed (SIGKILL, no goodbye) the follower takes over and continues
-above every version already on `olp.policy`, so versions never go backwards or repeat."""
+"""Two policy-store replicas on the real broker ("two replicas never publish conflicting
+versions"; policy_store/leadership.py): one leads and publishes, the other follows and refuses
+changes, both learn a human verdict sent to either; when the leader is killed (SIGKILL, no
+goodbye) the follower takes over and continues above every version already on `olp.policy`, so
+versions never go backwards or repeat."""
 
 from __future__ import annotations
 
@@ -81,6 +82,7 @@ def test_one_leader_publishes_and_a_follower_takes_over_above_its_versions(
         first, first_url = _replica(stack, "replica-a")
         _wait("replica-a leads", lambda: _replica_role(first_url) == "leader", stack)
         _second, second_url = _replica(stack, "replica-b")
+        urls = (first_url, second_url)
         _wait("replica-b is up", lambda: _replica_role(second_url) is not None, stack)
         # One leader: the sticky lease stays with replica-a through replica-b's join.
         _wait(
@@ -107,6 +109,18 @@ def test_one_leader_publishes_and_a_follower_takes_over_above_its_versions(
             stack,
         )
         assert _http(f"{second_url}/v1/policy/topic_finder")[1]["model"] == "big"
+
+        # A human verdict sent to the follower reaches both learners through olp.feedback.
+        before = {url: _http(f"{url}/v1/policy/topic_locator")[1]["q_values"]["small"] for url in urls}
+        verdict = {"role": "topic_locator", "model": "small", "quality": -1.0}
+        status, body = _http(f"{second_url}/v1/feedback", "POST", verdict)
+        assert status == 202 and body["event_id"], body
+        for url in urls:
+            _wait(
+                f"{url} learns the human verdict",
+                lambda url=url: _http(f"{url}/v1/policy/topic_locator")[1]["q_values"]["small"] < before[url],
+                stack,
+            )
 
         # The leader dies without leaving the group; the follower takes over after the session timeout.
         assert first.proc is not None

@@ -1,9 +1,12 @@
 """The policy store's HTTP API and Kafka loop against the real broker (spec section 4,
-"Explainability and control over HTTP"): reads, pin/ban with a bearer token, human feedback,
-4xx with messages, versioned assignments on the policy topic, state restored after a restart."""
+"Explainability and control over HTTP"): reads, pin/ban with a bearer token, human feedback
+through `olp.feedback`, 4xx with messages, versioned assignments on the policy topic, state
+restored after a restart."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +79,29 @@ async def test_reads_and_operator_controls(
     )
     versions = [a["version"] for a in records]
     assert len(set(versions)) == len(versions), "every published assignment has its own version"
+
+
+async def test_human_feedback_is_produced_to_the_feedback_topic_and_learnt(
+    aiohttp_client: Any, broker: str, topic_prefix: str, run_dir: Path
+) -> None:
+    conf = settings(broker, topic_prefix, run_dir)
+    client = await aiohttp_client(create_app(conf, CATALOG, seed=1))
+    before = (await (await client.get("/v1/policy/content_organizer")).json())["q_values"]["big"]
+    verdict = {"role": "content_organizer", "model": "big", "quality": -1.0, "stream_id": "s1"}
+    resp = await client.post("/v1/feedback", json=verdict, headers=AUTH)
+    assert resp.status == 202
+    event_id = (await resp.json())["event_id"]
+    [outcome] = read_topic(
+        conf, f"{topic_prefix}feedback", "RoleOutcome", lambda r: any(o["event_id"] == event_id for o in r)
+    )
+    assert (outcome["source"], outcome["model"], outcome["quality"]) == ("human", "big", -1.0)
+
+    deadline = time.monotonic() + 20
+    while (await (await client.get("/v1/policy")).json())["observed"] < 1:
+        assert time.monotonic() < deadline, "the feedback loop did not read the verdict"
+        await asyncio.sleep(0.1)
+    after = (await (await client.get("/v1/policy/content_organizer")).json())["q_values"]["big"]
+    assert after < before, (before, after)
 
 
 async def test_without_a_configured_token_changes_are_refused(

@@ -26,7 +26,7 @@ from confluent_kafka import Producer
 
 from olp.settings import ROLES, load_settings
 from policy_store.role_rl import RoleRL
-from policy_store.service import learner_params
+from policy_store.state import learner_params
 from processors.policy_view import PolicyView
 from schemas.codec import make_codec
 from tests.reliability.conftest import Report

@@ -10,7 +10,7 @@ import pytest
 
 from olp.call_plan import CallPlan, PlanSpec
 from policy_store.role_rl import RoleRL, RoleRLParams
-from policy_store.service import PolicyState, _plan_key
+from policy_store.state import PolicyState, plan_key
 from processors.policy_view import PolicyView
 
 OLD = {
@@ -114,7 +114,7 @@ def test_the_service_record_is_the_views_record_with_its_version() -> None:
     assert not state.stale("r")
     state.learner.pin("r", "b")
     assert state.stale("r")
-    assert _plan_key(rec) != _plan_key({**rec, "warmup": []})
+    assert plan_key(rec) != plan_key({**rec, "warmup": []})
 
 
 @pytest.mark.parametrize("mode", ["role_rl", "paper"])

@@ -12,7 +12,8 @@ from olp.settings import ROLES, load_settings
 from olp.topics import TopicNames
 from policy_store import dashboard
 from policy_store.dashboard import MINUTE_MS, LlmStats, OffsetSamples, RecentDocuments, SpendSeries
-from policy_store.service import CODEC, SETTINGS, STATE, TOPICS, initial_state
+from policy_store.keys import CODEC, SETTINGS, STATE, TOPICS
+from policy_store.state import load_state
 from schemas.codec import make_codec
 
 HOUR_MS = 3_600_000
@@ -108,7 +109,7 @@ def test_snapshot_shows_every_role_and_budgets(tmp_path: Path) -> None:
     app[SETTINGS] = settings
     app[TOPICS] = TopicNames.with_prefix("olp.")
     app[CODEC] = make_codec(None)
-    app[STATE] = initial_state(settings, catalog, seed=1)
+    app[STATE] = load_state(settings, catalog, seed=1)
     app[dashboard.FEED] = feed = dashboard.DashboardFeed()
     feed.apply_feedback(
         {"feed": "shop", "ts_ms": T0, "cost_usd": 0.5, "model": "a", "success": True, "latency_ms": 5}
