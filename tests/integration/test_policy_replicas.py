@@ -90,6 +90,17 @@ def test_one_leader_publishes_and_a_follower_takes_over_above_its_versions(
         )
         assert _replica_role(second_url) == "follower"
 
+        # A human verdict sent to the follower reaches both learners through olp.feedback.
+        def q_small(url: str) -> float:
+            return float(_http(f"{url}/v1/policy/topic_locator")[1]["q_values"]["small"])
+
+        q_before = {url: q_small(url) for url in urls}
+        verdict = {"role": "topic_locator", "model": "small", "quality": -1.0}
+        status, body = _http(f"{second_url}/v1/feedback", "POST", verdict)
+        assert status == 202 and body["event_id"], body
+        for url in urls:
+            _wait(f"{url} learns the human verdict", lambda url=url: q_small(url) < q_before[url], stack)
+
         # Only the leader changes state.
         status, body = _http(f"{second_url}/v1/policy/topic_finder/pin", "PUT", {"model": "big"})
         assert status == 409 and "follower" in body["error"]
@@ -109,18 +120,6 @@ def test_one_leader_publishes_and_a_follower_takes_over_above_its_versions(
             stack,
         )
         assert _http(f"{second_url}/v1/policy/topic_finder")[1]["model"] == "big"
-
-        # A human verdict sent to the follower reaches both learners through olp.feedback.
-        before = {url: _http(f"{url}/v1/policy/topic_locator")[1]["q_values"]["small"] for url in urls}
-        verdict = {"role": "topic_locator", "model": "small", "quality": -1.0}
-        status, body = _http(f"{second_url}/v1/feedback", "POST", verdict)
-        assert status == 202 and body["event_id"], body
-        for url in urls:
-            _wait(
-                f"{url} learns the human verdict",
-                lambda url=url: _http(f"{url}/v1/policy/topic_locator")[1]["q_values"]["small"] < before[url],
-                stack,
-            )
 
         # The leader dies without leaving the group; the follower takes over after the session timeout.
         assert first.proc is not None
