@@ -340,22 +340,9 @@ def snapshot(app: web.Application, now_ms: int | None = None) -> dict[str, Any]:
     """Everything the page shows, JSON-friendly."""
     state, settings, feed, topics = app[STATE], app[SETTINGS], app[FEED], app[TOPICS]
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    roles = []
-    for role in ROLES:
-        view = state.learner.assignment(role)
-        published = state.published.get(role, {})
-        roles.append(
-            {
-                "role": role,
-                "model": view.model,
-                "q_values": {m: round(float(q), 4) for m, q in view.q_values.items()},
-                "candidates": list(view.candidates),
-                "epsilon": view.epsilon,
-                "reason": view.reason,
-                "published_version": published.get("version"),
-                "published_model": published.get("model"),
-            }
-        )
+    roles = [state.role_view(role) for role in ROLES]
+    for view in roles:
+        view["q_values"] = {m: round(q, 4) for m, q in view["q_values"].items()}
     feeds = sorted(feed.feeds | set(settings.feeds))
     budgets = []
     for name in feeds:

@@ -69,22 +69,6 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _role_view(request: web.Request, role: str) -> dict[str, Any]:
-    state = request.app[STATE]
-    view = state.learner.assignment(role)
-    published = state.published.get(role, {})
-    return {
-        "role": role,
-        "model": view.model,
-        "q_values": dict(view.q_values),
-        "epsilon": view.epsilon,
-        "candidates": list(view.candidates),
-        "reason": view.reason,
-        "published_version": published.get("version"),
-        "published_model": published.get("model"),
-    }
-
-
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "replica": request.app[STATE].replica_role})
@@ -108,14 +92,14 @@ async def get_policy(request: web.Request) -> web.Response:
             "version": state.version,
             "replica": state.replica_role,
             "observed": state.observed,
-            "roles": [_role_view(request, r) for r in ROLES],
+            "roles": [state.role_view(r) for r in ROLES],
         }
     )
 
 
 @routes.get("/v1/policy/{role}")
 async def get_role(request: web.Request) -> web.Response:
-    return web.json_response(_role_view(request, _role(request)))
+    return web.json_response(request.app[STATE].role_view(_role(request)))
 
 
 @contextlib.asynccontextmanager

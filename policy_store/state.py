@@ -92,6 +92,22 @@ class PolicyState:
             return outcome
         return {**outcome, "policy_version": self.version_map.get(published, 0)}
 
+    def role_view(self, role: str) -> dict[str, Any]:
+        """What the API and the dashboard show of `role`: the learner's choice and why, and the
+        version processors act on."""
+        view = self.learner.assignment(role)
+        published = self.published.get(role, {})
+        return {
+            "role": role,
+            "model": view.model,
+            "q_values": {m: float(q) for m, q in view.q_values.items()},
+            "epsilon": view.epsilon,
+            "candidates": list(view.candidates),
+            "reason": view.reason,
+            "published_version": published.get("version"),
+            "published_model": published.get("model"),
+        }
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "version": self.version,
