@@ -1,5 +1,5 @@
 """Real-time factor through the whole Kafka pipeline with the embedded local model (spec section 9,
-"Real time"; issue 8, item 6). A short smoke: bench/olp_mini_rtf.py measures RTF per model in depth.
+"Real time"). A short smoke: bench/olp_mini_rtf.py measures RTF per model in depth.
 
     python bench/pipeline_rtf.py [--sentences 30] [--chunk-size 30] [--locator-batch] [--timeout 900]
 

@@ -1,4 +1,4 @@
-"""Policy propagation delay (spec section 9; issue 8, item 4): from a feedback event that changes
+"""Policy propagation delay (spec section 9): from a feedback event that changes
 a role's best model to the first processor call that uses the new model.
 
     python bench/propagation_delay.py [--quick] [--trials 24] [--rate 200]
@@ -15,7 +15,7 @@ learner's circuit breaker opens after 3), then measures:
 
 - publish: feedback produced -> the policy store's new Assignment for the role (Kafka timestamp);
 - total:   feedback produced -> the first request for that role that reaches the new model as the
-           call's first choice (what the issue asks: the processors switched and used it). Fail-over
+           call's first choice (what the spec measures: the processors switched and used it). Fail-over
            requests (a prompt the old model was just asked) do not count;
 - so total - publish = the worker's apply + the wait for the role's next call.
 

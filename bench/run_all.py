@@ -4,7 +4,7 @@
 
 Runs each benchmark script of bench/ as its own process with a time limit (its output streams
 through; librdkafka's log lines are dropped), in this order: the broker's own limit, pipeline
-throughput and latency with 1 and 2 workers, policy propagation, memory per stream (issue 8), then
+throughput and latency with 1 and 2 workers, policy propagation, memory per stream, then
 tracing overhead, routing, budget and paper replication (they exit 0 with a message when their
 data is absent). Benchmarks that need the local llama.cpp models (real-time factor, QMSum,
 OLP-MINI) run only with `--llm`. A script of bench/ with a `__main__` block that is not in the
@@ -13,7 +13,7 @@ left out. `--quick` passes each benchmark its smoke-test arguments. `--check` pa
 every benchmark that prints targets (bench/targets.py) and exits non-zero when one missed a target:
 without it the run is a report (`make bench`), with it a gate (`make bench-check`).
 
-Prints the issue-8 table (from bench/out/*.json of this run) and one line per benchmark; writes
+Prints the pipeline table (from bench/out/*.json of this run) and one line per benchmark; writes
 bench/out/run_all.json. Numbers from a shared or busy machine are not comparable: the table shows
 the load average when each benchmark started.
 """
@@ -228,7 +228,7 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.wait(5)
 
 
-# --- the issue-8 table ----------------------------------------------------------------------
+# --- the pipeline table ---------------------------------------------------------------------
 
 
 _FRESH: set[str] = set()
@@ -244,7 +244,7 @@ def _load(name: str) -> dict[str, Any] | None:
         return None
 
 
-def issue_table() -> list[list[str]]:
+def pipeline_table() -> list[list[str]]:
     rows: list[list[str]] = []
     broker = _load("broker_limit")
     if broker:
@@ -363,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{(time.monotonic() - started) / 60:.1f} min on {os.cpu_count()} CPUs"
         + (" (--quick sizes)" if args.quick else "")
     )
-    table = issue_table()
-    print_table("Issue 8: the broker's limit and the pipeline against it", ["#", "measure", "value"], table)
+    table = pipeline_table()
+    print_table("The broker's limit and the pipeline against it", ["#", "measure", "value"], table)
     print_table(
         "Every benchmark",
         ["benchmark", "status", "min", "load at start", "last line"],
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "quick": args.quick,
         "check": args.check,
-        "issue_table": table,
+        "pipeline_table": table,
         "benchmarks": [o.__dict__ for o in outcomes],
     }
     (OUT / "run_all.json").write_text(json.dumps(summary, indent=2))

@@ -1,4 +1,4 @@
-"""Broker outage (issue 7), on a broker of this test's own:
+"""Broker outage, on a broker of this test's own:
 
 1. The broker stops answering for 10 s (SIGSTOP, then SIGCONT) in the middle of a live stream:
    producers buffer, consumers and the group time out and rejoin; the stream must end up in

@@ -1,4 +1,4 @@
-"""Model faults (issue 7): every fault of the matrix is retried with backoff (model faults) or
+"""Model faults: every fault of the matrix is retried with backoff (model faults) or
 re-asked (junk answers), then failed over to the next model; no call hangs, and the pipeline on
 the real broker turns streams into exact documents while the assigned model misbehaves.
 

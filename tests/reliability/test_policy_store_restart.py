@@ -1,4 +1,4 @@
-"""Policy store restart (issue 7): the store is killed with SIGKILL while feedback flows in and is
+"""Policy store restart: the store is killed with SIGKILL while feedback flows in and is
 restarted. Its learner must then be exactly what a learner that saw every outcome once would be
 (feedback that was not committed yet is replayed; the learner drops replays by event id), and the
 assignment versions on `olp.policy` must only grow (known weak spot 2), also when the snapshot

@@ -1,4 +1,4 @@
-"""Security (issue 7):
+"""Security:
 
 - every state-changing HTTP endpoint of every service (found from the routers, so a new one is
   covered the day it is added) refuses a missing or wrong bearer token, and refuses all callers
