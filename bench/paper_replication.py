@@ -13,7 +13,8 @@ the released code, shortened: a warm-up on Task3, training with random task swit
 then test phases tough (Task1), easy (Task2), medium (Task3). Prints the kept LLM per role and
 test task, the board weights, and the cost saving vs running every role on claude-3-opus, and
 writes a PNG plot if matplotlib is installed (--plot, default bench/out/paper_replication.png).
-Exits 0 with a message when the folder is absent.
+Exits 0 with a message when the folder is absent; with `--check`, exits 3 when a target (the
+paper's selections, >= 74% saving; spec section 9) is NOT MET.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from targets import Target, add_check_argument, report_targets
 
 from policy_store.role_rl import RoleRL, RoleRLParams
 
@@ -212,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=10000, help="iterations (the paper ran 50000)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--plot", type=Path, default=Path("bench/out/paper_replication.png"))
+    add_check_argument(parser)
     args = parser.parse_args(argv)
     if not all((args.data / f"output_dict_judged_by_{t}.txt").is_file() for t in JUDGES):
         print(f"role-rl cache not found in {args.data}: skipping the paper replication")
@@ -238,15 +242,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         same, saving = report(name, results)
         summary.append((name, same, saving))
     print()
+    targets = []
     for name, same, saving in summary:
-        print(
-            f"{name}: selections {'match' if same else 'differ from'} the paper's;"
-            f" cost saving in the test phases {saving:.1%} (every call counted)"
-            f" -> target >= 74% {'MET' if saving >= 0.74 else 'NOT MET'}"
-        )
+        targets += [
+            Target(f"{name}: the paper's selections", "match" if same else "differ", same),
+            Target.at_least(
+                f"{name}: cost saving >= 74% in the test phases (every call counted)", saving, 0.74, ".1%"
+            ),
+        ]
+    code = report_targets(targets, args.check)
     print(f"elapsed {time.monotonic() - started:.0f}s")
     plot(runs, args.plot)
-    return 0
+    return code
 
 
 def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:

@@ -1,5 +1,5 @@
 """Real-time factor through the whole Kafka pipeline with the embedded local model (spec section 9,
-"Real time"; issue 8, item 6). A short smoke: bench/olp_mini_rtf.py measures RTF per model in depth.
+"Real time"). A short smoke: bench/olp_mini_rtf.py measures RTF per model in depth.
 
     python bench/pipeline_rtf.py [--sentences 30] [--chunk-size 30] [--locator-batch] [--timeout 900]
 
@@ -9,8 +9,8 @@ server, the policy store, one worker; Role-RL picks the model per role), replays
 sentence is in a final document. Real-time factor = seconds
 of transcript / seconds of wall time, the transcript lasting sentences / 2.5 s (a live host speaks
 about 2.5 ASR sentences per second; the definition of bench/olp_mini_rtf.py); RTF >= 1 keeps up
-with a live stream. Needs llama-cpp-python (`make install`); exits 0 with a message without it.
-Writes bench/out/pipeline_rtf.json.
+with a live stream (the target; `--check` exits 3 below it). Needs llama-cpp-python
+(`make install`); exits 0 with a message without it. Writes bench/out/pipeline_rtf.json.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline_common import ROOT, machine, print_table, save_json
+from targets import Target, add_check_argument, report_targets
 
 from olp.clients import DocumentView, follow_documents, replay
 from olp.errors import OlpError
@@ -36,7 +36,7 @@ SAMPLE = ROOT / "olp" / "data" / "sample_livestream.jsonl"
 SENTENCES_PER_SECOND = 2.5
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -44,12 +44,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--chunk-size", type=int, default=30)
     parser.add_argument("--locator-batch", action="store_true", help="one Topic Locator call per chunk")
     parser.add_argument("--timeout", type=float, default=900.0)
+    add_check_argument(parser)
     args = parser.parse_args(argv)
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
         print("pipeline_rtf: llama-cpp-python is not installed (make install); skipped")
-        return None
+        return 0
     from olp.catalog import load_catalog
     from olp.stack import EmbeddedStack
 
@@ -99,9 +100,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         ["model pool (Role-RL picks)", "sentences", "transcript s", "wall s", "RTF", "topics"],
         [[", ".join(pool), len(segments), transcript_s, wall, transcript_s / wall, len(documents)]],
     )
+    rtf = Target.at_least("real-time factor >= 1 (keeps up live)", result["real_time_factor"], 1.0, ".2f")
+    code = report_targets([rtf], args.check)
     print(f"\nwrote {save_json('pipeline_rtf', result)}")
-    return result
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -23,7 +23,8 @@ exactly once and never on an input whose labels it was fitted on:
 
 Prints tables and the target checks (targets: protocol 1), the domination checks of both protocols,
 and writes a PNG plot if matplotlib is installed. Exits 0 with a message when the data file is
-absent. Writes only the plot (--plot, default bench/out/routing_replay.png).
+absent; with `--check`, exits 3 when a target is NOT MET. Writes only the plot (--plot, default
+bench/out/routing_replay.png).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from routing_common import (
     upper_hull,
     warm_start,
 )
+from targets import Target, add_check_argument, exit_code, print_targets
 
 from policy_store.policies import (
     Call,
@@ -211,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--plot", type=Path, default=Path("bench/out/routing_replay.png"))
     parser.add_argument("--quick", action="store_true", help="fewer settings (smoke test)")
+    add_check_argument(parser)
     args = parser.parse_args(argv)
     if not args.data.is_file():
         print(f"routing data {args.data} not found: skipping the routing benchmark")
@@ -313,14 +316,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\nRole-RL accuracy/cost hull:", ", ".join(f"({c:.3f}, {a:.4f})" for c, a in our_hull))
     at_half = max((p.accuracy for p in ours if p.cost_fraction <= 0.5), default=0.0)
     at_quarter = max((p.accuracy for p in ours if p.cost_fraction <= 0.25), default=0.0)
-    print(
-        f"target 1: accuracy >= {ref}'s {ref_acc:.4f} at <= 50% of its cost: best {at_half:.4f}"
-        f" -> {'MET' if at_half >= ref_acc else 'NOT MET'}"
-    )
-    print(
-        f"target 2: accuracy >= 0.80 at <= 25% of its cost: best {at_quarter:.4f}"
-        f" -> {'MET' if at_quarter >= 0.80 else 'NOT MET'}"
-    )
+    targets = [
+        Target.at_least(
+            f"1. accuracy >= {ref}'s {ref_acc:.4f} at <= 50% of its cost (best)", at_half, ref_acc
+        ),
+        Target.at_least("2. accuracy >= 0.80 at <= 25% of its cost (best)", at_quarter, 0.80),
+    ]
+    print_targets(targets)
     families: dict[str, list[Point]] = {}
     for p in baselines:
         if p.policy != "fixed" or p is best_single:
@@ -444,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.plot, dpi=120)
         print(f"plot written to {args.plot}")
-    return 0
+    return exit_code(targets, args.check)
 
 
 if __name__ == "__main__":

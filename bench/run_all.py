@@ -1,17 +1,19 @@
 """`make bench`: every benchmark in bench/, one after the other, then a summary (spec section 9).
 
-    python bench/run_all.py [--quick] [--llm] [--only NAME ...] [--skip NAME ...]
+    python bench/run_all.py [--quick] [--llm] [--check] [--only NAME ...] [--skip NAME ...]
 
 Runs each benchmark script of bench/ as its own process with a time limit (its output streams
 through; librdkafka's log lines are dropped), in this order: the broker's own limit, pipeline
-throughput and latency with 1 and 2 workers, policy propagation, memory per stream (issue 8), then
+throughput and latency with 1 and 2 workers, policy propagation, memory per stream, then
 tracing overhead, routing, budget and paper replication (they exit 0 with a message when their
 data is absent). Benchmarks that need the local llama.cpp models (real-time factor, QMSum,
 OLP-MINI) run only with `--llm`. A script of bench/ with a `__main__` block that is not in the
 registry below is run too, with no arguments, and flagged, so a new benchmark is never silently
-left out. `--quick` passes each benchmark its smoke-test arguments.
+left out. `--quick` passes each benchmark its smoke-test arguments. `--check` passes `--check` to
+every benchmark that prints targets (bench/targets.py) and exits non-zero when one missed a target:
+without it the run is a report (`make bench`), with it a gate (`make bench-check`).
 
-Prints the issue-8 table (from bench/out/*.json of this run) and one line per benchmark; writes
+Prints the pipeline table (from bench/out/*.json of this run) and one line per benchmark; writes
 bench/out/run_all.json. Numbers from a shared or busy machine are not comparable: the table shows
 the load average when each benchmark started.
 """
@@ -37,6 +39,8 @@ ROOT = BENCH.parent
 OUT = BENCH / "out"
 sys.path.insert(0, str(BENCH))
 
+from targets import TARGET_MISSED  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Benchmark:
@@ -48,6 +52,8 @@ class Benchmark:
     needs_llm: bool = False
     outputs: tuple[str, ...] = ()
     """bench/out/*.json files it writes (removed before it runs, so the summary never shows stale ones)."""
+    targets: bool = False
+    """It prints spec targets and takes `--check` (bench/targets.py)."""
 
 
 REGISTRY: tuple[Benchmark, ...] = (
@@ -71,6 +77,7 @@ REGISTRY: tuple[Benchmark, ...] = (
         quick=("--quick",),
         timeout_s=900,
         outputs=("propagation_delay",),
+        targets=True,
     ),
     Benchmark(
         "memory_per_stream.py",
@@ -85,6 +92,7 @@ REGISTRY: tuple[Benchmark, ...] = (
         timeout_s=1800,
         needs_llm=True,
         outputs=("pipeline_rtf",),
+        targets=True,
     ),
     Benchmark(
         "tracing_overhead.py",
@@ -97,15 +105,21 @@ REGISTRY: tuple[Benchmark, ...] = (
         "routing on replayed LLM results",
         args=("--plot", "bench/out/routing_replay.png"),
         quick=("--quick",),
+        targets=True,
     ),
     Benchmark(
-        "budget.py", "budget held per window", args=("--plot", "bench/out/budget.png"), quick=("--seeds", "1")
+        "budget.py",
+        "budget held per window",
+        args=("--plot", "bench/out/budget.png"),
+        quick=("--seeds", "1"),
+        targets=True,
     ),
     Benchmark(
         "paper_replication.py",
         "Role-RL paper replication",
         args=("--plot", "bench/out/paper_replication.png"),
         quick=("--seeds", "1"),
+        targets=True,
     ),
     Benchmark(
         "segmentation_eval.py",
@@ -148,11 +162,30 @@ def discover() -> list[Benchmark]:
     return [*REGISTRY, *extra]
 
 
-def run(bench: Benchmark, quick: bool) -> Outcome:
+def command(bench: Benchmark, quick: bool, check: bool) -> list[str]:
+    """The benchmark's command line; `--check` only for one that prints targets."""
+    return [
+        sys.executable,
+        str(BENCH / bench.script),
+        *bench.args,
+        *(bench.quick if quick else ()),
+        *(("--check",) if check and bench.targets else ()),
+    ]
+
+
+def status_of(code: int) -> str:
+    if code == 0:
+        return "ok"
+    if code == TARGET_MISSED:
+        return "target NOT MET"
+    return f"failed (exit {code})"
+
+
+def run(bench: Benchmark, quick: bool, check: bool = False) -> Outcome:
     outcome = Outcome(bench.script.removesuffix(".py"), bench.what, load_at_start=os.getloadavg()[0])
     for name in bench.outputs:
         (OUT / f"{name}.json").unlink(missing_ok=True)
-    argv = [sys.executable, str(BENCH / bench.script), *bench.args, *(bench.quick if quick else ())]
+    argv = command(bench, quick, check)
     print(f"\n=== {bench.script} — {bench.what}\n$ {' '.join(argv[1:])}", flush=True)
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -171,8 +204,7 @@ def run(bench: Benchmark, quick: bool) -> Outcome:
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     try:
-        code = proc.wait(bench.timeout_s)
-        outcome.status = "ok" if code == 0 else f"failed (exit {code})"
+        outcome.status = status_of(proc.wait(bench.timeout_s))
     except subprocess.TimeoutExpired:
         outcome.status = f"timed out after {bench.timeout_s:.0f} s"
         _stop(proc)
@@ -196,7 +228,7 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.wait(5)
 
 
-# --- the issue-8 table ----------------------------------------------------------------------
+# --- the pipeline table ---------------------------------------------------------------------
 
 
 _FRESH: set[str] = set()
@@ -212,7 +244,7 @@ def _load(name: str) -> dict[str, Any] | None:
         return None
 
 
-def issue_table() -> list[list[str]]:
+def pipeline_table() -> list[list[str]]:
     rows: list[list[str]] = []
     broker = _load("broker_limit")
     if broker:
@@ -302,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes for every benchmark")
     parser.add_argument("--llm", action="store_true", help="also the benchmarks that need the local models")
+    parser.add_argument(
+        "--check", action="store_true", help="exit non-zero when a benchmark misses a target it prints"
+    )
     parser.add_argument("--only", nargs="*", default=None, help="run only these (script names without .py)")
     parser.add_argument("--skip", nargs="*", default=[], help="skip these (script names without .py)")
     args = parser.parse_args(argv)
@@ -315,9 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         if bench.needs_llm and not args.llm:
             outcomes.append(Outcome(name, bench.what, "skipped (needs --llm)"))
             continue
-        outcome = run(bench, args.quick)
+        outcome = run(bench, args.quick, args.check)
         outcomes.append(outcome)
-        if outcome.status == "ok":
+        if outcome.status in ("ok", "target NOT MET"):
             _FRESH.update(bench.outputs)
 
     from pipeline_common import print_table
@@ -328,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{(time.monotonic() - started) / 60:.1f} min on {os.cpu_count()} CPUs"
         + (" (--quick sizes)" if args.quick else "")
     )
-    table = issue_table()
-    print_table("Issue 8: the broker's limit and the pipeline against it", ["#", "measure", "value"], table)
+    table = pipeline_table()
+    print_table("The broker's limit and the pipeline against it", ["#", "measure", "value"], table)
     print_table(
         "Every benchmark",
         ["benchmark", "status", "min", "load at start", "last line"],
@@ -350,9 +385,13 @@ def main(argv: list[str] | None = None) -> int:
             f"\nnote: the machine was busy (load >= half the CPUs) when {len(busy)} benchmark(s) started: "
             "their timings are pessimistic; re-run on a quiet machine to compare"
         )
+    missed = [o.name for o in outcomes if o.status == "target NOT MET"]
+    if missed:
+        print(f"\n--check: a target is NOT MET in {', '.join(missed)} (its output above says which)")
     summary = {
         "quick": args.quick,
-        "issue_table": table,
+        "check": args.check,
+        "pipeline_table": table,
         "benchmarks": [o.__dict__ for o in outcomes],
     }
     (OUT / "run_all.json").write_text(json.dumps(summary, indent=2))

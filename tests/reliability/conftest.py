@@ -1,4 +1,4 @@
-"""The reliability suite's table (issue 7): every scenario adds one row, printed at the end of the
+"""The reliability suite's table: every scenario adds one row, printed at the end of the
 run (`make reliability`) and written as JSON when OLP_RELIABILITY_REPORT names a file.
 
 Columns: scenario, inputs, lost, duplicated, crashes, recovery time (seconds), note. A test adds
@@ -18,7 +18,7 @@ import pytest
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "reliability: fault-injection suite of issue 7 (`make reliability` prints its table)"
+        "markers", "reliability: the fault-injection suite (`make reliability` prints its table)"
     )
 
 
@@ -83,7 +83,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not _REPORT.rows and not _REPORT.details:
         return
     write = terminalreporter.write_line
-    terminalreporter.section("reliability (issue 7)")
+    terminalreporter.section("reliability")
     header = ["scenario", "inputs", "lost", "duplicated", "crashes", "recovery s", "note"]
     rows = [
         [

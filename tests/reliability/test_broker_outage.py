@@ -1,4 +1,4 @@
-"""Broker outage (issue 7), on a broker of this test's own:
+"""Broker outage, on a broker of this test's own:
 
 1. The broker stops answering for 10 s (SIGSTOP, then SIGCONT) in the middle of a live stream:
    producers buffer, consumers and the group time out and rejoin; the stream must end up in
@@ -98,15 +98,17 @@ def test_broker_outage_and_replacement(run_dir: Path, scripted: ScriptedLLM, rep
         time.sleep(1.0)
         result = audit(collector.stream("outage-pause"), ids)
         recovery = (collector.first_arrival_after(resumed_at[0]) or time.monotonic()) - resumed_at[0]
+        crashes = stack.crash_lines()
         report.add(
             "broker unresponsive 10 s (SIGSTOP)",
             f"{len(ids)} segments, live pace",
             result.lost,
             result.duplicated,
-            len(stack.crash_lines()),
+            len(crashes),
             recovery,
             "recovery = broker back -> next document; no restart of any service",
         )
+        assert not crashes, "\n".join(crashes)
         assert result.clean, result
         docs = comparable(collector.stream("outage-pause"))
         assert docs == expected_documents(paused), describe_difference(docs, expected_documents(paused))
@@ -134,12 +136,13 @@ def test_broker_outage_and_replacement(run_dir: Path, scripted: ScriptedLLM, rep
                 if "olp.broker" in line or "supervisor starts it again" in line
             }
         )
+        crashes = stack.crash_lines()
         report.add(
             "broker replaced (empty, 10 s later)",
             f"{len(ids)} segments sent after the new broker started",
             result.lost,
             result.duplicated,
-            len(stack.crash_lines()),
+            len(crashes),
             (collector.first_arrival_after(back) or time.monotonic()) - back,
             "recovery = new broker up -> first document; records in flight at the kill are lost by "
             "Tansu (spec 6, not counted); "
@@ -148,6 +151,7 @@ def test_broker_outage_and_replacement(run_dir: Path, scripted: ScriptedLLM, rep
         report.matrix(
             "broker replaced: what the services logged", ["log line"], [[line] for line in reported]
         )
+        assert not crashes, "\n".join(crashes)
         assert result.clean, result
         docs = comparable(collector.stream("outage-after"))
         assert docs == expected_documents(after), describe_difference(docs, expected_documents(after))

@@ -1,4 +1,4 @@
-"""Model faults (issue 7): every fault of the matrix is retried with backoff (model faults) or
+"""Model faults: every fault of the matrix is retried with backoff (model faults) or
 re-asked (junk answers), then failed over to the next model; no call hangs, and the pipeline on
 the real broker turns streams into exact documents while the assigned model misbehaves.
 
@@ -17,7 +17,7 @@ import random
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,13 @@ import pytest
 from olp.catalog import Catalog, ModelSpec
 from olp.clients import replay
 from olp.embedded import free_port
+from olp.settings import Settings
 from processors import topic_finder, topic_locator
 from processors.domain import Sentence
 from processors.model_gateway import ModelGateway
 from processors.policy_view import PolicyView
 from processors.role_call import CallContext, RoleCaller
+from schemas.codec import make_codec
 from tests.reliability.conftest import Report
 from tests.reliability.harness import (
     DocumentCollector,
@@ -246,6 +248,18 @@ def kind_of(body: dict[str, Any]) -> str:
     return "none"
 
 
+def dead_lettered_ids(settings: Settings, dead: Iterable[Mapping[str, Any]]) -> Counter[int]:
+    """Sentence ids in the original records of `dead` letters: a Chunk, or the chunk a role's
+    record embeds."""
+    codec = make_codec(settings.schema_registry_url)
+    ids: Counter[int] = Counter()
+    for letter in dead:
+        record = codec.decode(letter["value"], topic=letter["source_topic"])
+        chunk = record.get("chunk", record)
+        ids.update(int(s["id"]) for s in chunk["sentences"])
+    return ids
+
+
 def test_pipeline_survives_model_faults(
     broker: str, topic_prefix: str, run_dir: Path, report: Report
 ) -> None:
@@ -349,26 +363,38 @@ def test_pipeline_survives_model_faults(
                 )
             ),
         )
+        # The stream no model can serve ends in the DLQ, not in documents: every sentence sent on
+        # it must be in a dead letter (or a document), else it is lost.
+        all_down_ids = {int(s["segment_id"]) for s in streams[ALL_DOWN]}
         deadline = time.monotonic() + 60
-        while True:  # the stream no model can serve ends in the DLQ, not in documents
+        while True:
             dead = read_all(stack.settings(), f"{topic_prefix}dlq", "DeadLetter", quiet_s=1.0)
-            if any(d["key"] == f"faults-{ALL_DOWN}".encode() for d in dead):
+            all_down = [d for d in dead if d["key"] == f"faults-{ALL_DOWN}".encode()]
+            if all_down_ids <= set(dead_lettered_ids(stack.settings(), all_down)):
                 break
             if time.monotonic() > deadline:
                 chunks = read_all(stack.settings(), f"{topic_prefix}chunks", "Chunk", quiet_s=1.0)
                 raise AssertionError(
-                    f"no dead letter for '{ALL_DOWN}': calls {dict(calls)}; worker stats "
-                    f"{stack.worker_stats()}; chunks {[c['chunk_id'] for c in chunks]}"
+                    f"'{ALL_DOWN}' sentences missing from the DLQ: "
+                    f"{sorted(all_down_ids - set(dead_lettered_ids(stack.settings(), all_down)))}; "
+                    f"calls {dict(calls)}; worker stats {stack.worker_stats()}; "
+                    f"chunks {[c['chunk_id'] for c in chunks]}"
                 )
+        crashes = stack.crash_lines()
         rows, lost, duplicated = [], 0, 0
         for kind, segs in streams.items():
-            ids = [s["segment_id"] for s in segs]
+            ids = {int(s["segment_id"]) for s in segs}
             result = audit(collector.stream(f"faults-{kind}"), ids)
             dlq = [d for d in dead if d["key"] == f"faults-{kind}".encode()]
-            if kind == ALL_DOWN:
-                lost += 0 if dlq else result.lost  # dead-lettered with the reason: accounted for
-            else:
-                lost += result.lost
+            in_dlq = set(dead_lettered_ids(stack.settings(), dlq))
+            documented = {
+                int(s["id"])
+                for d in collector.stream(f"faults-{kind}")
+                for a in d["aspects"]
+                for s in a["sentences"]
+            }
+            missing = len(ids - documented - in_dlq)
+            lost += missing
             duplicated += result.duplicated
             rows.append(
                 [
@@ -376,7 +402,7 @@ def test_pipeline_survives_model_faults(
                     str(len(ids)),
                     str(calls[("faulty", kind)]),
                     str(calls[("healthy", kind)]),
-                    f"0 ({result.lost} in DLQ)" if kind == ALL_DOWN and dlq else str(result.lost),
+                    f"{missing} ({len(ids & in_dlq)} in DLQ)" if dlq else str(missing),
                     str(result.duplicated),
                     str(len(dlq)),
                     f"{done_at[kind]:.1f}" if kind in done_at else "-",
@@ -393,10 +419,16 @@ def test_pipeline_survives_model_faults(
             f"{len(streams)} streams x {SENTENCES_PER_STREAM} segments",
             lost,
             duplicated,
-            len(stack.crash_lines()),
+            len(crashes),
             max(done_at.values()),
-            f"'{ALL_DOWN}' stream (every model fails) -> DLQ with reason, counted as accounted for",
+            f"'{ALL_DOWN}' stream (every model fails) -> DLQ with reason; its sentences in dead "
+            "letters count as accounted for",
         )
+        # Each stream's fault must really have been served: the faulty model was asked on every
+        # stream, and on every faulty one the healthy model finished the job.
+        assert all(calls[("faulty", kind)] > 0 for kind in streams), calls
+        assert all(calls[("healthy", kind)] > 0 for kind in streams if kind != "none"), calls
+        assert lost == 0, rows
         for kind, segs in streams.items():
             if kind != ALL_DOWN:
                 assert comparable(collector.stream(f"faults-{kind}")) == expected_documents(segs), (
@@ -406,10 +438,11 @@ def test_pipeline_survives_model_faults(
                 )
         others = [d for d in dead if d["key"] != f"faults-{ALL_DOWN}".encode()]
         assert not others, others[:3]
-        all_down = [d for d in dead if d["key"] == f"faults-{ALL_DOWN}".encode()]
-        assert all_down and all(d["error_type"] == "RoleFailed" for d in all_down), all_down
+        assert all(d["error_type"] == "RoleFailed" for d in all_down), all_down
         assert "HTTP 500" in all_down[0]["error"]
-        assert not stack.crash_lines()
+        unexpected = set(dead_lettered_ids(stack.settings(), all_down)) - all_down_ids
+        assert not unexpected, f"dead letters of '{ALL_DOWN}' carry ids never sent: {sorted(unexpected)}"
+        assert not crashes, "\n".join(crashes)
     finally:
         collector.stop()
         stack.stop()

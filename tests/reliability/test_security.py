@@ -1,4 +1,4 @@
-"""Security (issue 7):
+"""Security:
 
 - every state-changing HTTP endpoint of every service (found from the routers, so a new one is
   covered the day it is added) refuses a missing or wrong bearer token, and refuses all callers
@@ -14,9 +14,12 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import json
+import re
 import ssl
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +27,17 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from olp.catalog import Catalog, ModelSpec
 from olp.clients import replay
 from olp.embedded import free_port
 from olp.errors import ModelCallError
 from olp.settings import ROLES, load_settings
+from olp.telemetry import redact
 from processors.model_gateway import ModelGateway
 from tests.reliability.conftest import Report
 from tests.reliability.harness import (
@@ -43,8 +51,14 @@ from tests.support.scripted_roles import perfect_answer
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
-TOKEN = "tok-PLANTED-4f1c2e9a7b"
-SECRET_KEY = "sk-PLANTEDSECRET-9d8e7f6a5b4c3d2e1f"
+# Neither value looks like a secret to a generic pattern (no `sk-`, no run of token characters
+# after `Bearer `, no long hex or base64): only redaction by value can keep them out, which is what
+# the test must show. `!#|^` pass unchanged through HTTP headers, JSON and Avro.
+TOKEN = "ac!c3ss#plant|ed^4f1c"
+SECRET_KEY = "m0del!key#planted|7q^x~Z"
+SECRETS = (TOKEN, SECRET_KEY)
+TOKEN_LIKE = re.compile(r"[A-Za-z0-9+/=_.~-]{12,}")
+"""A run this long of base64, hex or bearer-token characters would look like a secret by itself."""
 STATE_CHANGING = {"POST", "PUT", "DELETE", "PATCH"}
 RESULTS: dict[str, Any] = {}
 
@@ -160,6 +174,17 @@ async def test_state_changing_endpoints_need_the_token_and_limit_request_size(
 # --- the planted secret --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("secret", SECRETS)
+def test_planted_secrets_match_no_generic_secret_pattern(secret: str) -> None:
+    """Where the secrets travel (a bearer header a provider echoes in its error body, a bare value),
+    the pattern-based redaction alone leaves them whole: a clean run below is value-based."""
+    for text in (secret, f"Bearer {secret}", f'{{"error": {{"message": "invalid key: Bearer {secret}"}}}}'):
+        assert redact(text, secrets=(), max_chars=None) == text
+    assert not secret.startswith("sk-")
+    assert not TOKEN_LIKE.search(secret), TOKEN_LIKE.search(secret)
+    assert redact(f"Bearer {secret}", secrets=[secret]) == "Bearer ***"
+
+
 @pytest.fixture
 def echoing_llm() -> Iterator[ScriptedLLM]:
     """`leaky` refuses every call with 401 and echoes the Authorization header it got (some
@@ -218,8 +243,6 @@ def test_planted_secret_never_reaches_logs_traces_or_records(
     try:
         stack.start_policy_store()
         for role in ROLES:  # the echoing model first, for every role
-            import urllib.request
-
             request = urllib.request.Request(
                 f"{stack.api_url}/v1/policy/{role}/pin",
                 data=json.dumps({"model": "leaky"}).encode(),
@@ -262,22 +285,24 @@ def test_planted_secret_never_reaches_logs_traces_or_records(
             places[f"topic {name}"] = b"\n".join(
                 (m.value() or b"") + b"".join(v or b"" for _, v in (m.headers() or [])) for m in messages
             )
-        secrets = (SECRET_KEY.encode(), TOKEN.encode())
+        secrets = tuple(secret.encode() for secret in SECRETS)
         leaks = sorted({where for where, data in places.items() for secret in secrets if secret in data})
         spans = sum(data.count(b'"span_id"') for where, data in places.items() if where.endswith(".log"))
         echoed = sum(data.count(b"invalid key") for data in places.values())
+        crashes = stack.crash_lines()
         report.add(
             "security: planted secret",
             f"key echoed by a 401 provider; {spans} spans, {len(places)} logs/topics/files",
             None,
             None,
-            len(stack.crash_lines()),
+            len(crashes),
             None,
             f"leaks: {', '.join(leaks) if leaks else 0}; provider error bodies seen {echoed}",
         )
         assert echoed > 0, "the provider's error body never reached a record: the test proves nothing"
         assert spans > 0, "no spans were exported: traces were not checked"
         assert not leaks, leaks
+        assert not crashes, "\n".join(crashes)
     finally:
         collector.stop()
         stack.stop()
@@ -287,16 +312,9 @@ def test_planted_secret_never_reaches_logs_traces_or_records(
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    x509 = pytest.importorskip("cryptography.x509")
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
-    import ipaddress
-
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
