@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faust
 
 from olp.errors import ValidationError
-from processors.chunk_splitter import carry_limit, next_start_id
+from processors.chunk_splitter import carry_limit, chunk_done
 from processors.domain import aspect_key, name_key, normalize_name, sentences_from_avro
-
-if TYPE_CHECKING:
-    from processors.app import Pipeline
-
+from processors.role_agent import register_role
+from processors.worker import Record, WorkerContext
 
 _MAX_IDS_SHOWN = 10
 
@@ -136,16 +134,6 @@ def check_document(
     }
 
 
-def chunk_done(chunk: Mapping[str, Any], documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The Avro ChunkDone for a chunk: next chunk starts at the non-final topic, if any."""
-    return {
-        "stream_id": chunk["stream_id"],
-        "chunk_id": chunk["chunk_id"],
-        "seq": chunk["seq"],
-        "next_start_id": next_start_id(documents, bool(chunk.get("is_last"))),
-    }
-
-
 def merge_documents_by_name(
     documents: Sequence[Mapping[str, Any]],
 ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
@@ -209,42 +197,29 @@ def _ids_text(ids: Sequence[int]) -> str:
 
 # --- agent shell (olp.organized -> olp.documents + olp.progress) -----------------------------
 
-STAGE = "format_checker"
+ROLE = "format_checker"
 
 
-async def write_documents(pipeline: Pipeline, organized: dict[str, Any]) -> None:
+async def write_documents(worker: WorkerContext, organized: Record) -> None:
     chunk = organized["chunk"]
-    feed = pipeline.feed(chunk)
-    aspects, chunk_size = feed.aspect_names(), feed.chunk_size
+    feed = worker.settings.feed(chunk["feed"])
+    aspects, limit = feed.aspect_names(), carry_limit(feed.chunk_size)
     now_ms = int(time.time() * 1000)
     documents = []
     for topic in organized["topics"]:
         try:
             documents.append(
-                check_document(
-                    chunk, topic, aspects, int(chunk["seq"]), now_ms, carry_limit=carry_limit(chunk_size)
-                )
+                check_document(chunk, topic, aspects, int(chunk["seq"]), now_ms, carry_limit=limit)
             )
         except ValidationError as exc:
             # One irreparable topic is dead-lettered; the chunk's other topics still go out.
-            await pipeline.dead_letter(faust.current_event(), STAGE, exc)
+            await worker.dead_letter(faust.current_event(), ROLE, exc)
     for document in documents:
         key = f"{document['stream_id']}/{document['topic_id']}"
-        await pipeline.send(pipeline.topics.documents, key, "TopicDocument", document)
+        await worker.send(worker.topics.documents, key, "TopicDocument", document)
     # Documents first, then progress: the next chunk is cut only after these are written.
-    await pipeline.send(
-        pipeline.topics.progress, chunk["stream_id"], "ChunkDone", chunk_done(chunk, documents)
-    )
+    await worker.send(worker.topics.progress, chunk["stream_id"], "ChunkDone", chunk_done(chunk, documents))
 
 
-def register(app: faust.App, pipeline: Pipeline) -> None:
-    @app.agent(
-        pipeline.source(pipeline.topics.organized),
-        name=STAGE,
-        concurrency=pipeline.settings.worker_concurrency,
-    )
-    async def format_checker(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await pipeline.handle(
-                event, STAGE, "RoleResult", lambda organized: write_documents(pipeline, organized)
-            )
+def register(worker: WorkerContext) -> None:
+    register_role(worker, ROLE, worker.topics.organized, "RoleResult", write_documents)

@@ -1,4 +1,4 @@
-"""The processors' epsilon-greedy choice from the newest Assignment (hot swap by version)."""
+"""The processors' call plan from the newest Assignment (hot swap by version)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ def assignment(model: str, version: int, epsilon: float = 0.0) -> dict:
 
 
 def test_before_any_assignment_the_first_model_of_the_pool_serves() -> None:
-    choice = PolicyView({"r": ["a", "b"]}).choose("r", random.Random(0))
-    assert (choice.model, choice.propensity, choice.policy_version, choice.fallbacks) == ("a", 1.0, 0, ("b",))
+    view = PolicyView({"r": ["a", "b"]})
+    plan = view.choose("r", random.Random(0))
+    assert (plan.primary, plan.propensity, view.version("r"), plan.fallbacks) == ("a", 1.0, 0, ("b",))
 
 
 def test_newer_versions_replace_older_ones_only() -> None:
@@ -30,24 +31,24 @@ def test_newer_versions_replace_older_ones_only() -> None:
     assert view.apply(assignment("b", 2))
     assert not view.apply(assignment("a", 1))
     assert not view.apply(assignment("a", 2))
-    choice = view.choose("r", random.Random(0))
-    assert (choice.model, choice.policy_version) == ("b", 2)
-    assert choice.fallbacks == ("c", "a")  # by Q-value, best first
+    plan = view.choose("r", random.Random(0))
+    assert (plan.primary, view.version("r")) == ("b", 2)
+    assert plan.fallbacks == ("c", "a")  # by Q-value, best first
 
 
 def test_exploration_rate_and_propensities() -> None:
     view = PolicyView({"r": ["a", "b", "c"]})
     view.apply(assignment("b", 1, epsilon=0.2))
     rng = random.Random(7)
-    choices = [view.choose("r", rng) for _ in range(5000)]
-    explored = [c for c in choices if c.explored]
+    plans = [view.choose("r", rng) for _ in range(5000)]
+    explored = [p for p in plans if p.primary != "b"]
     assert abs(len(explored) / 5000 - 0.2) < 0.02
-    assert {c.propensity for c in explored} == {0.1}
-    assert {c.propensity for c in choices if not c.explored} == {0.8}
+    assert {p.propensity for p in explored} == {0.1}
+    assert {p.propensity for p in plans if p.primary == "b"} == {0.8}
 
 
 def test_a_feed_restriction_narrows_the_candidates() -> None:
     view = PolicyView({"r": ["a", "b", "c"]})
     view.apply(assignment("b", 1))
-    choice = view.choose("r", random.Random(0), allowed=["a", "c"])
-    assert choice.model == "c" and choice.fallbacks == ("a",)
+    plan = view.choose("r", random.Random(0), allowed=["a", "c"])
+    assert plan.primary == "c" and plan.fallbacks == ("a",)
