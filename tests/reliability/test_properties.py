@@ -1,4 +1,4 @@
-"""Property-based tests (issue 7, "bad input"): the codec and every parser of untrusted input,
+"""Property-based tests ("bad input"): the codec and every parser of untrusted input,
 thousands of generated cases each, must either return a well-formed value or raise the project's
 error for that input (CodecError, ParseError, ValidationError, FeedError, ModelCallError), never
 anything else. Plus the invariants the Chunk Splitter's at-least-once story rests on.
