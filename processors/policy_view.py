@@ -24,7 +24,6 @@ class PolicyView:
 
     pools: Mapping[str, Sequence[str]]
     assignments: dict[str, Mapping[str, Any]] = field(default_factory=dict)
-    default_epsilon: float = 0.0
 
     def apply(self, assignment: Mapping[str, Any]) -> bool:
         """Take an Assignment record if it is newer than what we hold; True when taken."""
@@ -43,7 +42,8 @@ class PolicyView:
         """The held assignment's plan fields, restricted to the role's pool and the feed's models."""
         held = self.assignments.get(role)
         pool = list(self.pools.get(role, ()))
-        fresh = PlanSpec(pool[0], self.default_epsilon, tuple(pool))
+        # Before the learner's first assignment: the pool's first model, no exploration.
+        fresh = PlanSpec(pool[0], 0.0, tuple(pool), mode="role_rl")
         spec = fresh if held is None else PlanSpec.from_record(held)
         if held is not None and not any(m in pool for m in spec.candidates):
             spec = fresh  # the assignment names none of the models this worker can call

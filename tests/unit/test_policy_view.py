@@ -14,6 +14,8 @@ def assignment(model: str, version: int, epsilon: float = 0.0) -> dict:
         "q_values": {"a": 1.0, "b": 3.0, "c": 2.0},
         "epsilon": epsilon,
         "candidates": ["a", "b", "c"],
+        "mode": "role_rl",
+        "explore": {"a": 0.5, "c": 0.5},
         "version": version,
         "reason": "",
         "ts_ms": 0,
@@ -41,10 +43,10 @@ def test_exploration_rate_and_propensities() -> None:
     view.apply(assignment("b", 1, epsilon=0.2))
     rng = random.Random(7)
     plans = [view.choose("r", rng) for _ in range(5000)]
-    explored = [p for p in plans if p.primary != "b"]
-    assert abs(len(explored) / 5000 - 0.2) < 0.02
-    assert {p.propensity for p in explored} == {0.1}
-    assert {p.propensity for p in plans if p.primary == "b"} == {0.8}
+    assert {(p.primary, p.propensity) for p in plans} == {("b", 1.0)}  # the assigned model always serves
+    explored = [p for p in plans if p.extras]
+    assert abs(len(explored) / 5000 - 0.2) < 0.02  # a challenger runs beside it with probability epsilon
+    assert {p.extras for p in explored} == {(("a", 0.1),), (("c", 0.1),)}
 
 
 def test_a_feed_restriction_narrows_the_candidates() -> None:
