@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from olp.errors import ParseError
 from processors.domain import (
@@ -26,12 +26,9 @@ from processors.domain import (
     render_transcript,
     sentences_from_avro,
 )
-from processors.role_call import RoleFailed
-
-if TYPE_CHECKING:
-    import faust
-
-    from processors.app import Pipeline
+from processors.role_agent import register_role
+from processors.role_call import CallContext, RoleFailed
+from processors.worker import Record, WorkerContext
 
 _HINTS = {
     aspect_key(name): hint
@@ -225,11 +222,12 @@ def _id_items(raw: Any) -> list[Any]:
 ROLE = "content_organizer"
 
 
-async def organize_topics(pipeline: Pipeline, checked: dict[str, Any]) -> None:
+async def organize_topics(worker: WorkerContext, checked: Record) -> None:
     chunk = checked["chunk"]
     sentences = sentences_from_avro(chunk["sentences"])
-    aspects = pipeline.feed(chunk).aspect_names()
-    caller = pipeline.caller(ROLE)
+    feed = worker.settings.feed(chunk["feed"])
+    aspects = feed.aspect_names()
+    caller = worker.caller(ROLE)
     used: set[str] = set()
 
     async def organize(index: int, topic: dict[str, Any]) -> dict[str, Any]:
@@ -245,9 +243,9 @@ async def organize_topics(pipeline: Pipeline, checked: dict[str, Any]) -> None:
                 answer = await caller.ask(
                     build_prompt(sentences, part, topic["name"], aspects, chunk["domain"], chunk["lang"]),
                     parse,
-                    pipeline.call_context(chunk, f"{index}" if number == 0 else f"{index}.{number}"),
+                    CallContext.for_chunk(chunk, f"{index}" if number == 0 else f"{index}.{number}"),
                     answer_schema(aspects, part_ids),
-                    pipeline.feed(chunk).models,
+                    feed.models,
                 )
             except RoleFailed:
                 continue  # unorganised: the Format Checker files these sentences under the fallback aspect
@@ -258,15 +256,8 @@ async def organize_topics(pipeline: Pipeline, checked: dict[str, Any]) -> None:
     topics = await asyncio.gather(*(organize(i, t) for i, t in enumerate(checked["topics"])))
     trail = [*checked["trail"], f"{ROLE}={'+'.join(sorted(used)) or 'none'}"]
     result = {"chunk": chunk, "stage": ROLE, "topics": list(topics), "trail": trail}
-    await pipeline.send(pipeline.topics.organized, chunk["stream_id"], "RoleResult", result)
+    await worker.send(worker.topics.organized, chunk["stream_id"], "RoleResult", result)
 
 
-def register(app: faust.App, pipeline: Pipeline) -> None:
-    @app.agent(
-        pipeline.source(pipeline.topics.checked), name=ROLE, concurrency=pipeline.settings.worker_concurrency
-    )
-    async def content_organizer(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await pipeline.handle(
-                event, ROLE, "RoleResult", lambda checked: organize_topics(pipeline, checked)
-            )
+def register(worker: WorkerContext) -> None:
+    register_role(worker, ROLE, worker.topics.checked, "RoleResult", organize_topics)

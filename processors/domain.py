@@ -13,7 +13,7 @@ import ast
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,10 +58,6 @@ def sentences_from_avro(records: Iterable[Mapping[str, Any]]) -> list[Sentence]:
     return [Sentence.from_avro(record) for record in records]
 
 
-def sentences_to_avro(sentences: Iterable[Sentence]) -> list[dict[str, Any]]:
-    return [sentence.to_avro() for sentence in sentences]
-
-
 def span_from_draft(draft: Mapping[str, Any]) -> TopicSpan:
     """An Avro `TopicDraft` dict -> TopicSpan; the draft must already be located."""
     first, last = draft.get("first_id"), draft.get("last_id")
@@ -70,17 +66,31 @@ def span_from_draft(draft: Mapping[str, Any]) -> TopicSpan:
     return TopicSpan(name=str(draft["name"]), first_id=int(first), last_id=int(last))
 
 
-def draft_from_span(
-    span: TopicSpan, *, final: bool = False, aspects: Mapping[str, Sequence[int]] | None = None
+def topic_draft(
+    name: str,
+    first_id: int | None = None,
+    last_id: int | None = None,
+    *,
+    final: bool = False,
+    aspects: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
-    """TopicSpan -> an Avro `TopicDraft` dict."""
+    """An Avro `TopicDraft` dict (schemas/role_result.avsc); no span until the Topic Locator's."""
     return {
-        "name": span.name,
-        "first_id": span.first_id,
-        "last_id": span.last_id,
+        "name": name,
+        "first_id": first_id,
+        "last_id": last_id,
         "final": final,
-        "aspects": {name: list(ids) for name, ids in (aspects or {}).items()},
+        "aspects": {aspect: list(ids) for aspect, ids in (aspects or {}).items()},
     }
+
+
+def span_iou(a: tuple[int, int], b: tuple[int, int]) -> float:
+    """Intersection over union of two inclusive integer intervals [first, last] (either order)."""
+    fa, la = sorted(a)
+    fb, lb = sorted(b)
+    inter = max(0, min(la, lb) - max(fa, fb) + 1)
+    union = (la - fa + 1) + (lb - fb + 1) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def normalize_name(name: str) -> str:
@@ -242,6 +252,24 @@ def as_int(value: Any) -> int | None:
     if isinstance(value, str):
         match = re.fullmatch(r"\s*\[?\s*(-?\d+)\s*\]?\s*", value)
         return int(match.group(1)) if match else None
+    return None
+
+
+YES = ("yes", "true", "y", "是")
+NO = ("no", "false", "n", "否")
+"""Words a small model writes for a JSON boolean; each role adds its own (`as_bool`)."""
+
+
+def as_bool(value: Any, yes: Collection[str] = YES, no: Collection[str] = NO) -> bool | None:
+    """A yes/no from a JSON value: booleans, and the words in `yes` / `no` (any case); else None."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in yes:
+            return True
+        if word in no:
+            return False
     return None
 
 

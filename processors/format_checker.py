@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faust
 
 from olp.errors import ValidationError
-from processors.chunk_splitter import carry_limit, next_start_id
-from processors.domain import aspect_key, name_key, normalize_name, sentences_from_avro
-
-if TYPE_CHECKING:
-    from processors.app import Pipeline
-
+from processors.chunk_splitter import carry_limit, chunk_done
+from processors.domain import Sentence, aspect_key, name_key, normalize_name, sentences_from_avro
+from processors.role_agent import register_role
+from processors.worker import Record, WorkerContext
 
 _MAX_IDS_SHOWN = 10
 
@@ -60,62 +58,15 @@ def check_document(
     name = normalize_name(str(topic.get("name") or ""))
     if not name:
         raise ValidationError("topic has an empty name")
-    if topic.get("first_id") is None or topic.get("last_id") is None:
-        raise ValidationError(f"topic {name!r} has no span")
-    repairs: list[str] = []
-    first, last = int(topic["first_id"]), int(topic["last_id"])
-    if first > last:
-        first, last = last, first
-        repairs.append(f"reversed span swapped to {first}-{last}")
-
     sentences = sorted(sentences_from_avro(chunk["sentences"]), key=lambda s: s.id)
-    span = [s for s in sentences if first <= s.id <= last]
-    if not span:
-        raise ValidationError(f"topic {name!r}: span {first}-{last} holds no sentence of the chunk")
-    if (span[0].id, span[-1].id) != (first, last):
-        outside = first < sentences[0].id or last > sentences[-1].id
-        how = "clipped to the chunk" if outside else "snapped to sentence ids"
-        repairs.append(f"span {first}-{last} {how}: {span[0].id}-{span[-1].id}")
-    span_ids = {s.id for s in span}
-
-    by_key = {aspect_key(a): a for a in aspects}
-    placed: dict[str, list[int]] = {a: [] for a in aspects}
-    where: dict[int, str] = {}
-    unknown_aspects: list[str] = []
-    dropped: list[int] = []
-    duplicates: list[int] = []
-    for raw_name, ids in (topic.get("aspects") or {}).items():
-        aspect = by_key.get(aspect_key(str(raw_name)))
-        if aspect is None:
-            unknown_aspects.append(str(raw_name))
-            continue
-        for sid in ids:
-            if sid not in span_ids:
-                dropped.append(sid)
-            elif sid in where:
-                duplicates.append(sid)
-            else:
-                where[sid] = aspect
-                placed[aspect].append(sid)
-    unassigned = [s.id for s in span if s.id not in where]
-    placed[fallback].extend(unassigned)
-
-    if unknown_aspects:
-        repairs.append(f"ignored unknown aspects: {', '.join(repr(a) for a in unknown_aspects)}")
-    if dropped:
-        repairs.append(f"dropped ids not in the topic: {_ids_text(dropped)}")
-    if duplicates:
-        repairs.append(f"removed duplicate ids: {_ids_text(duplicates)}")
-    if unassigned:
-        repairs.append(f"placed unassigned ids into {fallback!r}: {_ids_text(unassigned)}")
-
+    span, repairs = _checked_span(name, topic, sentences)
+    placed = _placed_by_aspect(topic.get("aspects") or {}, aspects, fallback, [s.id for s in span], repairs)
     final = bool(topic.get("final")) or bool(chunk.get("is_last"))
     if not final and carry_limit is not None:
         carried = sum(1 for s in sentences if s.id >= span[0].id)
         if carried > carry_limit:
             final = True
             repairs.append(f"closed as final: carry-over of {carried} sentences exceeds {carry_limit}")
-
     text = {s.id: s.text for s in span}
     return {
         "stream_id": chunk["stream_id"],
@@ -136,14 +87,67 @@ def check_document(
     }
 
 
-def chunk_done(chunk: Mapping[str, Any], documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The Avro ChunkDone for a chunk: next chunk starts at the non-final topic, if any."""
-    return {
-        "stream_id": chunk["stream_id"],
-        "chunk_id": chunk["chunk_id"],
-        "seq": chunk["seq"],
-        "next_start_id": next_start_id(documents, bool(chunk.get("is_last"))),
-    }
+def _checked_span(
+    name: str, topic: Mapping[str, Any], sentences: Sequence[Sentence]
+) -> tuple[list[Sentence], list[str]]:
+    """The chunk's sentences in the topic's span (swapped, clipped, snapped), and the repairs."""
+    if topic.get("first_id") is None or topic.get("last_id") is None:
+        raise ValidationError(f"topic {name!r} has no span")
+    repairs: list[str] = []
+    first, last = int(topic["first_id"]), int(topic["last_id"])
+    if first > last:
+        first, last = last, first
+        repairs.append(f"reversed span swapped to {first}-{last}")
+    span = [s for s in sentences if first <= s.id <= last]
+    if not span:
+        raise ValidationError(f"topic {name!r}: span {first}-{last} holds no sentence of the chunk")
+    if (span[0].id, span[-1].id) != (first, last):
+        outside = first < sentences[0].id or last > sentences[-1].id
+        how = "clipped to the chunk" if outside else "snapped to sentence ids"
+        repairs.append(f"span {first}-{last} {how}: {span[0].id}-{span[-1].id}")
+    return span, repairs
+
+
+def _placed_by_aspect(
+    given: Mapping[str, Sequence[int]],
+    aspects: Sequence[str],
+    fallback: str,
+    span_ids: Sequence[int],
+    repairs: list[str],
+) -> dict[str, list[int]]:
+    """Each span id under one configured aspect: the answer's where it is usable, else the
+    fallback; what had to be repaired is appended to `repairs`."""
+    by_key = {aspect_key(a): a for a in aspects}
+    in_span = set(span_ids)
+    placed: dict[str, list[int]] = {a: [] for a in aspects}
+    where: dict[int, str] = {}
+    unknown_aspects: list[str] = []
+    dropped: list[int] = []
+    duplicates: list[int] = []
+    for raw_name, ids in given.items():
+        aspect = by_key.get(aspect_key(str(raw_name)))
+        if aspect is None:
+            unknown_aspects.append(str(raw_name))
+            continue
+        for sid in ids:
+            if sid not in in_span:
+                dropped.append(sid)
+            elif sid in where:
+                duplicates.append(sid)
+            else:
+                where[sid] = aspect
+                placed[aspect].append(sid)
+    unassigned = [sid for sid in span_ids if sid not in where]
+    placed[fallback].extend(unassigned)
+    if unknown_aspects:
+        repairs.append(f"ignored unknown aspects: {', '.join(repr(a) for a in unknown_aspects)}")
+    if dropped:
+        repairs.append(f"dropped ids not in the topic: {_ids_text(dropped)}")
+    if duplicates:
+        repairs.append(f"removed duplicate ids: {_ids_text(duplicates)}")
+    if unassigned:
+        repairs.append(f"placed unassigned ids into {fallback!r}: {_ids_text(unassigned)}")
+    return placed
 
 
 def merge_documents_by_name(
@@ -157,6 +161,12 @@ def merge_documents_by_name(
     aspect's sentences united (sorted by id, each id once), final only when all were final, the
     highest version, and a repair line naming what was merged. Returns the merged documents in
     order of first sentence and, per merged topic_id, the documents that went into it.
+
+    Runs on a whole stream's documents (the offline benchmark scores the paper's whole-stream
+    output with it), not in the pipeline: the per-chunk rule of the same spec sentence is
+    `relationship_checker.merge_same_names`, and a stream-wide merge cannot be published as
+    TopicDocuments: nothing retracts the member documents, so readers would hold every member's
+    sentences twice, and the merged span covers the topics between the members.
     """
     ordered = sorted(documents, key=lambda d: (int(d["first_id"]), int(d["last_id"])))
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -209,42 +219,29 @@ def _ids_text(ids: Sequence[int]) -> str:
 
 # --- agent shell (olp.organized -> olp.documents + olp.progress) -----------------------------
 
-STAGE = "format_checker"
+ROLE = "format_checker"
 
 
-async def write_documents(pipeline: Pipeline, organized: dict[str, Any]) -> None:
+async def write_documents(worker: WorkerContext, organized: Record) -> None:
     chunk = organized["chunk"]
-    feed = pipeline.feed(chunk)
-    aspects, chunk_size = feed.aspect_names(), feed.chunk_size
+    feed = worker.settings.feed(chunk["feed"])
+    aspects, limit = feed.aspect_names(), carry_limit(feed.chunk_size)
     now_ms = int(time.time() * 1000)
     documents = []
     for topic in organized["topics"]:
         try:
             documents.append(
-                check_document(
-                    chunk, topic, aspects, int(chunk["seq"]), now_ms, carry_limit=carry_limit(chunk_size)
-                )
+                check_document(chunk, topic, aspects, int(chunk["seq"]), now_ms, carry_limit=limit)
             )
         except ValidationError as exc:
             # One irreparable topic is dead-lettered; the chunk's other topics still go out.
-            await pipeline.dead_letter(faust.current_event(), STAGE, exc)
+            await worker.dead_letter(faust.current_event(), ROLE, exc)
     for document in documents:
         key = f"{document['stream_id']}/{document['topic_id']}"
-        await pipeline.send(pipeline.topics.documents, key, "TopicDocument", document)
+        await worker.send(worker.topics.documents, key, "TopicDocument", document)
     # Documents first, then progress: the next chunk is cut only after these are written.
-    await pipeline.send(
-        pipeline.topics.progress, chunk["stream_id"], "ChunkDone", chunk_done(chunk, documents)
-    )
+    await worker.send(worker.topics.progress, chunk["stream_id"], "ChunkDone", chunk_done(chunk, documents))
 
 
-def register(app: faust.App, pipeline: Pipeline) -> None:
-    @app.agent(
-        pipeline.source(pipeline.topics.organized),
-        name=STAGE,
-        concurrency=pipeline.settings.worker_concurrency,
-    )
-    async def format_checker(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await pipeline.handle(
-                event, STAGE, "RoleResult", lambda organized: write_documents(pipeline, organized)
-            )
+def register(worker: WorkerContext) -> None:
+    register_role(worker, ROLE, worker.topics.organized, "RoleResult", write_documents)

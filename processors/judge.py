@@ -43,7 +43,17 @@ from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
 from olp.errors import ModelCallError, ParseError
-from processors.domain import JsonSchema, Prompt, TopicSpan, extract_json, name_key
+from processors.domain import (
+    NO,
+    YES,
+    JsonSchema,
+    Prompt,
+    TopicSpan,
+    as_bool,
+    extract_json,
+    name_key,
+    span_iou,
+)
 
 log = logging.getLogger("olp.processors.judge")
 
@@ -94,8 +104,8 @@ def answer_schema(role_schema: Mapping[str, Any] | None) -> JsonSchema:
 
 # --- verdicts --------------------------------------------------------------------------------
 
-_YES = ("yes", "true", "correct", "right", "y", "是", "正确", "对")
-_NO = ("no", "false", "incorrect", "wrong", "n", "否", "错误", "不对", "不正确")
+_CORRECT = (*YES, "correct", "right", "正确", "对")
+_WRONG = (*NO, "incorrect", "wrong", "错误", "不对", "不正确")
 
 
 def parse_verdict(text: str | None, parse_role_answer: Callable[[str], Any]) -> Verdict:
@@ -110,7 +120,7 @@ def parse_verdict(text: str | None, parse_role_answer: Callable[[str], Any]) -> 
     if not isinstance(value, dict):
         raise ParseError("a verdict is a JSON object")
     raw = next((value[k] for k in ("correct", "verdict", "is_correct") if k in value), None)
-    correct = _as_bool(raw)
+    correct = as_bool(raw, _CORRECT, _WRONG)
     correction_raw = value.get("correction")
     if correct is None:
         if correction_raw is None:
@@ -128,28 +138,7 @@ def parse_verdict(text: str | None, parse_role_answer: Callable[[str], Any]) -> 
     return Verdict(False, correction)
 
 
-def _as_bool(value: Any) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        word = value.strip().lower()
-        if word in _YES:
-            return True
-        if word in _NO:
-            return False
-    return None
-
-
 # --- scores (k in [-1, 1]) ---------------------------------------------------------------------
-
-
-def span_iou(a: tuple[int, int], b: tuple[int, int]) -> float:
-    """IoU of two inclusive id spans [first, last], counted in ids."""
-    fa, la = sorted(a)
-    fb, lb = sorted(b)
-    inter = max(0, min(la, lb) - max(fa, fb) + 1)
-    union = (la - fa + 1) + (lb - fb + 1) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def aspect_similarity(answer: Mapping[str, Sequence[int]], correction: Mapping[str, Sequence[int]]) -> float:
@@ -211,9 +200,7 @@ def board_score(scores: Mapping[str, float], weights: Mapping[str, float] | None
     return sum(max(0.0, weights.get(j, 0.0)) * k for j, k in scores.items()) / total
 
 
-def chosen_correction(
-    verdicts: Mapping[str, Verdict], weights: Mapping[str, float] | None = None
-) -> Any:
+def chosen_correction(verdicts: Mapping[str, Verdict], weights: Mapping[str, float] | None = None) -> Any:
     """The correction that replaces the answer downstream: the heaviest judge's, among judges
     that said "incorrect" and gave a usable correction, when they outweigh the judges that said
     "correct"; None otherwise."""

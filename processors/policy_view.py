@@ -2,11 +2,10 @@
 (schemas/assignment.avsc), and the call plan each LLM call draws from it (spec section 4) with the
 sampling shared with the learner (olp/call_plan.py): the model that answers, extra models run on the
 same input (warm-up, incumbent-vs-challenger duels), confidence-cascade escalation and the failover
-order. Records written before the plan fields decode as plain epsilon-greedy. Hot-swapping is
-replacing one immutable Assignment with a newer version; no restart.
+order. Hot-swapping is replacing one immutable Assignment with a newer version; no restart.
 
-The choice records each model's propensity and the policy version it acted on, so the learner can
-correct for acting on a stale policy.
+A plan records each model's propensity, and the role call records the policy version it was drawn
+from (`version`), so the learner can correct for acting on a stale policy.
 """
 
 from __future__ import annotations
@@ -16,24 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from olp.call_plan import PlanSpec
-
-
-@dataclass(frozen=True, slots=True)
-class Choice:
-    """One call's plan: which model serves it, with what probability, under which policy version."""
-
-    model: str
-    propensity: float
-    policy_version: int
-    explored: bool
-    fallbacks: tuple[str, ...]
-    """Other candidates, best first, to fail over to when `model` errors or answers junk."""
-    extras: tuple[tuple[str, float], ...] = ()
-    """(model, propensity) run on the same input beside `model` (warm-up, duel); not delivered."""
-    escalate_to: str | None = None
-    """Cascade: ask this model when `model`'s answer has confidence below `escalate_below`."""
-    escalate_below: float | None = None
+from olp.call_plan import CallPlan, PlanSpec
 
 
 @dataclass
@@ -42,7 +24,6 @@ class PolicyView:
 
     pools: Mapping[str, Sequence[str]]
     assignments: dict[str, Mapping[str, Any]] = field(default_factory=dict)
-    default_epsilon: float = 0.0
 
     def apply(self, assignment: Mapping[str, Any]) -> bool:
         """Take an Assignment record if it is newer than what we hold; True when taken."""
@@ -61,24 +42,14 @@ class PolicyView:
         """The held assignment's plan fields, restricted to the role's pool and the feed's models."""
         held = self.assignments.get(role)
         pool = list(self.pools.get(role, ()))
-        fresh = PlanSpec(pool[0], self.default_epsilon, tuple(pool))
+        # Before the learner's first assignment: the pool's first model, no exploration.
+        fresh = PlanSpec(pool[0], 0.0, tuple(pool), mode="role_rl")
         spec = fresh if held is None else PlanSpec.from_record(held)
         if held is not None and not any(m in pool for m in spec.candidates):
             spec = fresh  # the assignment names none of the models this worker can call
         spec = spec.restricted(pool)
         return spec if allowed is None else spec.restricted(allowed)
 
-    def choose(self, role: str, rng: random.Random, allowed: Sequence[str] | None = None) -> Choice:
+    def choose(self, role: str, rng: random.Random, allowed: Sequence[str] | None = None) -> CallPlan:
         """Draw one call's plan (optionally restricted to a feed's models)."""
-        spec = self.spec(role, allowed)
-        plan = spec.sample(rng)
-        return Choice(
-            plan.primary,
-            plan.propensity,
-            self.version(role),
-            plan.primary != spec.model or bool(plan.extras),
-            plan.fallbacks,
-            plan.extras,
-            plan.escalate_to,
-            plan.escalate_below,
-        )
+        return self.spec(role, allowed).sample(rng)

@@ -20,14 +20,16 @@ import bisect
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from olp.errors import ParseError
 from processors.domain import (
+    NO,
+    YES,
     JsonSchema,
     Prompt,
     Sentence,
     TopicSpan,
+    as_bool,
     chat,
     extract_json,
     language_line,
@@ -36,13 +38,12 @@ from processors.domain import (
     render_transcript,
     sentences_from_avro,
     span_from_draft,
+    span_iou,
+    topic_draft,
 )
-from processors.role_call import RoleFailed
-
-if TYPE_CHECKING:
-    import faust
-
-    from processors.app import Pipeline
+from processors.role_agent import register_role
+from processors.role_call import CallContext, RoleFailed
+from processors.worker import Record, WorkerContext
 
 IOU_THRESHOLD: dict[str, float] = {"ecommerce": 0.5, "news": 0.3}
 DEFAULT_IOU_THRESHOLD = 0.5
@@ -77,9 +78,7 @@ def iou_threshold(domain: str) -> float:
     return IOU_THRESHOLD.get(domain, DEFAULT_IOU_THRESHOLD)
 
 
-def build_prompt(
-    sentences: Sequence[Sentence], a: TopicSpan, b: TopicSpan, domain: str, lang: str
-) -> Prompt:
+def build_prompt(sentences: Sequence[Sentence], a: TopicSpan, b: TopicSpan, domain: str, lang: str) -> Prompt:
     """Ask whether two adjacent topics are one. The whole chunk is shown (the shared prefix that
     the model server caches across this chunk's calls); the task names both spans."""
     question = _QUESTIONS.get(domain, _DEFAULT_QUESTION).format(a=a.name, b=b.name)
@@ -110,6 +109,10 @@ def answer_schema() -> JsonSchema:
     }
 
 
+_RELATED = (*YES, "same", "related", "相同")
+_UNRELATED = (*NO, "different", "unrelated", "不同", "不是")
+
+
 def parse_answer(text: str | None) -> RelationVerdict:
     """The verdict; `related` may also come as "yes"/"no"/"true"/"false" strings or as `same`.
 
@@ -119,7 +122,7 @@ def parse_answer(text: str | None) -> RelationVerdict:
     if not isinstance(value, dict):
         raise ParseError("the answer is not a JSON object")
     raw = next((value[k] for k in ("related", "same", "merge") if k in value), None)
-    related = _as_bool(raw)
+    related = as_bool(raw, _RELATED, _UNRELATED)
     if related is None:
         raise ParseError(f"no yes/no verdict in the answer: {raw!r:.40}")
     if not related:
@@ -136,12 +139,8 @@ def adjacent_pairs(spans: Sequence[TopicSpan]) -> list[tuple[TopicSpan, TopicSpa
 
 
 def iou(a: TopicSpan, b: TopicSpan, chunk_ids: Sequence[int]) -> float:
-    """Intersection over union of two spans, counted in sentences of the chunk."""
-    fa, la = _positions(a, chunk_ids)
-    fb, lb = _positions(b, chunk_ids)
-    inter = max(0, min(la, lb) - max(fa, fb) + 1)
-    union = (la - fa + 1) + (lb - fb + 1) - inter
-    return inter / union if union > 0 else 0.0
+    """Intersection over union of two spans, counted in sentences of the chunk (ids may skip)."""
+    return span_iou(_positions(a, chunk_ids), _positions(b, chunk_ids))
 
 
 def merge_adjacent(
@@ -242,29 +241,18 @@ def _is_sorted(ids: Sequence[int]) -> bool:
     return all(a < b for a, b in itertools.pairwise(ids))
 
 
-def _as_bool(value: Any) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        word = value.strip().lower()
-        if word in ("yes", "true", "y", "same", "related", "是", "相同"):
-            return True
-        if word in ("no", "false", "n", "different", "unrelated", "否", "不同", "不是"):
-            return False
-    return None
-
-
 # --- agent shell (olp.located -> olp.checked) ------------------------------------------------
 
 ROLE = "relationship_checker"
 
 
-async def check_relationships(pipeline: Pipeline, located: dict[str, Any]) -> None:
+async def check_relationships(worker: WorkerContext, located: Record) -> None:
     chunk = located["chunk"]
     sentences = sentences_from_avro(chunk["sentences"])
     ids = [s.id for s in sentences]
     spans = sorted((span_from_draft(t) for t in located["topics"]), key=lambda s: (s.first_id, s.last_id))
-    caller = pipeline.caller(ROLE)
+    caller = worker.caller(ROLE)
+    models = worker.settings.feed(chunk["feed"]).models
     used: set[str] = set()
 
     async def ask(index: int, a: TopicSpan, b: TopicSpan) -> RelationVerdict | None:
@@ -272,9 +260,9 @@ async def check_relationships(pipeline: Pipeline, located: dict[str, Any]) -> No
             answer = await caller.ask(
                 build_prompt(sentences, a, b, chunk["domain"], chunk["lang"]),
                 parse_answer,
-                pipeline.call_context(chunk, f"{index}"),
+                CallContext.for_chunk(chunk, f"{index}"),
                 answer_schema(),
-                pipeline.feed(chunk).models,
+                models,
             )
         except RoleFailed:
             return None  # no verdict: the IoU rule alone decides this pair
@@ -284,28 +272,14 @@ async def check_relationships(pipeline: Pipeline, located: dict[str, Any]) -> No
     verdicts = await asyncio.gather(*(ask(i, a, b) for i, (a, b) in enumerate(adjacent_pairs(spans))))
     merged = merge_adjacent(spans, verdicts, iou_threshold(chunk["domain"]), ids)
     tiled = tile(merge_same_names(merged), ids)
-    last = len(tiled) - 1
-    topics: list[dict[str, Any]] = [
-        {
-            "name": s.name,
-            "first_id": s.first_id,
-            "last_id": s.last_id,
-            "final": chunk["is_last"] or i < last,
-            "aspects": {},
-        }
+    topics = [
+        topic_draft(s.name, s.first_id, s.last_id, final=chunk["is_last"] or i < len(tiled) - 1)
         for i, s in enumerate(tiled)
     ]
     trail = [*located["trail"], f"{ROLE}={'+'.join(sorted(used)) or 'rules'}"]
     result = {"chunk": chunk, "stage": ROLE, "topics": topics, "trail": trail}
-    await pipeline.send(pipeline.topics.checked, chunk["stream_id"], "RoleResult", result)
+    await worker.send(worker.topics.checked, chunk["stream_id"], "RoleResult", result)
 
 
-def register(app: faust.App, pipeline: Pipeline) -> None:
-    @app.agent(
-        pipeline.source(pipeline.topics.located), name=ROLE, concurrency=pipeline.settings.worker_concurrency
-    )
-    async def relationship_checker(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await pipeline.handle(
-                event, ROLE, "RoleResult", lambda located: check_relationships(pipeline, located)
-            )
+def register(worker: WorkerContext) -> None:
+    register_role(worker, ROLE, worker.topics.located, "RoleResult", check_relationships)

@@ -27,10 +27,11 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from olp import telemetry
+from olp.call_plan import CallPlan
 from olp.errors import ModelCallError, OlpError, ParseError
 from processors.judge import JudgedCall
 from processors.model_gateway import Completion, ModelGateway
-from processors.policy_view import Choice, PolicyView
+from processors.policy_view import PolicyView
 
 T = TypeVar("T")
 FeedbackSink = Callable[[dict[str, Any]], Awaitable[None]]
@@ -54,6 +55,19 @@ class CallContext:
     call_key: str = "0"
     """Distinguishes several calls of one role on one chunk (e.g. one per topic)."""
 
+    @classmethod
+    def for_chunk(cls, chunk: Mapping[str, Any], call_key: str = "0") -> CallContext:
+        """The context of a call about an Avro Chunk (schemas/chunk.avsc)."""
+        return cls(
+            stream_id=str(chunk["stream_id"]),
+            chunk_id=str(chunk["chunk_id"]),
+            domain=str(chunk["domain"]),
+            lang=str(chunk["lang"]),
+            feed=str(chunk["feed"]),
+            chunk_size=len(chunk["sentences"]),
+            call_key=call_key,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Answer(Generic[T]):
@@ -69,7 +83,8 @@ class _Call(Generic[T]):
     parse: Callable[[str], T]
     ctx: CallContext
     json_schema: Mapping[str, Any] | None
-    choice: Choice
+    plan: CallPlan
+    policy_version: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,32 +132,33 @@ class RoleCaller:
         allowed_models: Sequence[str] | None = None,
     ) -> Answer[T]:
         """Run the call plan drawn from the policy; deliver one parsed answer or raise RoleFailed."""
-        choice = self._policy.choose(self.role, self._rng, allowed_models)
-        call = _Call(messages, parse, ctx, json_schema, choice)
+        version = self._policy.version(self.role)  # the version the plan is drawn from: no await between
+        plan = self._policy.choose(self.role, self._rng, allowed_models)
+        call = _Call(messages, parse, ctx, json_schema, plan, version)
         prev = (self._last_model, self._last_success)  # the state the extras act from
-        extras = [m for m, _ in choice.extras if m != choice.model]
+        extras = [m for m, _ in plan.extras if m != plan.primary]
         # Failover: the cascade's stronger model first (a junk answer is as low as confidence
         # gets), then the fallbacks; models already running as extras are not asked twice.
-        order = [choice.model]
-        for m in (choice.escalate_to, *choice.fallbacks):
+        order = [plan.primary]
+        for m in (plan.escalate_to, *plan.fallbacks):
             if m is not None and m not in order and m not in extras:
                 order.append(m)
         errors: list[str] = []
         primary, *others = await asyncio.gather(
             self._first_usable(call, order, errors),
-            *(self._try(call, m, p, errors, prev) for m, p in choice.extras if m != choice.model),
+            *(self._try(call, m, p, errors, prev) for m, p in plan.extras if m != plan.primary),
         )
         got = primary
         if (
             got is not None
-            and got.model == choice.model
-            and choice.escalate_to is not None
-            and choice.escalate_below is not None
+            and got.model == plan.primary
+            and plan.escalate_to is not None
+            and plan.escalate_below is not None
             and (confidence := _confidence(got.completion)) is not None
-            and confidence < choice.escalate_below
+            and confidence < plan.escalate_below
         ):
             # Confidence cascade: the cheap answer is unsure; the stronger model's answer wins if usable.
-            got = await self._try(call, choice.escalate_to, 1.0, errors) or got
+            got = await self._try(call, plan.escalate_to, 1.0, errors) or got
         if got is None:  # the primary and every fallback failed: an extra's answer is not lost
             got = next((r for r in others if r is not None), None)
         if got is None:
@@ -151,8 +167,15 @@ class RoleCaller:
         if self._judge is not None:
             value = await self._judge(
                 JudgedCall(
-                    self.role, got.model, got.event_id, messages, got.completion.text, got.value, parse,
-                    json_schema, got.outcome,
+                    self.role,
+                    got.model,
+                    got.event_id,
+                    messages,
+                    got.completion.text,
+                    got.value,
+                    parse,
+                    json_schema,
+                    got.outcome,
                 )
             )
         return Answer(value, got.model)
@@ -160,7 +183,7 @@ class RoleCaller:
     async def _first_usable(self, call: _Call[T], order: Sequence[str], errors: list[str]) -> _Got[T] | None:
         """The first model in `order` that gives a usable answer (the primary with its propensity)."""
         for rank, model in enumerate(order):
-            got = await self._try(call, model, call.choice.propensity if rank == 0 else 1.0, errors)
+            got = await self._try(call, model, call.plan.propensity if rank == 0 else 1.0, errors)
             if got is not None:
                 return got
         return None
@@ -175,13 +198,13 @@ class RoleCaller:
     ) -> _Got[T] | None:
         """Ask one model, re-asking on junk; one RoleOutcome per attempt. None when it gave nothing
         usable. `prev` fixes the paper's state for a call beside the primary (which does not move it)."""
-        ctx, choice = call.ctx, call.choice
+        ctx, version = call.ctx, call.policy_version
         conversation = [dict(m) for m in call.messages]
         for attempt in range(1 + self._reask):
             outcome_id = f"{ctx.chunk_id}:{self.role}:{ctx.call_key}:{model}:{attempt}"
             # One span per call; the feedback record is sent inside it, so it carries the
             # call's trace context to the policy store.
-            with self._span(model, choice, propensity, attempt, conversation) as span:
+            with self._span(model, version, propensity, attempt, conversation) as span:
                 started = time.monotonic()
                 try:
                     completion = await self._gateway.complete(model, conversation, call.json_schema)
@@ -195,7 +218,7 @@ class RoleCaller:
                         error_type=type(exc).__name__,
                     )
                     errors.append(f"{model}: {exc}")
-                    await self._record(outcome_id, model, choice, propensity, ctx, None, str(exc), prev)
+                    await self._record(outcome_id, model, version, propensity, ctx, None, str(exc), prev)
                     return None  # a model fault: the next model, not a re-ask
                 self._annotate(span, model, ctx, completion)
                 try:
@@ -204,7 +227,9 @@ class RoleCaller:
                     span.set_attribute("error.type", "ParseError")
                     span.set_status(trace.StatusCode.ERROR, "unusable answer")
                     errors.append(f"{model}: {exc}")
-                    await self._record(outcome_id, model, choice, propensity, ctx, completion, str(exc), prev)
+                    await self._record(
+                        outcome_id, model, version, propensity, ctx, completion, str(exc), prev
+                    )
                     complaint = f"That answer was invalid ({exc}). Reply again with only the JSON."
                     conversation += [
                         {"role": "assistant", "content": completion.text[:2000]},
@@ -212,7 +237,7 @@ class RoleCaller:
                     ]
                     continue
                 outcome = await self._record(
-                    outcome_id, model, choice, propensity, ctx, completion, None, prev
+                    outcome_id, model, version, propensity, ctx, completion, None, prev
                 )
                 return _Got(value, model, completion, outcome, outcome_id)
         return None
@@ -222,7 +247,7 @@ class RoleCaller:
     def _span(
         self,
         model: str,
-        choice: Choice,
+        policy_version: int,
         propensity: float,
         attempt: int,
         conversation: Sequence[Mapping[str, str]],
@@ -232,7 +257,7 @@ class RoleCaller:
         except Exception:
             base_url = None
         return telemetry.start_llm_span(
-            model, self.role, choice.policy_version, propensity, attempt, base_url, conversation
+            model, self.role, policy_version, propensity, attempt, base_url, conversation
         )
 
     def _annotate(self, span: Span, model: str, ctx: CallContext, completion: Completion) -> None:
@@ -254,7 +279,7 @@ class RoleCaller:
         self,
         event_id: str,
         model: str,
-        choice: Choice,
+        policy_version: int,
         propensity: float,
         ctx: CallContext,
         completion: Completion | None,
@@ -266,7 +291,7 @@ class RoleCaller:
             "event_id": event_id,
             "role": self.role,
             "model": model,
-            "policy_version": choice.policy_version,
+            "policy_version": policy_version,
             "propensity": propensity,
             "prev_model": prev_model,
             "prev_success": prev_success,

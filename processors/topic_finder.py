@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
-
-import faust
+from typing import Any
 
 from olp.errors import ParseError
 from processors.domain import (
@@ -25,10 +23,11 @@ from processors.domain import (
     normalize_name,
     render_transcript,
     sentences_from_avro,
+    topic_draft,
 )
-
-if TYPE_CHECKING:
-    from processors.app import Pipeline
+from processors.role_agent import register_role
+from processors.role_call import CallContext
+from processors.worker import Record, WorkerContext
 
 MAX_TOPICS = 20
 """More names than this in one chunk is a looping model; the rest are dropped."""
@@ -192,28 +191,20 @@ def _item_name(item: Any) -> str | None:
 ROLE = "topic_finder"
 
 
-async def find_topics(pipeline: Pipeline, chunk: dict[str, Any]) -> None:
+async def find_topics(worker: WorkerContext, chunk: Record) -> None:
     sentences = sentences_from_avro(chunk["sentences"])
-    feed = pipeline.feed(chunk)
-    answer = await pipeline.caller(ROLE).ask(
+    feed = worker.settings.feed(chunk["feed"])
+    answer = await worker.caller(ROLE).ask(
         build_prompt(sentences, chunk["domain"], chunk["lang"]),
         lambda text: parse_answer(text, sentences, feed.max_topics),
-        pipeline.call_context(chunk),
+        CallContext.for_chunk(chunk),
         answer_schema(chunk["domain"], feed.max_topics),
         feed.models,
     )
-    topics: list[dict[str, Any]] = [
-        {"name": name, "first_id": None, "last_id": None, "final": False, "aspects": {}}
-        for name in answer.value
-    ]
+    topics = [topic_draft(name) for name in answer.value]
     result = {"chunk": chunk, "stage": ROLE, "topics": topics, "trail": [f"{ROLE}={answer.model}"]}
-    await pipeline.send(pipeline.topics.found, chunk["stream_id"], "RoleResult", result)
+    await worker.send(worker.topics.found, chunk["stream_id"], "RoleResult", result)
 
 
-def register(app: faust.App, pipeline: Pipeline) -> None:
-    @app.agent(
-        pipeline.source(pipeline.topics.chunks), name=ROLE, concurrency=pipeline.settings.worker_concurrency
-    )
-    async def topic_finder(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await pipeline.handle(event, ROLE, "Chunk", lambda chunk: find_topics(pipeline, chunk))
+def register(worker: WorkerContext) -> None:
+    register_role(worker, ROLE, worker.topics.chunks, "Chunk", find_topics, chunk_of=lambda chunk: chunk)

@@ -15,7 +15,7 @@ import asyncio
 import bisect
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from olp.errors import ParseError
 from processors.domain import (
@@ -31,13 +31,11 @@ from processors.domain import (
     name_key,
     render_transcript,
     sentences_from_avro,
+    topic_draft,
 )
-from processors.role_call import RoleFailed
-
-if TYPE_CHECKING:
-    import faust
-
-    from processors.app import Pipeline
+from processors.role_agent import register_role
+from processors.role_call import CallContext, RoleCaller, RoleFailed
+from processors.worker import Record, WorkerContext
 
 _FIRST_KEYS = ("first_id", "first", "start_id", "start", "begin")
 _LAST_KEYS = ("last_id", "last", "end_id", "end", "stop")
@@ -215,56 +213,16 @@ Located = tuple[str, tuple[int, int] | None, str | None]
 """(topic name, its span or None when nobody could place it, the model that answered)"""
 
 
-async def locate_topics(pipeline: Pipeline, found: dict[str, Any]) -> None:
+async def locate_topics(worker: WorkerContext, found: Record) -> None:
     chunk = found["chunk"]
-    sentences = sentences_from_avro(chunk["sentences"])
-    ids = [s.id for s in sentences]
+    ids = [s["id"] for s in chunk["sentences"]]
     names = [t["name"] for t in found["topics"]]
-    caller = pipeline.caller(ROLE)
-    feed = pipeline.feed(chunk)
-
-    async def locate(index: int, name: str) -> Located:
-        try:
-            answer = await caller.ask(
-                build_prompt(sentences, name, names, chunk["domain"], chunk["lang"]),
-                lambda text: parse_answer(text, ids),
-                pipeline.call_context(chunk, f"{index}"),
-                answer_schema(ids),
-                feed.models,
-            )
-        except RoleFailed:
-            return name, None, None  # left out: its sentences tile to the neighbouring topics
-        return name, answer.value, answer.model
-
-    async def locate_all() -> list[Located]:
-        """One call for every topic (feed setting `locator_batch`); the ones it misses, one by one."""
-        try:
-            answer = await caller.ask(
-                build_batch_prompt(sentences, names, chunk["domain"], chunk["lang"]),
-                lambda text: parse_batch_answer(text, names, ids),
-                pipeline.call_context(chunk, "batch"),
-                batch_answer_schema(names, ids),
-                feed.models,
-            )
-            spans = {name_key(s.name): ((s.first_id, s.last_id), answer.model) for s in answer.value}
-        except RoleFailed:
-            spans = {}
-        located: list[Located] = [(n, *spans.get(name_key(n), (None, None))) for n in names]
-        missing = [i for i, (_, span, _) in enumerate(located) if span is None]
-        answers = await asyncio.gather(*(locate(i, names[i]) for i in missing))
-        for i, again in zip(missing, answers, strict=True):
-            located[i] = again
-        return located
-
+    feed = worker.settings.feed(chunk["feed"])
     if feed.locator_batch and len(names) > 1:
-        located = await locate_all()
+        located = await _locate_together(worker.caller(ROLE), chunk, names, feed.models)
     else:
-        located = list(await asyncio.gather(*(locate(i, name) for i, name in enumerate(names))))
-    topics = [
-        {"name": name, "first_id": span[0], "last_id": span[1], "final": False, "aspects": {}}
-        for name, span, _ in located
-        if span is not None
-    ]
+        located = await _locate_each(worker.caller(ROLE), chunk, names, range(len(names)), feed.models)
+    topics = [topic_draft(name, *span) for name, span, _ in located if span is not None]
     models = sorted({m for _, _, m in located if m})
     if not topics and names and ids:
         # Dead-lettering the chunk would drop its sentences from the documents; one topic over the
@@ -272,23 +230,67 @@ async def locate_topics(pipeline: Pipeline, found: dict[str, Any]) -> None:
         log.warning(
             "%s: no topic of chunk %s could be located: %r spans the chunk", ROLE, chunk["chunk_id"], names[0]
         )
-        topics = [{"name": names[0], "first_id": ids[0], "last_id": ids[-1], "final": False, "aspects": {}}]
+        topics = [topic_draft(names[0], ids[0], ids[-1])]
         models = ["fallback(whole chunk)"]
     if not topics:
         raise RoleFailed(f"{ROLE}: no topic of chunk {chunk['chunk_id']} could be located")
-    result = {
-        "chunk": chunk,
-        "stage": ROLE,
-        "topics": topics,
-        "trail": [*found["trail"], f"{ROLE}={'+'.join(models)}"],
-    }
-    await pipeline.send(pipeline.topics.located, chunk["stream_id"], "RoleResult", result)
+    trail = [*found["trail"], f"{ROLE}={'+'.join(models)}"]
+    result = {"chunk": chunk, "stage": ROLE, "topics": topics, "trail": trail}
+    await worker.send(worker.topics.located, chunk["stream_id"], "RoleResult", result)
 
 
-def register(app: faust.App, pipeline: Pipeline) -> None:
-    @app.agent(
-        pipeline.source(pipeline.topics.found), name=ROLE, concurrency=pipeline.settings.worker_concurrency
-    )
-    async def topic_locator(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await pipeline.handle(event, ROLE, "RoleResult", lambda found: locate_topics(pipeline, found))
+async def _locate_each(
+    caller: RoleCaller,
+    chunk: Record,
+    names: Sequence[str],
+    which: Sequence[int],
+    models: Sequence[str] | None,
+) -> list[Located]:
+    """One call per topic `names[i]` for i in `which`; a topic nobody could place is left out
+    (its sentences tile to the neighbouring topics)."""
+    sentences = sentences_from_avro(chunk["sentences"])
+    ids = [s.id for s in sentences]
+
+    async def locate(index: int) -> Located:
+        name = names[index]
+        try:
+            answer = await caller.ask(
+                build_prompt(sentences, name, names, chunk["domain"], chunk["lang"]),
+                lambda text: parse_answer(text, ids),
+                CallContext.for_chunk(chunk, f"{index}"),
+                answer_schema(ids),
+                models,
+            )
+        except RoleFailed:
+            return name, None, None
+        return name, answer.value, answer.model
+
+    return list(await asyncio.gather(*(locate(i) for i in which)))
+
+
+async def _locate_together(
+    caller: RoleCaller, chunk: Record, names: Sequence[str], models: Sequence[str] | None
+) -> list[Located]:
+    """One call for every topic (feed setting `locator_batch`); the ones it misses, one by one."""
+    sentences = sentences_from_avro(chunk["sentences"])
+    ids = [s.id for s in sentences]
+    try:
+        answer = await caller.ask(
+            build_batch_prompt(sentences, names, chunk["domain"], chunk["lang"]),
+            lambda text: parse_batch_answer(text, names, ids),
+            CallContext.for_chunk(chunk, "batch"),
+            batch_answer_schema(names, ids),
+            models,
+        )
+        spans = {name_key(s.name): ((s.first_id, s.last_id), answer.model) for s in answer.value}
+    except RoleFailed:
+        spans = {}
+    located: list[Located] = [(n, *spans.get(name_key(n), (None, None))) for n in names]
+    missing = [i for i, (_, span, _) in enumerate(located) if span is None]
+    for i, again in zip(missing, await _locate_each(caller, chunk, names, missing, models), strict=True):
+        located[i] = again
+    return located
+
+
+def register(worker: WorkerContext) -> None:
+    register_role(worker, ROLE, worker.topics.found, "RoleResult", locate_topics)

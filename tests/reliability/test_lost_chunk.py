@@ -1,11 +1,12 @@
-"""A chunk lost in flight (issue 7, known weak spot 1): the splitter's table says a chunk is in
-flight but its record never reached `olp.chunks` (a worker killed between writing the state and
-sending the chunk). Without a re-send the stream would wait for that chunk forever.
+"""A chunk lost in flight: the splitter's table says a chunk is in flight but its record never
+reached `olp.chunks` (a worker killed between writing the state and sending the chunk). Without a
+re-send the stream would wait for that chunk forever.
 
 The loss is staged exactly: before the worker starts, the splitter's changelog gets the state
-"chunk 0 (sentences 1-30) in flight" and no chunk record is written. The worker restores the
-table from the changelog, the whole stream arrives (1-30 again, ignored as re-sends), and the
-chunk must be sent again after `chunk_timeout_s`, giving exactly the documents of a clean run.
+"80 sentences taken, chunk 0 (the first 30) in flight", in pages as the worker stores it, and no
+chunk record is written. The worker restores the table from the changelog, the whole stream
+arrives (those 80 again, ignored as re-sends), and the chunk must be sent again after
+`chunk_timeout_s`, giving exactly the documents of a clean run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from confluent_kafka import Producer
 
 from olp.clients import replay
 from olp.topics import ensure_topics
+from processors.chunk_splitter import SplitterState, add_segment, next_chunk
+from processors.domain import Sentence
+from processors.splitter_store import page_key, state_writes
 from tests.reliability.conftest import Report
 from tests.reliability.harness import (
     DocumentCollector,
@@ -49,39 +53,37 @@ def scripted() -> Iterator[ScriptedLLM]:
     server.stop()
 
 
-def stage_lost_chunk(broker: str, prefix: str, segments: list[dict]) -> None:
-    """Write the splitter's changelog as if chunk 0 (the first 30 sentences) had been cut and
-    its record lost: Faust's JSON key and value, on the partition of the stream's key."""
+def stage_lost_chunk(broker: str, prefix: str, segments: list[dict]) -> int:
+    """Write the splitter's changelog as if `segments` had arrived, chunk 0 (their first 30) had
+    been cut and its record lost: the stored form the worker writes (its pages, then its head),
+    Faust's JSON key and value, on the partition of the stream's key. Returns the pages written."""
     changelog = f"{prefix}app-chunk-splitter-state-changelog"
     ensure_topics({"bootstrap.servers": broker}, [changelog], partitions=PARTITIONS)
     partition = DefaultPartitioner()(STREAM.encode(), list(range(PARTITIONS)), list(range(PARTITIONS)))
-    first = segments[:30]
-    state = {
-        "stream_id": STREAM,
-        "feed": "default",
-        "domain": "ecommerce",
-        "lang": "en",
-        "buffer": [{"id": s["segment_id"], "text": s["text"]} for s in first],
-        "max_id": 30,
-        "sent_upto": 30,
-        "next_seq": 1,
-        "in_flight": 0,
-        "in_flight_last": False,
-        "end_of_stream": False,
-        "partition": partition,
-    }
+    state = SplitterState(STREAM)
+    for segment in segments:
+        state = add_segment(state, Sentence(segment["segment_id"], segment["text"].strip()), False)
+    state, chunk = next_chunk(state, 30)
+    assert chunk is not None and chunk.seq == 0
+    assert [s.id for s in chunk.sentences] == [int(s["segment_id"]) for s in segments[:30]]
+    writes = state_writes(state, None)
+    records = [(page_key(STREAM, page), sentences) for page, sentences in writes.pages.items()]
+    records.append((STREAM, {**writes.head, "partition": partition}))
     producer = Producer({"bootstrap.servers": broker})
-    producer.produce(
-        changelog, key=json.dumps(STREAM).encode(), value=json.dumps(state).encode(), partition=partition
-    )
-    assert producer.flush(10) == 0
+    for key, value in records:  # one record per batch, as the worker writes (Tansu's end offsets)
+        producer.produce(
+            changelog, key=json.dumps(key).encode(), value=json.dumps(value).encode(), partition=partition
+        )
+        assert producer.flush(10) == 0
+    return len(writes.pages)
 
 
 def test_a_chunk_lost_in_flight_is_sent_again(
     broker: str, topic_prefix: str, run_dir: Path, scripted: ScriptedLLM, report: Report
 ) -> None:
     segments = sample_segments(STREAM)
-    stage_lost_chunk(broker, topic_prefix, segments)
+    # 80 sentences arrived before the loss: the stored buffer spans a page and the head's tail.
+    assert stage_lost_chunk(broker, topic_prefix, segments[:80]) >= 1
     stack = Stack(
         broker,
         topic_prefix,
@@ -109,9 +111,10 @@ def test_a_chunk_lost_in_flight_is_sent_again(
             result.duplicated,
             len(stack.crash_lines()),
             first_doc,
-            f"re-sent after chunk_timeout_s={TIMEOUT_S}s (was: stalled forever); done in {waited:.0f}s",
+            f"re-sent after chunk_timeout_s={TIMEOUT_S}s; done in {waited:.0f}s",
         )
         assert resent, "the splitter did not report the re-send"
+        assert not stack.crash_lines(), stack.crash_lines()
         assert result.clean, result
         assert comparable(collector.stream(STREAM)) == expected_documents(segments), describe_difference(
             comparable(collector.stream(STREAM)), expected_documents(segments)

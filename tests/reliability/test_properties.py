@@ -1,4 +1,4 @@
-"""Property-based tests (issue 7, "bad input"): the codec and every parser of untrusted input,
+"""Property-based tests ("bad input"): the codec and every parser of untrusted input,
 thousands of generated cases each, must either return a well-formed value or raise the project's
 error for that input (CodecError, ParseError, ValidationError, FeedError, ModelCallError), never
 anything else. Plus the invariants the Chunk Splitter's at-least-once story rests on.
@@ -24,6 +24,7 @@ from olp.catalog import ModelSpec
 from olp.errors import CodecError, FeedError, ModelCallError, ParseError, ValidationError
 from processors import chunk_splitter as cs
 from processors import content_organizer, relationship_checker, topic_finder, topic_locator
+from processors import splitter_store as store
 from processors.domain import Sentence, TopicSpan, as_int, extract_json, render_transcript
 from processors.format_checker import check_document
 from processors.model_gateway import _parse_completion
@@ -335,7 +336,7 @@ def test_splitter_state_from_a_corrupt_dict_or_validation_error(
     only((ValidationError,), lambda: cs.SplitterState.from_dict(raw))
 
 
-PAGED_HEAD = cs.state_writes(
+PAGED_HEAD = store.state_writes(
     cs.SplitterState("s", buffer=(Sentence(1, "a"), Sentence(70, "b")), max_id=70), None
 ).head
 PAGES = {0: [[1, "a"]], 1: [[70, "b"]]}
@@ -353,7 +354,7 @@ def test_splitter_state_from_corrupt_pages_or_validation_error(
     count("splitter: state from corrupt pages")
     head = {**PAGED_HEAD, **changes}
     stored = {**PAGES, **pages}
-    only((ValidationError,), lambda: cs.restore_state(head, stored.get))
+    only((ValidationError,), lambda: store.restore_state(head, stored.get))
 
 
 @PROFILE
@@ -368,8 +369,7 @@ def test_splitter_sends_every_sentence_once_and_rebuilds_the_chunk_in_flight(
     k: int, steps: list[tuple[str, int]]
 ) -> None:
     """Random arrivals, done records (with any next start) and re-sends: every sentence is sent
-    as new once; a state restored from its dict, or from its paged table form, rebuilds exactly
-    the chunk in flight."""
+    as new once; a state restored from its paged table form rebuilds exactly the chunk in flight."""
     count("splitter: at-least-once invariants")
     state = cs.SplitterState("s")
     table = SplitterTable()  # the Faust table: the stored head and pages
@@ -391,9 +391,9 @@ def test_splitter_sends_every_sentence_once_and_rebuilds_the_chunk_in_flight(
         if spec is not None:
             in_flight = spec
             sent_new.extend(s.id for s in spec.new_sentences)
-        restored = cs.SplitterState.from_dict(json.loads(json.dumps(state.to_dict())))
         table.write(state)
-        assert table.read("s") == restored
+        restored = table.read("s")
+        assert restored == state
         rebuilt = cs.in_flight_chunk(restored)
         if in_flight is None:
             assert rebuilt is None

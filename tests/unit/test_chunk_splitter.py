@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from olp.errors import ConfigError, ValidationError
+from olp.settings import FeedSettings
+from olp.telemetry import SegmentTraces
+from olp.topics import TopicNames
 from processors import chunk_splitter as cs
 from processors import format_checker
+from processors import splitter_store as store
 from processors.chunk_splitter import SplitterState, add_segment, apply_done, next_chunk
 from processors.domain import Sentence
+from processors.splitter_agent import FINISHED_KEEP_S, SplitterAgent
 from tests.support.splitter_table import SplitterTable
 
 PITCH = [
@@ -46,8 +53,10 @@ def ids(spec: cs.ChunkSpec | None) -> list[int]:
 
 
 def roundtrip(state: SplitterState) -> SplitterState:
-    """What the Faust table does to the state: JSON and back."""
-    return SplitterState.from_dict(json.loads(json.dumps(state.to_dict())))
+    """What the Faust table does to the state: stored, as JSON, and read back."""
+    table = SplitterTable()
+    table.write(state)
+    return table.read(state.stream_id)
 
 
 # --- the basic cycle ---------------------------------------------------------------------------
@@ -170,7 +179,11 @@ def test_end_of_stream_with_more_than_k_new_sentences_takes_several_chunks() -> 
 
 def test_limits_for_k() -> None:
     assert [(k, cs.min_new(k), cs.carry_limit(k)) for k in (1, 2, 4, 10, 45)] == [
-        (1, 1, 1), (2, 1, 3), (4, 2, 6), (10, 5, 15), (45, 22, 68),
+        (1, 1, 1),
+        (2, 1, 3),
+        (4, 2, 6),
+        (10, 5, 15),
+        (45, 22, 68),
     ]
 
 
@@ -235,12 +248,12 @@ def test_next_start_id_is_the_start_of_the_last_non_final_topic() -> None:
 def test_state_round_trips_through_json() -> None:
     state, _ = next_chunk(feed(SplitterState("live-1", "shop", "news", "zh"), range(12), eos_at=11), k=5)
     assert roundtrip(state) == state
-    assert state.to_dict()["buffer"][0] == {"id": sentence(0).id, "text": sentence(0).text}
+    assert json.loads(json.dumps(state.to_dict())) == state.to_dict()
 
 
 def test_corrupt_state_is_a_validation_error() -> None:
     with pytest.raises(ValidationError):
-        SplitterState.from_dict({"stream_id": "s", "buffer": "oops"})
+        SplitterState.from_dict({"stream_id": "s", "next_seq": "oops"})
 
 
 def test_a_write_costs_the_new_sentences_not_the_backlog() -> None:
@@ -254,16 +267,18 @@ def test_a_write_costs_the_new_sentences_not_the_backlog() -> None:
         state = feed(state, range(i, i + 10))
         table.write(state)
         assert table.read("s") == state
-    assert max(table.written) <= cs.PAGE_SIZE + 10
+    assert max(table.written) <= store.PAGE_SIZE + 10
     assert sum(table.written) < 3 * (2000 + k)  # the last page is rewritten until it is full
-    spanned = state.buffer[-1].id // cs.PAGE_SIZE - state.buffer[0].id // cs.PAGE_SIZE + 1
+    spanned = state.buffer[-1].id // store.PAGE_SIZE - state.buffer[0].id // store.PAGE_SIZE + 1
     assert table.records <= len(table.written) + spanned  # a head per write, a record per page
     state = apply_done(state, spec.seq, None)  # the chunk is done: its pages go
     state, _ = next_chunk(state, k)
     table.write(state)
     assert table.read("s") == state
-    first_page = state.buffer[0].id // cs.PAGE_SIZE
-    assert all(int(key.split(cs.PAGE_SEPARATOR)[1]) >= first_page for key in table if cs.is_page_key(key))
+    first_page = state.buffer[0].id // store.PAGE_SIZE
+    assert all(
+        int(key.split(store.PAGE_SEPARATOR)[1]) >= first_page for key in table if store.is_page_key(key)
+    )
 
 
 def test_an_empty_buffer_drops_every_page_and_starts_again() -> None:
@@ -279,16 +294,6 @@ def test_an_empty_buffer_drops_every_page_and_starts_again() -> None:
     assert table.read("s") == state
 
 
-def test_a_head_written_before_pages_existed_is_read_and_rewritten_paged() -> None:
-    table = SplitterTable()
-    state, _ = next_chunk(feed(SplitterState("s"), range(12)), k=5)
-    table["s"] = roundtrip(state).to_dict()  # as written by an older worker: the whole buffer
-    assert table.read("s") == state
-    state = feed(state, range(12, 15))
-    table.write(state)
-    assert table.read("s") == state and "buffer" not in table["s"]
-
-
 def test_a_crash_between_pages_and_head_leaves_the_older_state() -> None:
     """Pages go out before the head: a head is never read without its pages, and sentences of
     a newer page beyond the head's last id are not part of it (their segments come again)."""
@@ -296,9 +301,9 @@ def test_a_crash_between_pages_and_head_leaves_the_older_state() -> None:
     before, _ = next_chunk(feed(SplitterState("s"), range(100)), k=40)
     table.write(before)
     after = feed(before, range(100, 130))
-    writes = cs.state_writes(after, table["s"])
+    writes = store.state_writes(after, table["s"])
     for page, sentences in writes.pages.items():  # ... and the worker dies before the head
-        table[cs.page_key("s", page)] = sentences
+        table[store.page_key("s", page)] = sentences
     assert table.read("s") == before
 
 
@@ -306,7 +311,7 @@ def test_a_missing_page_is_a_validation_error() -> None:
     table = SplitterTable()
     state, _ = next_chunk(feed(SplitterState("s"), range(200)), k=40)
     table.write(state)
-    table.pop(cs.page_key("s", table["s"]["pages"][1]))
+    table.pop(store.page_key("s", table["s"]["pages"][1]))
     with pytest.raises(ValidationError, match="misses page"):
         table.read("s")
 
@@ -347,17 +352,25 @@ def run_stream(use_format_checker: bool) -> tuple[list[cs.ChunkSpec], dict[str, 
             starts = topic_starts_in(chunk_ids)
             ends = [chunk_ids[chunk_ids.index(s) - 1] for s in starts[1:]] + [chunk_ids[-1]]
             drafts = [
-                {"name": f"topic@{a}", "first_id": a, "last_id": b,
-                 "final": spec.is_last or j < len(starts) - 1,
-                 "aspects": {"Price": [i for i in chunk_ids if a <= i <= b][:1]}}
+                {
+                    "name": f"topic@{a}",
+                    "first_id": a,
+                    "last_id": b,
+                    "final": spec.is_last or j < len(starts) - 1,
+                    "aspects": {"Price": [i for i in chunk_ids if a <= i <= b][:1]},
+                }
                 for j, (a, b) in enumerate(zip(starts, ends, strict=True))
             ]
             if use_format_checker:
                 chunk = spec.to_avro(created_ms=0)
                 docs = [
                     format_checker.check_document(
-                        chunk, d, ("Opening", "Order Urging", "Price", "Product Description"),
-                        version=spec.seq, now_ms=0, carry_limit=cs.carry_limit(K),
+                        chunk,
+                        d,
+                        ("Opening", "Order Urging", "Price", "Product Description"),
+                        version=spec.seq,
+                        now_ms=0,
+                        carry_limit=cs.carry_limit(K),
                     )
                     for d in drafts
                 ]
@@ -419,3 +432,92 @@ def test_a_whole_stream_through_the_format_checker_documents_each_sentence_once(
     assert all(doc["final"] for doc in documents.values())
     closed = [doc for doc in documents.values() if any("closed as final" in r for r in doc["repairs"])]
     assert [doc["topic_id"] for doc in closed] == [str(sentence(20).id)]
+
+
+# --- the agent: batches, re-sends, finished streams ----------------------------------------------
+
+
+@dataclass
+class FakeWorker:
+    """What the splitter's agent uses of the worker context; `handle` runs the record as given."""
+
+    topics: TopicNames = field(default_factory=TopicNames.with_prefix)
+    settings: Any = field(
+        default_factory=lambda: SimpleNamespace(
+            chunk_timeout_s=10.0, feed=lambda name: FeedSettings(chunk_size=4)
+        )
+    )
+    traces: SegmentTraces = field(default_factory=SegmentTraces)
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+
+    async def handle(
+        self, event: Any, role: str, expected: str, process: Any, on_failure: Any = None
+    ) -> None:
+        await process(event.record)
+
+    async def send(self, topic: str, key: str, record_type: str, record: dict[str, Any]) -> None:
+        assert (topic, key, record_type) == (self.topics.chunks, record["stream_id"], "Chunk")
+        self.sent.append(record)
+
+    def count(self, name: str) -> None:
+        self.stats[name] = self.stats.get(name, 0) + 1
+
+
+def event(topic: str, record: dict[str, Any], partition: int = 1) -> Any:
+    return SimpleNamespace(message=SimpleNamespace(topic=topic, partition=partition), record=record)
+
+
+def segment(i: int, end: bool = False) -> dict[str, Any]:
+    return {
+        "stream_id": "live-1",
+        "segment_id": i,
+        "text": f"sentence {i}",
+        "end_of_stream": end,
+        "feed": "default",
+        "domain": "ecommerce",
+        "lang": "en",
+    }
+
+
+async def test_the_agent_resends_a_stale_chunk_and_deletes_a_finished_stream() -> None:
+    worker, table = FakeWorker(), SplitterTable()
+    agent = SplitterAgent(worker, table.store)  # type: ignore[arg-type]
+    for i in range(1, 5):
+        await agent.on_event(event(worker.topics.transcripts, segment(i, end=i == 4)))
+    await agent.flush()
+    assert [[s["id"] for s in c["sentences"]] for c in worker.sent] == [[1, 2, 3, 4]]
+    assert worker.sent[0]["is_last"] and table.partitions["live-1"] == 1
+
+    await agent.look_after_streams({0}, now=0.0)  # not this worker's partition: nothing
+    await agent.look_after_streams({1}, now=100.0)  # first seen in flight
+    await agent.look_after_streams({1}, now=105.0)
+    assert len(worker.sent) == 1
+    await agent.look_after_streams({1}, now=110.0)  # in flight for chunk_timeout_s: sent again
+    assert worker.sent[1] == {**worker.sent[0], "created_ms": worker.sent[1]["created_ms"]}
+
+    done = {"stream_id": "live-1", "chunk_id": "live-1:0", "seq": 0, "next_start_id": None}
+    await agent.on_event(event(worker.topics.progress, done))
+    await agent.flush()
+    assert cs.is_finished(table.read("live-1"))
+    await agent.look_after_streams({1}, now=200.0)
+    await agent.look_after_streams({1}, now=200.0 + FINISHED_KEEP_S - 1)
+    assert "live-1" in table
+    await agent.look_after_streams({1}, now=200.0 + FINISHED_KEEP_S)
+    assert dict(table) == {} and worker.stats == {"resent.chunk_splitter": 1, "finished.chunk_splitter": 1}
+    assert len(worker.sent) == 2
+
+
+async def test_a_finished_stream_that_gets_a_late_sentence_is_kept() -> None:
+    worker, table = FakeWorker(), SplitterTable()
+    agent = SplitterAgent(worker, table.store)  # type: ignore[arg-type]
+    await agent.on_event(event(worker.topics.transcripts, segment(1, end=True)))
+    await agent.flush()
+    done = {"stream_id": "live-1", "chunk_id": "live-1:0", "seq": 0, "next_start_id": None}
+    await agent.on_event(event(worker.topics.progress, done))
+    await agent.flush()
+    await agent.look_after_streams({1}, now=0.0)
+    await agent.on_event(event(worker.topics.transcripts, segment(2)))  # taken after the end (rule 5)
+    await agent.flush()
+    await agent.look_after_streams({1}, now=FINISHED_KEEP_S)
+    assert table.read("live-1").in_flight == 1 and len(worker.sent) == 2

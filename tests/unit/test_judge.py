@@ -13,7 +13,7 @@ import pytest
 
 from olp.errors import ModelCallError, ParseError
 from processors import content_organizer, relationship_checker, topic_finder, topic_locator
-from processors.domain import Sentence, TopicSpan
+from processors.domain import Sentence, TopicSpan, span_iou
 from processors.judge import (
     JudgeBoard,
     JudgedCall,
@@ -25,7 +25,6 @@ from processors.judge import (
     chosen_correction,
     parse_verdict,
     score,
-    span_iou,
 )
 from processors.relationship_checker import RelationVerdict
 

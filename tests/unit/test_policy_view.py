@@ -1,4 +1,4 @@
-"""The processors' epsilon-greedy choice from the newest Assignment (hot swap by version)."""
+"""The processors' call plan from the newest Assignment (hot swap by version)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ def assignment(model: str, version: int, epsilon: float = 0.0) -> dict:
         "q_values": {"a": 1.0, "b": 3.0, "c": 2.0},
         "epsilon": epsilon,
         "candidates": ["a", "b", "c"],
+        "mode": "role_rl",
+        "explore": {"a": 0.5, "c": 0.5},
         "version": version,
         "reason": "",
         "ts_ms": 0,
@@ -21,8 +23,9 @@ def assignment(model: str, version: int, epsilon: float = 0.0) -> dict:
 
 
 def test_before_any_assignment_the_first_model_of_the_pool_serves() -> None:
-    choice = PolicyView({"r": ["a", "b"]}).choose("r", random.Random(0))
-    assert (choice.model, choice.propensity, choice.policy_version, choice.fallbacks) == ("a", 1.0, 0, ("b",))
+    view = PolicyView({"r": ["a", "b"]})
+    plan = view.choose("r", random.Random(0))
+    assert (plan.primary, plan.propensity, view.version("r"), plan.fallbacks) == ("a", 1.0, 0, ("b",))
 
 
 def test_newer_versions_replace_older_ones_only() -> None:
@@ -30,24 +33,24 @@ def test_newer_versions_replace_older_ones_only() -> None:
     assert view.apply(assignment("b", 2))
     assert not view.apply(assignment("a", 1))
     assert not view.apply(assignment("a", 2))
-    choice = view.choose("r", random.Random(0))
-    assert (choice.model, choice.policy_version) == ("b", 2)
-    assert choice.fallbacks == ("c", "a")  # by Q-value, best first
+    plan = view.choose("r", random.Random(0))
+    assert (plan.primary, view.version("r")) == ("b", 2)
+    assert plan.fallbacks == ("c", "a")  # by Q-value, best first
 
 
 def test_exploration_rate_and_propensities() -> None:
     view = PolicyView({"r": ["a", "b", "c"]})
     view.apply(assignment("b", 1, epsilon=0.2))
     rng = random.Random(7)
-    choices = [view.choose("r", rng) for _ in range(5000)]
-    explored = [c for c in choices if c.explored]
-    assert abs(len(explored) / 5000 - 0.2) < 0.02
-    assert {c.propensity for c in explored} == {0.1}
-    assert {c.propensity for c in choices if not c.explored} == {0.8}
+    plans = [view.choose("r", rng) for _ in range(5000)]
+    assert {(p.primary, p.propensity) for p in plans} == {("b", 1.0)}  # the assigned model always serves
+    explored = [p for p in plans if p.extras]
+    assert abs(len(explored) / 5000 - 0.2) < 0.02  # a challenger runs beside it with probability epsilon
+    assert {p.extras for p in explored} == {(("a", 0.1),), (("c", 0.1),)}
 
 
 def test_a_feed_restriction_narrows_the_candidates() -> None:
     view = PolicyView({"r": ["a", "b", "c"]})
     view.apply(assignment("b", 1))
-    choice = view.choose("r", random.Random(0), allowed=["a", "c"])
-    assert choice.model == "c" and choice.fallbacks == ("a",)
+    plan = view.choose("r", random.Random(0), allowed=["a", "c"])
+    assert plan.primary == "c" and plan.fallbacks == ("a",)

@@ -16,10 +16,10 @@ from processors.domain import (
     Sentence,
     TopicSpan,
     as_int,
-    draft_from_span,
     extract_json,
     render_transcript,
     span_from_draft,
+    topic_draft,
 )
 from processors.relationship_checker import RelationVerdict
 
@@ -117,7 +117,7 @@ def test_as_int_accepts_only_ids(value: object, expected: int | None) -> None:
 
 def test_topic_drafts_round_trip() -> None:
     span = TopicSpan(WIG, 101, 107)
-    draft = draft_from_span(span, final=True, aspects={"Price": [106]})
+    draft = topic_draft(span.name, span.first_id, span.last_id, final=True, aspects={"Price": [106]})
     assert draft == {"name": WIG, "first_id": 101, "last_id": 107, "final": True, "aspects": {"Price": [106]}}
     assert span_from_draft(draft) == span
 

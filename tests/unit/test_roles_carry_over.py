@@ -1,4 +1,4 @@
-"""Carry-over across chunk boundaries on a recorded real run (issue 4; spec section 3).
+"""Carry-over across chunk boundaries on a recorded real run (spec section 3).
 
 tests/fixtures/recorded_run_carry_over.json holds every answer Qwen2.5-Coder-0.5B gave, in call
 order, when the six roles processed the first 60 sentences of the bundled sample stream with

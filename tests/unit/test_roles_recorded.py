@@ -1,4 +1,4 @@
-"""Each role's parser on real model answers (issue 4): SmolLM2-135M, Qwen2.5-Coder-0.5B and
+"""Each role's parser on real model answers: SmolLM2-135M, Qwen2.5-Coder-0.5B and
 -1.5B answering this project's prompts through llama.cpp (temperature 0, JSON-schema grammar),
 recorded once in tests/fixtures/recorded_answers.json, broken answers included. The transcripts
 are the project's own (olp/data/sample_livestream.jsonl, tests/fixtures/transcripts.json).

@@ -1,5 +1,5 @@
 """The Topic Locator's agent shell: one batched call per chunk when the feed asks for it, per-topic
-calls for what the batch misses (issue 8: batching of LLM calls)."""
+calls for what the batch misses."""
 
 from __future__ import annotations
 
@@ -65,27 +65,31 @@ class FakeCaller:
 
 
 @dataclass
-class FakePipeline:
+class FakeSettings:
     feed_settings: FeedSettings
+
+    def feed(self, name: str) -> FeedSettings:
+        assert name == CHUNK["feed"]
+        return self.feed_settings
+
+
+@dataclass
+class FakeWorker:
+    settings: FakeSettings
     caller_: FakeCaller
     topics: TopicNames = field(default_factory=TopicNames.with_prefix)
     sent: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
 
     def caller(self, role: str) -> FakeCaller:
+        assert role == topic_locator.ROLE
         return self.caller_
-
-    def feed(self, chunk: Mapping[str, Any]) -> FeedSettings:
-        return self.feed_settings
-
-    def call_context(self, chunk: Mapping[str, Any], call_key: str = "0") -> str:
-        return call_key
 
     async def send(self, topic: str, key: str, record_type: str, record: dict[str, Any]) -> None:
         self.sent.append((topic, key, record_type, record))
 
 
-def _spans(pipeline: FakePipeline) -> dict[str, tuple[int, int]]:
-    ((_, _, _, record),) = pipeline.sent
+def _spans(worker: FakeWorker) -> dict[str, tuple[int, int]]:
+    ((_, _, _, record),) = worker.sent
     return {t["name"]: (t["first_id"], t["last_id"]) for t in record["topics"]}
 
 
@@ -107,11 +111,11 @@ def _all(names: Sequence[str]) -> str:
 async def test_locator_batches_when_the_feed_asks(
     batch: bool, answer: Callable[[Sequence[str]], str | None], calls: list[str]
 ) -> None:
-    pipeline = FakePipeline(FeedSettings(locator_batch=batch), FakeCaller(answer))
-    await topic_locator.locate_topics(pipeline, FOUND)  # type: ignore[arg-type]
-    assert sorted(pipeline.caller_.calls) == sorted(calls)
-    assert _spans(pipeline) == SPANS
-    assert pipeline.sent[0][0] == pipeline.topics.located
+    worker = FakeWorker(FakeSettings(FeedSettings(locator_batch=batch)), FakeCaller(answer))
+    await topic_locator.locate_topics(worker, FOUND)  # type: ignore[arg-type]
+    assert sorted(worker.caller_.calls) == sorted(calls)
+    assert _spans(worker) == SPANS
+    assert worker.sent[0][0] == worker.topics.located
 
 
 class NobodyLocates(FakeCaller):
@@ -121,7 +125,7 @@ class NobodyLocates(FakeCaller):
 
 
 async def test_a_chunk_nobody_can_locate_keeps_its_sentences_under_its_first_topic() -> None:
-    pipeline = FakePipeline(FeedSettings(), NobodyLocates(lambda names: None))
-    await topic_locator.locate_topics(pipeline, FOUND)  # type: ignore[arg-type]
-    assert _spans(pipeline) == {"Wig": (1, 10)}
-    assert pipeline.sent[0][3]["trail"][-1] == "topic_locator=fallback(whole chunk)"
+    worker = FakeWorker(FakeSettings(FeedSettings()), NobodyLocates(lambda names: None))
+    await topic_locator.locate_topics(worker, FOUND)  # type: ignore[arg-type]
+    assert _spans(worker) == {"Wig": (1, 10)}
+    assert worker.sent[0][3]["trail"][-1] == "topic_locator=fallback(whole chunk)"
