@@ -115,8 +115,10 @@ class ProbeResult:
     latency_ms: float | None
     structured: str
     """"yes", "no: <what came back>" or "-" (no answer)."""
-    problem: str
-    """The provider's error in plain words with the fix; empty when all is well."""
+    fix: str = ""
+    """The catalog change that fixes the problem, in plain words; empty when all is well."""
+    error: str = ""
+    """What the provider (or the connection) said."""
 
     @property
     def ok(self) -> bool:
@@ -146,31 +148,37 @@ async def probe(catalog: Catalog, api_keys: Mapping[str, str]) -> list[ProbeResu
 
 
 async def _probe_one(gateway: Any, spec: ModelSpec) -> ProbeResult:
-    from processors.model_gateway import RequestRejected
+    from processors.model_gateway import RequestRejected, catalog_fix
 
     started = time.perf_counter()
     try:
         done = await gateway.complete(spec.name, PROBE_MESSAGES, PROBE_SCHEMA, PROBE_MAX_TOKENS)
     except RequestRejected as exc:
         ms = (time.perf_counter() - started) * 1000
-        return ProbeResult(spec.name, True, ms, "-", str(exc))
+        fix = catalog_fix(spec, exc.error) or "see the provider's message"
+        return ProbeResult(spec.name, True, ms, "-", fix, exc.error.describe())
     except ModelCallError as exc:
-        return ProbeResult(spec.name, False, None, "-", str(exc))
+        fix = "check base_url, the network and HTTPS_PROXY"
+        return ProbeResult(spec.name, False, None, "-", fix, str(exc))
     verdict = structured_verdict(done.text)
-    problem = ""
+    fix = ""
     if verdict != "yes" and spec.structured_output in ("json_object", "none"):
-        problem = f"{spec.structured_output} sends no schema: try structured_output: json_schema"
+        fix = f"{spec.structured_output} sends no schema: try structured_output: json_schema"
     elif verdict != "yes":
-        problem = "the endpoint ignored the schema: try structured_output: json_schema or llama_cpp"
-    return ProbeResult(spec.name, True, done.latency_ms, verdict, problem)
+        fix = "the endpoint ignored the schema: try structured_output: json_schema or llama_cpp"
+    return ProbeResult(spec.name, True, done.latency_ms, verdict, fix)
 
 
-def results_table(results: Sequence[ProbeResult]) -> Table:
-    table = Table("model", "reachable", "latency", "structured output", "problem / fix")
+def print_results(console: Console, results: Sequence[ProbeResult]) -> None:
+    """The table, then each provider's message in full (too long for a cell)."""
+    table = Table("model", "reachable", "latency", "structured output", "fix")
     for r in results:
         latency = f"{r.latency_ms:.0f} ms" if r.latency_ms is not None else "-"
-        table.add_row(r.model, "yes" if r.reachable else "no", latency, r.structured, r.problem or "-")
-    return table
+        table.add_row(r.model, "yes" if r.reachable else "no", latency, r.structured, r.fix or "-")
+    console.print(table)
+    for r in results:
+        if r.error:
+            console.print(f"{r.model}: {r.error}", soft_wrap=True)
 
 
 @click.group()
@@ -198,7 +206,7 @@ def check(catalog_path: Path | None, dry_run: bool, roles: tuple[str, ...]) -> N
         click.echo(json.dumps(dry_run_requests(catalog, roles), indent=2, ensure_ascii=False))
         return
     results = asyncio.run(probe(catalog, dict(os.environ)))
-    Console(highlight=False, width=200).print(results_table(results))
+    print_results(Console(highlight=False, width=200), results)
     if not all(r.ok for r in results):
         raise SystemExit(1)
 

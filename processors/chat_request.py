@@ -132,7 +132,8 @@ def strict_schema_problems(schema: Mapping[str, Any]) -> list[str]:
     depth = 0
     for path, node, level in _subschemas(schema):
         problems += _node_problems(path, node)
-        depth = max(depth, level)
+        if node.get("type") == "object" or "properties" in node:
+            depth = max(depth, level)
         props = node.get("properties")
         if isinstance(props, Mapping):
             properties += len(props)
@@ -176,7 +177,8 @@ def _node_problems(path: str, node: Mapping[str, Any]) -> list[str]:
 def _subschemas(
     schema: Mapping[str, Any], path: str = "$", level: int = 1
 ) -> Iterator[tuple[str, Mapping[str, Any], int]]:
-    """Every schema inside `schema` (itself included), with its path and object nesting level."""
+    """Every schema inside `schema` (itself included), with its path and its level: 1 + the
+    number of objects around it."""
     yield path, schema, level
     deeper = level + 1 if schema.get("type") == "object" or "properties" in schema else level
     props = schema.get("properties")
