@@ -147,6 +147,11 @@ class ScriptedLLM:
         return response
 
     def start(self) -> ScriptedLLM:
+        if self.strict:
+            from tests.support.openai_contract import OPENAI_API, available
+
+            if not available():
+                raise RuntimeError(f"strict mode needs the OpenAI API description at {OPENAI_API}")
         ready = threading.Event()
 
         def run() -> None:

@@ -101,6 +101,7 @@ def test_check_reports_reachable_structured_and_the_ignored_schema(
     assert lenient.calls[0].headers["Authorization"] == "Bearer sk-test"
 
 
+@needs_contract
 def test_check_names_the_fix_for_what_a_strict_endpoint_rejects(tmp_path: Path, strict: ScriptedLLM) -> None:
     strict.unsupported["max_tokens"] = (
         "Unsupported parameter: 'max_tokens' is not supported with this model."
