@@ -98,7 +98,8 @@ def test_check_reports_reachable_structured_and_the_ignored_schema(
         "no: not JSON ('Sure! The sky is blue.')",
         "none sends no schema: try structured_output: json_schema",
     ]
-    assert lenient.calls[0].headers["Authorization"] == "Bearer sk-test"
+    # The two probes run at once: one with the key of its variable, one without.
+    assert sorted(str(c.headers.get("Authorization")) for c in lenient.calls) == ["Bearer sk-test", "None"]
 
 
 @needs_contract

@@ -185,3 +185,17 @@ def test_the_documented_limits() -> None:
     assert (
         strict_schema_problems({"anyOf": [{"type": "object"}]})[0] == "the root is not a plain object schema"
     )
+
+
+def test_the_embedded_pool_speaks_llama_cpp() -> None:
+    """The local llama-cpp-python servers take only llama.cpp's form (`type` text or json_object)."""
+    from olp.stack import local_catalog
+
+    assert {m.structured_output for m in local_catalog("http://h/v1", ["smollm2-135m"]).models} == {
+        "llama_cpp"
+    }
+
+
+def test_a_catalog_with_the_retired_field_names_its_replacement() -> None:
+    with pytest.raises(ValueError, match=r"`json_schema` was replaced by `structured_output`"):
+        ModelSpec.model_validate({"name": "m", "base_url": "http://h/v1", "json_schema": True})
