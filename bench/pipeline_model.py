@@ -29,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.fake_llm import Reply, ScriptedLLM  # noqa: E402
+from tests.support.fake_llm import Reply, ScriptedLLM, requested_schema  # noqa: E402
 from tests.support.scripted_roles import PRODUCTS, aspect_of  # noqa: E402
 
 SAMPLE = ROOT / "olp" / "data" / "sample_livestream.jsonl"
@@ -69,7 +69,7 @@ def synthetic_text(segment_id: int) -> str:
 
 
 def _role(body: dict[str, Any]) -> str:
-    schema = (body.get("response_format") or {}).get("schema") or {}
+    schema = requested_schema(body)
     props = set((schema.get("properties") or {}).keys())
     task = body["messages"][-1]["content"].split("</transcript>")[-1]
     if "topics" in props:

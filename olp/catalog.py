@@ -8,11 +8,32 @@ resolved by the model gateway when it calls.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from olp.errors import ConfigError
+
+StructuredOutput = Literal["json_schema", "llama_cpp", "json_object", "none"]
+"""How a model is asked for JSON that follows the role's schema:
+`json_schema`: OpenAI's standard `{"type": "json_schema", "json_schema": {name, schema, strict}}`
+  (OpenAI, Azure OpenAI, vLLM, Ollama, LiteLLM, LM Studio, llama.cpp's llama-server);
+`llama_cpp`: llama-cpp-python's own `{"type": "json_object", "schema": ...}` (the embedded pool);
+`json_object`: plain JSON mode, no schema (the prompt describes the shape);
+`none`: no `response_format` at all; the defensive parser reads whatever JSON the answer holds."""
+
+TokenLimitField = Literal["max_tokens", "max_completion_tokens"]
+
+
+class AzureDeployment(BaseModel):
+    """Azure OpenAI: the deployment's URL (`{base_url}/openai/deployments/{deployment}/...`),
+    its `api-version` query and the `api-key` header instead of a bearer token."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    deployment: str = Field(min_length=1, description="The deployment name chosen in Azure.")
+    api_version: str = Field(min_length=1, description="The `api-version` query, e.g. 2024-10-21.")
 
 
 class ModelSpec(BaseModel):
@@ -30,15 +51,36 @@ class ModelSpec(BaseModel):
     timeout_s: float = Field(60.0, gt=0, description="Per-attempt request timeout.")
     max_concurrency: int = Field(4, ge=1, description="Calls in flight at once from one process.")
     max_output_tokens: int = Field(512, ge=1)
-    json_schema: bool = Field(
-        True, description="The server accepts response_format with a JSON schema (grammar-constrained)."
+    structured_output: StructuredOutput = Field(
+        "json_schema", description="The request form for structured output (see StructuredOutput)."
     )
+    token_limit_field: TokenLimitField = Field(
+        "max_tokens",
+        description="The field that carries the output limit: reasoning models (OpenAI o-series,"
+        " gpt-5) accept only `max_completion_tokens`.",
+    )
+    temperature: float | None = Field(
+        0.0, ge=0, le=2, description="Sampling temperature; null: not sent (reasoning models reject it)."
+    )
+    azure: AzureDeployment | None = Field(None, description="Set for an Azure OpenAI deployment.")
     verify_tls: bool = Field(True, description="Verify the endpoint's TLS certificate.")
     logprobs: bool = Field(
         False,
         description="Ask for token logprobs (`logprobs: true`) to report the answer's confidence;"
         " only for servers that accept it (OpenAI chat models, llama.cpp's llama-server).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_retired_fields(cls, data: Any) -> Any:
+        """A catalog written for the boolean `json_schema` fails with the field that replaced it."""
+        if isinstance(data, dict) and "json_schema" in data:
+            raise ValueError(
+                "`json_schema` was replaced by `structured_output`: use `structured_output: llama_cpp`"
+                " for a llama.cpp server (the form `json_schema: true` sent), `json_schema` for the"
+                " OpenAI standard (OpenAI, Azure, vLLM, Ollama, LiteLLM) or `none`"
+            )
+        return data
 
     @property
     def request_model(self) -> str:

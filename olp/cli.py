@@ -356,6 +356,7 @@ def _register_feed_commands() -> None:
 
     for command in COMMANDS:
         main.add_command(command)
+    main.add_command(__import__("olp.cli_models", fromlist=["models"]).models)
 
 
 _register_feed_commands()

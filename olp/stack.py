@@ -71,7 +71,7 @@ def local_model_spec(
         timeout_s=round(timeout),
         max_concurrency=1,
         max_output_tokens=384,
-        json_schema=True,
+        structured_output="llama_cpp",
         verify_tls=True,
     )
 

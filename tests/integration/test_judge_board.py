@@ -16,7 +16,7 @@ from olp.catalog import Catalog, ModelSpec
 from olp.clients import replay
 from olp.settings import ROLES
 from tests.integration.test_pipeline_e2e import sample_segments
-from tests.support.fake_llm import Reply, ScriptedLLM
+from tests.support.fake_llm import Reply, ScriptedLLM, requested_schema
 from tests.support.scripted_roles import perfect_answer
 from tests.support.stack import ServiceStack, read_topic
 
@@ -27,13 +27,13 @@ SHIFT = 3
 
 
 def is_judge_request(body: dict[str, Any]) -> bool:
-    props = ((body.get("response_format") or {}).get("schema") or {}).get("properties") or {}
+    props = requested_schema(body).get("properties") or {}
     return "correct" in props
 
 
 def role_request(judge_body: dict[str, Any]) -> dict[str, Any]:
     """The role request a judge request is about: same messages, the correction's schema."""
-    schema = judge_body["response_format"]["schema"]["properties"]["correction"]
+    schema = requested_schema(judge_body)["properties"]["correction"]
     return {**judge_body, "response_format": {"type": "json_object", "schema": schema}}
 
 

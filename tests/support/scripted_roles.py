@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from tests.support.fake_llm import Reply
+from tests.support.fake_llm import Reply, requested_schema
 
 PRODUCTS: list[tuple[str, int, int]] = [
     ("Human hair wig", 1, 32),
@@ -42,7 +42,7 @@ def aspect_of(text: str) -> str:
 
 def role_of(body: dict[str, Any]) -> str:
     """Which role a request is for, from the JSON schema it asks the answer to follow."""
-    schema = (body.get("response_format") or {}).get("schema") or {}
+    schema = requested_schema(body)
     props = set((schema.get("properties") or {}).keys())
     if "topics" in props:
         return "topic_finder"

@@ -1,5 +1,7 @@
 """Model gateway against a real HTTP server (the scripted OpenAI-compatible one): token counts,
-cost, retries with backoff on 429/5xx/timeouts/dropped connections, permanent errors."""
+cost, retries with backoff on 429/5xx/timeouts/dropped connections, permanent errors named by
+model, parameter and the provider's words, input faults, refusals, answers without usage,
+reasoning tokens, Azure's URL and header."""
 
 from __future__ import annotations
 
@@ -13,7 +15,13 @@ import pytest
 
 from olp.catalog import Catalog, ModelSpec
 from olp.errors import ModelCallError
-from processors.model_gateway import ModelGateway, _parse_completion, confidence_from_logprobs
+from processors.model_gateway import (
+    InputRejected,
+    ModelGateway,
+    RequestRejected,
+    _parse_completion,
+    confidence_from_logprobs,
+)
 from tests.support.fake_llm import Reply, ScriptedLLM
 
 
@@ -52,7 +60,10 @@ async def test_measures_tokens_cost_and_latency(server: ScriptedLLM, script: lis
     assert done.latency_ms > 0
     model, body = server.requests[0]
     assert model == "m" and body["temperature"] == 0.0
-    assert body["response_format"] == {"type": "json_object", "schema": {"type": "object"}}
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": {"type": "object"}, "strict": False},
+    }
 
 
 @pytest.mark.parametrize(
@@ -147,3 +158,163 @@ async def test_logprobs_are_requested_only_where_the_catalog_says(server: Script
         done = await gateway.complete("m", [{"role": "user", "content": "x"}])
     assert ("logprobs" in server.requests[0][1]) is asks
     assert done.confidence is None  # the scripted server sends none
+
+
+# --- provider errors and answers of OpenAI-style providers -----------------------------------------
+
+UNKNOWN_PARAMETER = {
+    "error": {
+        "message": "Unknown parameter: 'response_format.schema'.",
+        "type": "invalid_request_error",
+        "param": "response_format.schema",
+        "code": "unknown_parameter",
+    }
+}
+
+
+async def test_a_rejected_request_names_model_parameter_message_and_fix(
+    server: ScriptedLLM, script: list[Reply]
+) -> None:
+    script.append(Reply(status=400, error=UNKNOWN_PARAMETER))
+    async with aiohttp.ClientSession() as session:
+        gateway = ModelGateway(catalog(server.base_url, served_name="gpt-4o"), session, {})
+        with pytest.raises(RequestRejected) as caught:
+            await gateway.complete("m", [{"role": "user", "content": "hi"}], {"type": "object"})
+    assert str(caught.value) == (
+        "model m (gpt-4o): HTTP 400 invalid_request_error unknown_parameter (parameter"
+        " response_format.schema): Unknown parameter: 'response_format.schema'."
+        " -> this endpoint rejects response_format.schema: set structured_output: json_schema"
+    )
+    assert caught.value.error.param == "response_format.schema"
+    assert len(server.requests) == 1  # permanent: not retried
+
+
+async def test_the_key_is_masked_in_a_named_error(server: ScriptedLLM, script: list[Reply]) -> None:
+    echo = {"error": {"message": "Incorrect API key provided: sk-secret-1234.", "code": "invalid_api_key"}}
+    script.append(Reply(status=401, error=echo))
+    async with aiohttp.ClientSession() as session:
+        keyed = catalog(server.base_url, api_key_env="PROVIDER_KEY")
+        gateway = ModelGateway(keyed, session, {"PROVIDER_KEY": "sk-secret-1234"})
+        with pytest.raises(RequestRejected) as caught:
+            await gateway.complete("m", [{"role": "user", "content": "hi"}])
+    assert "sk-secret" not in str(caught.value) and "sk-secret" not in caught.value.error.message
+    assert str(caught.value).endswith(
+        "Incorrect API key provided: ***. -> the endpoint refused the API key: check PROVIDER_KEY"
+    )
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (
+            Reply(
+                status=400,
+                error={
+                    "error": {
+                        "message": "This model's maximum context length is 8192 tokens.",
+                        "type": "invalid_request_error",
+                        "param": "messages",
+                        "code": "context_length_exceeded",
+                    }
+                },
+            ),
+            "context_length_exceeded",
+        ),
+        # vLLM: a flat body without a code
+        (
+            Reply(
+                status=400,
+                error={
+                    "object": "error",
+                    "message": "This model's maximum context length is 4096"
+                    " tokens. However, you requested 5000 tokens.",
+                    "code": 400,
+                },
+            ),
+            "context_length_exceeded",
+        ),
+        (
+            Reply(status=400, error={"error": {"message": "filtered", "code": "content_filter"}}),
+            "content_filter",
+        ),
+        (Reply("", finish_reason="content_filter"), "content_filter"),
+    ],
+    ids=["openai-context", "vllm-context", "azure-filter-400", "finish-content-filter"],
+)
+async def test_faults_of_the_input_are_input_rejected(
+    server: ScriptedLLM, script: list[Reply], reply: Reply, reason: str
+) -> None:
+    script.append(reply)
+    async with aiohttp.ClientSession() as session:
+        gateway = ModelGateway(catalog(server.base_url), session, {})
+        with pytest.raises(InputRejected) as caught:
+            await gateway.complete("m", [{"role": "user", "content": "hi"}])
+    assert caught.value.reason == reason
+    assert len(server.requests) == 1
+
+
+async def test_a_refusal_is_a_model_call_error_naming_it(server: ScriptedLLM, script: list[Reply]) -> None:
+    script.append(Reply(refusal="I can't help with that."))
+    async with aiohttp.ClientSession() as session:
+        gateway = ModelGateway(catalog(server.base_url), session, {})
+        with pytest.raises(ModelCallError, match=r"^model m refused: I can't help with that\.$"):
+            await gateway.complete("m", [{"role": "user", "content": "hi"}])
+
+
+async def test_an_answer_without_usage_is_estimated_and_marked(
+    server: ScriptedLLM, script: list[Reply]
+) -> None:
+    script.append(Reply('{"topics": ["wig"]}', usage=False))
+    async with aiohttp.ClientSession() as session:
+        gateway = ModelGateway(catalog(server.base_url), session, {})
+        done = await gateway.complete("m", [{"role": "user", "content": "x" * 400}])
+    assert (done.tokens_in, done.tokens_out, done.tokens_estimated) == (100, 5, True)
+    assert done.cost_usd == pytest.approx((100 * 2.0 + 5 * 8.0) / 1e6)
+
+
+async def test_reasoning_tokens_are_billed(server: ScriptedLLM, script: list[Reply]) -> None:
+    """A reasoning model that spends its whole limit thinking answers nothing, and is still paid."""
+    script.append(Reply("", finish_reason="length", reasoning_tokens=300))
+    async with aiohttp.ClientSession() as session:
+        gateway = ModelGateway(catalog(server.base_url), session, {})
+        done = await gateway.complete("m", [{"role": "user", "content": "x" * 400}])
+    assert (done.text, done.finish_reason, done.reasoning_tokens) == ("", "length", 300)
+    assert done.tokens_out == 301 and not done.tokens_estimated
+    assert done.cost_usd == pytest.approx((100 * 2.0 + 301 * 8.0) / 1e6)
+
+
+def test_reasoning_tokens_are_never_billed_below_their_count() -> None:
+    """A provider that leaves reasoning out of completion_tokens is billed for it all the same."""
+    usage = {
+        "prompt_tokens": 10,
+        "completion_tokens": 2,
+        "completion_tokens_details": {"reasoning_tokens": 50},
+    }
+    raw = json.dumps({"choices": [{"message": {"content": "{}"}}], "usage": usage}).encode()
+    done = _parse_completion(catalog("http://x/v1").model("m"), raw, 1.0)
+    assert (done.tokens_out, done.reasoning_tokens) == (50, 50)
+
+
+async def test_azure_deployment_url_header_and_version(server: ScriptedLLM) -> None:
+    azure = {"deployment": "gpt-4o-prod", "api_version": "2024-10-21"}
+    keyed = catalog(server.base_url.removesuffix("/v1"), api_key_env="AZURE_KEY", azure=azure)
+    async with aiohttp.ClientSession() as session:
+        done = await ModelGateway(keyed, session, {"AZURE_KEY": "az-key"}).complete(
+            "m", [{"role": "user", "content": "hi"}]
+        )
+    assert done.text == '{"ok": true}'
+    call = server.calls[0]
+    assert call.path == "/openai/deployments/gpt-4o-prod/chat/completions"
+    assert call.query == {"api-version": "2024-10-21"}
+    assert call.headers["api-key"] == "az-key" and "Authorization" not in call.headers
+
+
+async def test_reasoning_model_fields(server: ScriptedLLM) -> None:
+    reasoning = catalog(server.base_url, token_limit_field="max_completion_tokens", temperature=None)
+    async with aiohttp.ClientSession() as session:
+        await ModelGateway(reasoning, session, {}).complete(
+            "m", [{"role": "user", "content": "hi"}], None, 99
+        )
+    body = server.requests[0][1]
+    assert body["max_completion_tokens"] == 99
+    assert "max_tokens" not in body and "temperature" not in body
