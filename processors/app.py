@@ -90,7 +90,7 @@ class _Lifecycle(Service):
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
-        self._session = aiohttp.ClientSession()
+        self._session = aiohttp.ClientSession(trust_env=True)  # HTTPS_PROXY and NO_PROXY
         self.worker.gateway = ModelGateway(self.worker.catalog, self._session, dict(os.environ))
         self.worker.board = make_board(self.worker)
         app = self.worker.app

@@ -30,7 +30,7 @@ from olp import telemetry
 from olp.call_plan import CallPlan
 from olp.errors import ModelCallError, OlpError, ParseError
 from processors.judge import JudgedCall
-from processors.model_gateway import Completion, ModelGateway
+from processors.model_gateway import Completion, InputRejected, ModelGateway
 from processors.policy_view import PolicyView
 
 T = TypeVar("T")
@@ -208,6 +208,11 @@ class RoleCaller:
                 started = time.monotonic()
                 try:
                     completion = await self._gateway.complete(model, conversation, call.json_schema)
+                except InputRejected as exc:
+                    # The input's fault, not the model's: no other model is asked and none is
+                    # charged; the worker dead-letters the chunk with the provider's reason.
+                    span.set_attribute("error.type", exc.reason)
+                    raise
                 except ModelCallError as exc:
                     telemetry.record_llm_call(
                         span,

@@ -13,7 +13,7 @@ import pytest
 
 from olp.catalog import Catalog, ModelSpec
 from olp.errors import ModelCallError, ParseError
-from processors.model_gateway import Completion, ModelGateway
+from processors.model_gateway import Completion, InputRejected, ModelGateway
 from processors.policy_view import PolicyView
 from processors.role_call import CallContext, RoleCaller, RoleFailed
 from tests.support.fake_llm import Reply, ScriptedLLM
@@ -215,3 +215,23 @@ async def test_cascade_escalates_a_junk_answer_first() -> None:
     gateway = ScriptedGateway({"a": "junk", "b": topics("strong"), "c": topics("c")})
     answer, _outcomes = await run_plan(gateway, cascade_to="c", cascade_below=0.6)
     assert answer.model == "c" and gateway.calls == ["a", "a", "c"]
+
+
+async def test_an_input_the_provider_rejects_is_not_charged_to_any_model(
+    server: ScriptedLLM, answers: dict[str, list[Reply]]
+) -> None:
+    too_long = {
+        "error": {
+            "message": "This model's maximum context length is 8192 tokens.",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
+    }
+    answers["a"] = [Reply(status=400, error=too_long)]
+    policy = PolicyView({"topic_finder": ["a", "b"]})
+    policy.apply(assignment("a"))
+    with pytest.raises(InputRejected) as rejected:
+        await call(server, policy)
+    assert rejected.value.reason == "context_length_exceeded"
+    assert server.models_called() == ["a"]  # no failover: b would be refused the same input
