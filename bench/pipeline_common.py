@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from pipeline_model import synthetic_text  # noqa: E402
 
 from olp.catalog import Catalog, ModelSpec  # noqa: E402
-from olp.embedded import ChildProcess, start_broker  # noqa: E402
+from launcher.embedded import ChildProcess, start_broker  # noqa: E402
 from olp.topics import TopicNames, ensure_topics  # noqa: E402
 from schemas.codec import make_codec  # noqa: E402
 from tests.support.stack import ServiceStack  # noqa: E402

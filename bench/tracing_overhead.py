@@ -29,8 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from olp.clients import DocumentView, follow_documents, replay
-from olp.embedded import start_broker
+from launcher.clients import DocumentView, follow_documents, replay
+from launcher.embedded import start_broker
 from olp.feeds import read_transcript, with_end_marker
 from olp.topics import TopicNames, ensure_topics
 from tests.support.fake_llm import ScriptedLLM

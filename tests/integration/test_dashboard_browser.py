@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from olp.clients import replay
+from launcher.clients import replay
 from olp.feeds import read_transcript
 from olp.settings import ROLES
 from tests.support.fake_llm import ScriptedLLM

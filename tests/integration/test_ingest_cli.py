@@ -16,8 +16,8 @@ from aiohttp import web
 from click.testing import CliRunner
 
 from ingest.service import create_app as ingest_app
-from olp.cli_feeds import doc_cmd, ingest_cmd
-from olp.embedded import free_port
+from launcher.cli_feeds import doc_cmd, ingest_cmd
+from launcher.embedded import free_port
 from olp.service_settings import IngestSettings
 from olp.settings import load_settings
 from tests.integration.test_documents_service import produce

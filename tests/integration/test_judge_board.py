@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from olp.catalog import Catalog, ModelSpec
-from olp.clients import replay
+from launcher.clients import replay
 from olp.settings import ROLES
 from tests.integration.test_pipeline_e2e import sample_segments
 from tests.support.fake_llm import Reply, ScriptedLLM

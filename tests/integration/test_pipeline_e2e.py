@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from olp.clients import replay
+from launcher.clients import replay
 from olp.feeds import read_transcript, with_end_marker
 from tests.support.fake_llm import Reply, ScriptedLLM
 from tests.support.scripted_roles import PRODUCTS, aspect_of, perfect, perfect_answer, role_of

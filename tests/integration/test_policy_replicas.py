@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from olp.embedded import ChildProcess, free_port
+from launcher.embedded import ChildProcess, free_port
 from olp.settings import ROLES
 from tests.support.stack import ServiceStack, read_topic, scripted_catalog
 
@@ -40,7 +40,7 @@ def _replica(stack: ServiceStack, name: str) -> tuple[ChildProcess, str]:
     port = free_port()
     child = ChildProcess(
         name,
-        [sys.executable, "-m", "olp", "policy-store"],
+        [sys.executable, "-m", "launcher", "policy-store"],
         stack._child_env(
             OLP_POLICY_STORE_PORT=str(port),
             OLP_LEARNER__SNAPSHOT_PATH=str(stack.run_dir / f"{name}.json"),

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 
-from olp.clients import replay
+from launcher.clients import replay
 from olp.feeds import read_transcript
 from tests.support.fake_llm import Reply, ScriptedLLM
 from tests.support.otlp_receiver import OtlpReceiver, process_span_exporter

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from olp.clients import DocumentView, follow_documents, follow_topic
-from olp.embedded import ChildProcess, free_port
+from launcher.clients import DocumentView, follow_documents, follow_topic
+from launcher.embedded import ChildProcess, free_port
 from olp.errors import OlpError
 from olp.feeds import read_transcript, with_end_marker
 from olp.settings import Settings
@@ -60,7 +60,7 @@ class Stack(ServiceStack):
         self.worker_ports.append(port)
         child = ChildProcess(
             f"worker-{index}",
-            [sys.executable, "-m", "olp", "worker", "--roles", roles],
+            [sys.executable, "-m", "launcher", "worker", "--roles", roles],
             self._child_env(
                 OLP_WORKER_WEB_PORT=str(port), OLP_DATA_DIR=str(self.run_dir / f"data-worker-{index}")
             ),

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from olp.clients import replay
-from olp.embedded import ChildProcess, free_port, start_broker
+from launcher.clients import replay
+from launcher.embedded import ChildProcess, free_port, start_broker
 from olp.topics import TopicNames, ensure_topics
 from tests.reliability.conftest import Report
 from tests.reliability.harness import (

@@ -19,7 +19,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Producer
 
-from olp.clients import replay
+from launcher.clients import replay
 from olp.topics import ensure_topics
 from tests.reliability.conftest import Report
 from tests.reliability.harness import (

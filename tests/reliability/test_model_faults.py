@@ -26,8 +26,8 @@ import aiohttp
 import pytest
 
 from olp.catalog import Catalog, ModelSpec
-from olp.clients import replay
-from olp.embedded import free_port
+from launcher.clients import replay
+from launcher.embedded import free_port
 from processors import topic_finder, topic_locator
 from processors.domain import Sentence
 from processors.model_gateway import ModelGateway

@@ -26,8 +26,8 @@ import pytest
 from aiohttp import web
 
 from olp.catalog import Catalog, ModelSpec
-from olp.clients import replay
-from olp.embedded import free_port
+from launcher.clients import replay
+from launcher.embedded import free_port
 from olp.errors import ModelCallError
 from olp.settings import ROLES, load_settings
 from processors.model_gateway import ModelGateway

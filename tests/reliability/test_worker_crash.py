@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from olp.clients import replay
+from launcher.clients import replay
 from schemas.codec import make_codec
 from tests.reliability.conftest import Report
 from tests.reliability.harness import (

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from olp.catalog import Catalog, ModelSpec, dump_catalog
-from olp.clients import DocumentView, follow_documents, follow_topic
-from olp.embedded import ChildProcess, free_port, http_ok
+from launcher.clients import DocumentView, follow_documents, follow_topic
+from launcher.embedded import ChildProcess, free_port, http_ok
 from olp.settings import Settings, load_settings
 
 
@@ -75,7 +75,7 @@ class ServiceStack:
     def start_policy_store(self) -> ChildProcess:
         child = ChildProcess(
             "policy-store",
-            [sys.executable, "-m", "olp", "policy-store"],
+            [sys.executable, "-m", "launcher", "policy-store"],
             self._child_env(),
             self.run_dir / "policy-store.log",
         ).start()
@@ -89,7 +89,7 @@ class ServiceStack:
         self.worker_ports.append(port)
         child = ChildProcess(
             f"worker-{index}",
-            [sys.executable, "-m", "olp", "worker", "--roles", roles],
+            [sys.executable, "-m", "launcher", "worker", "--roles", roles],
             self._child_env(OLP_WORKER_WEB_PORT=str(port)),
             self.run_dir / f"worker-{index}.log",
         ).start()

@@ -223,7 +223,7 @@ async def test_the_service_posts_updates_to_its_webhook(
 
 
 async def test_the_tail_client_follows_events_and_resumes_after_a_drop(aiohttp_server: Client) -> None:
-    from olp.cli_feeds import _sse_documents
+    from launcher.cli_feeds import _sse_documents
 
     app = create_app(load_settings(), DocumentsSettings(), read_kafka=False)
     server = await aiohttp_server(app)

@@ -106,7 +106,7 @@ def test_snapshot_and_resumption_after_an_update_number() -> None:
 
 
 def test_dead_lettered_sentences_count_as_accounted_for_in_the_cli_view() -> None:
-    from olp.clients import DeadLetterSummary, DocumentView
+    from launcher.clients import DeadLetterSummary, DocumentView
     from schemas.codec import AvroCodec
 
     codec = AvroCodec()

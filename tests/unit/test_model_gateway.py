@@ -103,7 +103,7 @@ async def test_api_key_comes_from_the_named_variable(server: ScriptedLLM) -> Non
 
 
 async def test_refused_connection_is_a_model_call_error() -> None:
-    from olp.embedded import free_port
+    from launcher.embedded import free_port
 
     async with aiohttp.ClientSession() as session:
         gateway = ModelGateway(catalog(f"http://127.0.0.1:{free_port()}/v1"), session, {}, attempts=2)

@@ -24,7 +24,7 @@ import pytest
 
 from bench.olp_offline import OfflineOLP
 from olp.settings import DEFAULT_ASPECTS
-from olp.stack import local_catalog
+from launcher.stack import local_catalog
 from processors import topic_finder
 from processors.chunk_splitter import carry_limit
 from processors.domain import Sentence

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from olp.embedded import (
+from launcher.embedded import (
     LOCAL_MODELS,
     REFERENCE_USD_PER_HOUR,
     LocalModel,
@@ -20,7 +20,7 @@ from olp.embedded import (
     local_weights,
 )
 from olp.errors import OlpError
-from olp.stack import LOCAL_MODEL, local_catalog, local_model_spec
+from launcher.stack import LOCAL_MODEL, local_catalog, local_model_spec
 
 
 def _parts(tmp_path: Path) -> tuple[list[Path], str]:

@@ -1,5 +1,5 @@
 """The whole embedded stack as one object (spec sections 5-7): broker, topics, the local model
-pool (`olp.embedded.LOCAL_MODELS`: SmolLM2-135M, plus the Qwen2.5-Coder models once
+pool (`launcher.embedded.LOCAL_MODELS`: SmolLM2-135M, plus the Qwen2.5-Coder models once
 `make models-extra` installed them), policy store and one processor worker, each a child process
 configured only through `OLP_*` environment variables, exactly as they would be on Kubernetes.
 """
@@ -16,8 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from olp.catalog import Catalog, ModelSpec, dump_catalog
-from olp.embedded import (
+from launcher.embedded import (
     DEFAULT_LOCAL_MODEL,
     LOCAL_MODELS,
     REFERENCE_USD_PER_HOUR,
@@ -31,6 +30,7 @@ from olp.embedded import (
     start_broker,
     start_model_pool,
 )
+from olp.catalog import Catalog, ModelSpec, dump_catalog
 from olp.errors import OlpError
 from olp.settings import Settings, load_settings
 from olp.topics import TopicNames, ensure_topics
@@ -49,7 +49,7 @@ def local_model_spec(
 ) -> ModelSpec:
     """The catalog entry of one pool model served at `base_url`.
 
-    Its price is its compute time (`olp.embedded.LocalModel`, "Cost rule"): the machine's hourly
+    Its price is its compute time (`launcher.embedded.LocalModel`, "Cost rule"): the machine's hourly
     price divided by the model's measured tokens per second (`measured` on this machine now, else
     the speeds recorded on the reference machine), so Role-RL weighs a slow strong local model
     against a fast weak one, and both against remote models, on one dollar scale.
@@ -85,7 +85,7 @@ def local_catalog(
 
     `base_url` is one URL for every alias (a shared server) or a URL per alias; `aliases`
     default to the keys of that mapping, or to SmolLM2 alone for a single URL. `measured`
-    speeds (`olp.embedded.measure_throughput`) replace the recorded ones in the prices.
+    speeds (`launcher.embedded.measure_throughput`) replace the recorded ones in the prices.
     """
     if isinstance(base_url, str):
         urls = dict.fromkeys(aliases or (LOCAL_MODEL,), base_url)
@@ -176,13 +176,13 @@ class EmbeddedStack:
         child_env = {**os.environ, **self.env}
         policy_store = ChildProcess(
             "policy-store",
-            [sys.executable, "-m", "olp", "policy-store"],
+            [sys.executable, "-m", "launcher", "policy-store"],
             child_env,
             self.run_dir / "policy-store.log",
         ).start()
         self.children.append(policy_store)
         worker = ChildProcess(
-            "worker", [sys.executable, "-m", "olp", "worker"], child_env, self.run_dir / "worker.log"
+            "worker", [sys.executable, "-m", "launcher", "worker"], child_env, self.run_dir / "worker.log"
         ).start()
         self.children.append(worker)
         self.api_url = f"http://127.0.0.1:{api_port}"
