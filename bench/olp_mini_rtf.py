@@ -44,8 +44,8 @@ from launcher.embedded import (
     measure_throughput,
     start_model_pool,
 )
-from olp.settings import DEFAULT_ASPECTS
 from launcher.stack import LOCAL_CONTEXT, local_catalog
+from olp.settings import DEFAULT_ASPECTS
 from processors.domain import Sentence
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "olp-mini"

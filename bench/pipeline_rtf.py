@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     except ImportError:
         print("pipeline_rtf: llama-cpp-python is not installed (make install); skipped")
         return None
-    from olp.catalog import load_catalog
     from launcher.stack import EmbeddedStack
+    from olp.catalog import load_catalog
 
     stream_id = "rtf-1"
     segments = list(read_transcript(SAMPLE, stream_id))[: args.sentences]

@@ -8,7 +8,7 @@ of each segment, so one segment's trace spans every role.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,7 +151,7 @@ class DeadLetterSummary:
         return cls(stream_id, ids, str(record["stage"]), f"{record['error_type']}: {record['error']}")
 
 
-def follow_results(settings: Settings) -> Iterator[dict[str, Any] | DeadLetterSummary | None]:
+def follow_results(settings: Settings) -> Generator[dict[str, Any] | DeadLetterSummary | None, None, None]:
     """Like `follow_documents`, and the dead letters of `olp.dlq` too, so a reader waiting for a
     stream's documents learns which of its sentences a stage gave up on instead of waiting."""
     topics = TopicNames.with_prefix(settings.topic_prefix)
@@ -169,7 +169,7 @@ def follow_results(settings: Settings) -> Iterator[dict[str, Any] | DeadLetterSu
             raise OlpError(f"undecodable record in {msg.topic()} at offset {msg.offset()}: {exc}") from exc
 
 
-def follow_documents(settings: Settings) -> Iterator[dict[str, Any] | None]:
+def follow_documents(settings: Settings) -> Generator[dict[str, Any] | None, None, None]:
     """Yield decoded TopicDocuments from the start of `olp.documents` as they arrive, and None
     whenever a poll found nothing, so callers can check their own deadlines."""
     topics = TopicNames.with_prefix(settings.topic_prefix)
@@ -186,7 +186,7 @@ def follow_documents(settings: Settings) -> Iterator[dict[str, Any] | None]:
 
 def follow_topic(
     settings: Settings, topic: str | Sequence[str], timeout_s: float = 30.0
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """Raw messages of every partition of `topic` (or of several topics) from the beginning, then
     as they arrive; None on an empty poll. Reads by assignment, not in a consumer group: a reader
     that only follows needs no offsets, and skips the group join (seconds on some brokers)."""

@@ -355,6 +355,14 @@ class ChildProcess:
         except OSError:
             return "(no log)"
 
+    def kill(self) -> None:
+        """SIGKILL the child's process group: no shutdown hook runs, nothing is flushed (a crash)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
     def stop(self, grace_s: float = 10.0) -> int | None:
         """SIGTERM the child's process group, SIGKILL it after `grace_s`."""
         if self.proc is None:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from olp.catalog import Catalog, ModelSpec
 from launcher.clients import replay
+from olp.catalog import Catalog, ModelSpec
 from olp.settings import ROLES
 from tests.integration.test_pipeline_e2e import sample_segments
 from tests.support.fake_llm import Reply, ScriptedLLM

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from launcher.clients import replay
-from olp.feeds import read_transcript, with_end_marker
 from launcher.stack import LOCAL_MODEL, local_catalog
+from olp.feeds import read_transcript, with_end_marker
 from tests.support.stack import ServiceStack, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.llm]

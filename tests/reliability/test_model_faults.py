@@ -25,9 +25,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from olp.catalog import Catalog, ModelSpec
 from launcher.clients import replay
 from launcher.embedded import free_port
+from olp.catalog import Catalog, ModelSpec
 from processors import topic_finder, topic_locator
 from processors.domain import Sentence
 from processors.model_gateway import ModelGateway

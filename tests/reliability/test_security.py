@@ -25,9 +25,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from olp.catalog import Catalog, ModelSpec
 from launcher.clients import replay
 from launcher.embedded import free_port
+from olp.catalog import Catalog, ModelSpec
 from olp.errors import ModelCallError
 from olp.settings import ROLES, load_settings
 from processors.model_gateway import ModelGateway

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from bench.olp_offline import OfflineOLP
-from olp.settings import DEFAULT_ASPECTS
 from launcher.stack import local_catalog
+from olp.settings import DEFAULT_ASPECTS
 from processors import topic_finder
 from processors.chunk_splitter import carry_limit
 from processors.domain import Sentence

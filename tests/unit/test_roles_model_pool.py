@@ -19,8 +19,8 @@ from launcher.embedded import (
     local_model_config,
     local_weights,
 )
-from olp.errors import OlpError
 from launcher.stack import LOCAL_MODEL, local_catalog, local_model_spec
+from olp.errors import OlpError
 
 
 def _parts(tmp_path: Path) -> tuple[list[Path], str]:
