@@ -1,4 +1,4 @@
-"""The way out (issue 9): a materialised view of `olp.documents` (TopicDocument, key
+"""The way out: a materialised view of `olp.documents` (TopicDocument, key
 stream_id/topic_id, newest version wins) with an HTTP read API, server-sent events and an
 optional webhook sink.
 

@@ -16,6 +16,7 @@ from opentelemetry import propagate, trace
 
 from olp.errors import CodecError, OlpError
 from olp.settings import Settings
+from olp.topic_documents import NewestDocuments
 from olp.topics import TopicNames
 from schemas.codec import Codec, make_codec
 
@@ -86,22 +87,9 @@ def replay(
 
 
 @dataclass
-class DocumentView:
-    """Newest version of every topic document seen so far (the newest version wins)."""
-
-    documents: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-
-    def apply(self, document: Mapping[str, Any]) -> bool:
-        key = (str(document["stream_id"]), str(document["topic_id"]))
-        held = self.documents.get(key)
-        if held is not None and int(held["version"]) > int(document["version"]):
-            return False
-        self.documents[key] = dict(document)
-        return True
-
-    def stream(self, stream_id: str) -> list[dict[str, Any]]:
-        docs = [d for (s, _), d in self.documents.items() if s == stream_id]
-        return sorted(docs, key=lambda d: int(d["first_id"]))
+class DocumentView(NewestDocuments):
+    """The newest version of every topic document seen so far (`olp.topic_documents`), and the
+    sentences the pipeline dead-lettered, so a reader knows when a stream is accounted for."""
 
     dead_lettered: dict[str, set[int]] = field(default_factory=dict)
     """Stream -> sentence ids of records a stage gave up on (olp.dlq): accounted for, not lost."""

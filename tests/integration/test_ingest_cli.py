@@ -1,4 +1,4 @@
-"""The feed commands on the real broker (issue 9): `olp ingest` sends a subtitle file's cues to
+"""The feed commands on the real broker: `olp ingest` sends a subtitle file's cues to
 olp.transcripts (straight to Kafka, paced, or through the ingest service), and `olp doc`
 prints a stream's current documents."""
 

@@ -1,4 +1,4 @@
-"""The RSS adapter end to end (issue 9): the ingest service polls a local HTTP server serving a
+"""The RSS adapter end to end: the ingest service polls a local HTTP server serving a
 news feed file, and the running pipeline turns its articles into news-domain documents. Polls
 that find nothing new send nothing; a new article only adds its own sentences (and closes the
 topic before it).

@@ -1,4 +1,4 @@
-"""Ingest to documents, end to end on the real broker and the real processors (issue 9).
+"""Ingest to documents, end to end on the real broker and the real processors.
 
 A WebVTT file (posted as JSON lines over HTTP) and a JSONL file (streamed over a WebSocket) go
 through the ingest service into the running pipeline (policy store + worker subprocesses, the

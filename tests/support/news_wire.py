@@ -1,4 +1,4 @@
-"""A small news wire for tests (issue 9): articles, the RSS 2.0 document serving them, and a
+"""A small news wire for tests: articles, the RSS 2.0 document serving them, and a
 scripted model that organises them as a perfect model would.
 
 The model knows the articles: the Topic Finder names the articles whose sentences it is shown,
