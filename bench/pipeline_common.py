@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 OUT_DIR = ROOT / "bench" / "out"
 MODEL_BACKEND = (
-    "instant model = scripted OpenAI-compatible HTTP server (tests/support/fake_llm.py + "
+    "instant model = scripted OpenAI-compatible HTTP server (launcher/scripted_llm.py + "
     "bench/pipeline_model.py) in its own process, answering at once as a perfect model"
 )
 PIPELINE_TOPICS = ("chunks", "found", "located", "checked", "organized", "progress", "dlq")

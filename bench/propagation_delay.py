@@ -53,9 +53,9 @@ from pipeline_common import (
     synthetic_segments,
 )
 
+from launcher.scripted_llm import Reply, ScriptedLLM
 from olp.settings import ROLES
 from schemas.codec import make_codec
-from tests.support.fake_llm import Reply, ScriptedLLM
 
 CHUNK_SIZE = 10
 INJECTED_FAILURES = 5

@@ -19,11 +19,11 @@ from aiohttp.test_utils import TestClient
 
 from documents.service import create_app as documents_app
 from ingest.service import create_app as ingest_app
+from launcher.scripted_llm import ScriptedLLM, scripted_catalog
 from olp.service_settings import IngestSettings, NewsSource
 from olp.settings import load_settings
-from tests.support.fake_llm import ScriptedLLM
 from tests.support.news_wire import ARTICLES, NEWS_ASPECTS, expected_document, news_model, rss, sentence_ids
-from tests.support.stack import ServiceStack, scripted_catalog
+from tests.support.stack import ServiceStack
 
 pytestmark = pytest.mark.integration
 

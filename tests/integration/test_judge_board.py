@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from launcher.clients import replay
+from launcher.scripted_llm import Reply, ScriptedLLM
+from launcher.scripted_roles import perfect_answer
 from olp.catalog import Catalog, ModelSpec
 from olp.settings import ROLES
 from tests.integration.test_pipeline_e2e import sample_segments
-from tests.support.fake_llm import Reply, ScriptedLLM
-from tests.support.scripted_roles import perfect_answer
 from tests.support.stack import ServiceStack, read_topic
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from launcher.embedded import ChildProcess, free_port
+from launcher.scripted_llm import scripted_catalog
 from olp.settings import ROLES
-from tests.support.stack import ServiceStack, read_topic, scripted_catalog
+from tests.support.stack import ServiceStack, read_topic
 
 pytestmark = pytest.mark.integration
 

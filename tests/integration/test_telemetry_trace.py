@@ -24,11 +24,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from launcher.clients import replay
+from launcher.otlp_receiver import OtlpReceiver, process_span_exporter
+from launcher.scripted_llm import Reply, ScriptedLLM, scripted_catalog
+from launcher.scripted_roles import perfect_answer, role_of
 from olp.feeds import read_transcript
-from tests.support.fake_llm import Reply, ScriptedLLM
-from tests.support.otlp_receiver import OtlpReceiver, process_span_exporter
-from tests.support.scripted_roles import perfect_answer, role_of
-from tests.support.stack import ServiceStack, scripted_catalog
+from tests.support.stack import ServiceStack
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ lost and duplicated sentences in the final documents.
 
 Built on the stack launcher (`launcher/stack.py` through `tests/support/stack.py`: the services,
 configured by OLP_* variables only) and the scripted OpenAI-compatible server of
-`tests/support/fake_llm.py`.
+`launcher/scripted_llm.py`.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from typing import Any
 
 from launcher.clients import DocumentView, follow_documents, follow_topic
 from launcher.embedded import ChildProcess
+from launcher.scripted_roles import PRODUCTS, aspect_of
 from olp.errors import OlpError
 from olp.feeds import read_transcript, with_end_marker
 from olp.settings import Settings
 from schemas.codec import make_codec
-from tests.support.scripted_roles import PRODUCTS, aspect_of
 from tests.support.stack import ServiceStack
 
 SAMPLE = Path(__file__).parents[2] / "olp" / "data" / "sample_livestream.jsonl"

@@ -20,6 +20,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Producer
 
 from launcher.clients import replay
+from launcher.scripted_llm import ScriptedLLM, scripted_catalog
+from launcher.scripted_roles import perfect
 from olp.topics import ensure_topics
 from tests.reliability.conftest import Report
 from tests.reliability.harness import (
@@ -31,9 +33,6 @@ from tests.reliability.harness import (
     expected_documents,
     sample_segments,
 )
-from tests.support.fake_llm import ScriptedLLM
-from tests.support.scripted_roles import perfect
-from tests.support.stack import scripted_catalog
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

@@ -27,6 +27,8 @@ import pytest
 
 from launcher.clients import replay
 from launcher.embedded import free_port
+from launcher.scripted_llm import Reply, ScriptedLLM
+from launcher.scripted_roles import perfect_answer, role_of, shown_sentences
 from olp.catalog import Catalog, ModelSpec
 from processors import topic_finder, topic_locator
 from processors.domain import Sentence
@@ -45,8 +47,6 @@ from tests.reliability.harness import (
     read_all,
     sample_segments,
 )
-from tests.support.fake_llm import Reply, ScriptedLLM
-from tests.support.scripted_roles import perfect_answer, role_of, shown_sentences
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

@@ -27,6 +27,8 @@ from aiohttp import web
 
 from launcher.clients import replay
 from launcher.embedded import free_port
+from launcher.scripted_llm import Reply, ScriptedLLM
+from launcher.scripted_roles import perfect_answer
 from olp.catalog import Catalog, ModelSpec
 from olp.errors import ModelCallError
 from olp.settings import ROLES, load_settings
@@ -38,8 +40,6 @@ from tests.reliability.harness import (
     read_raw,
     sample_segments,
 )
-from tests.support.fake_llm import Reply, ScriptedLLM
-from tests.support.scripted_roles import perfect_answer
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

@@ -11,21 +11,9 @@ from typing import Any
 
 from launcher.clients import DocumentView, follow_documents, follow_topic
 from launcher.stack import ServiceStack as LaunchedServices
-from olp.catalog import Catalog, ModelSpec
 from olp.settings import Settings
 
 TEST_TOKEN = "test-token"
-
-
-def scripted_catalog(base_url: str, names: tuple[str, ...] = ("scripted",)) -> Catalog:
-    return Catalog(
-        models=tuple(
-            ModelSpec(
-                name=n, base_url=base_url, price_in_per_mtok=1.0 + i, price_out_per_mtok=2.0 + i, timeout_s=10
-            )
-            for i, n in enumerate(names)
-        )
-    )
 
 
 @dataclass

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
+from launcher.scripted_llm import Reply, ScriptedLLM
 from olp.catalog import Catalog, ModelSpec
 from olp.errors import ModelCallError
 from processors.model_gateway import ModelGateway, _parse_completion, confidence_from_logprobs
-from tests.support.fake_llm import Reply, ScriptedLLM
 
 
 def catalog(url: str, **overrides: object) -> Catalog:

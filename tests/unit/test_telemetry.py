@@ -17,18 +17,18 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, TraceFlags
 
+from launcher.otlp_receiver import (
+    OtlpReceiver,
+    metric_points,
+    process_metric_reader,
+    process_span_exporter,
+)
 from olp import telemetry
 from olp.catalog import Catalog, ModelSpec
 from olp.errors import ModelCallError, ParseError
 from processors.model_gateway import Completion
 from processors.policy_view import PolicyView
 from processors.role_call import CallContext, RoleCaller, RoleFailed
-from tests.support.otlp_receiver import (
-    OtlpReceiver,
-    metric_points,
-    process_metric_reader,
-    process_span_exporter,
-)
 
 tracer = trace.get_tracer("tests")
 

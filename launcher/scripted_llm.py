@@ -1,4 +1,5 @@
-"""A scripted OpenAI-compatible chat-completions server (aiohttp) for tests (spec section 5).
+"""A scripted OpenAI-compatible chat-completions server (aiohttp) for tests and benchmarks (the
+instant model; spec section 5).
 
 It stands in for remote model providers: a `responder(model, body) -> Reply` decides each answer,
 with optional latency and faults (HTTP status, Retry-After, dropped connection, truncated body,
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from olp.catalog import Catalog, ModelSpec
 
 
 @dataclass
@@ -114,9 +117,7 @@ class ScriptedLLM:
             loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, self.host, self.port)
             loop.run_until_complete(site.start())
-            server = site._server
-            assert server is not None and server.sockets
-            self.port = server.sockets[0].getsockname()[1]
+            self.port = int(self._runner.addresses[0][1])
             ready.set()
             loop.run_forever()
             loop.run_until_complete(self._runner.cleanup())
@@ -133,3 +134,16 @@ class ScriptedLLM:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)
+
+
+def scripted_catalog(base_url: str, names: tuple[str, ...] = ("scripted",)) -> Catalog:
+    """Catalog models all served by the scripted server at `base_url`; prices rise with the
+    position in `names`, so the learner can tell them apart."""
+    return Catalog(
+        models=tuple(
+            ModelSpec(
+                name=n, base_url=base_url, price_in_per_mtok=1.0 + i, price_out_per_mtok=2.0 + i, timeout_s=10
+            )
+            for i, n in enumerate(names)
+        )
+    )
