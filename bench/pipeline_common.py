@@ -324,7 +324,7 @@ def produce(
         {
             "bootstrap.servers": bootstrap,
             "linger.ms": 5 if rate is None else 1,
-            "partitioner": "murmur2_random",  # the partitioner of aiokafka/Faust (olp/clients.py)
+            "partitioner": "murmur2_random",  # the partitioner of aiokafka/Faust (launcher/clients.py)
             "queue.buffering.max.messages": 1_000_000,
         }
     )
