@@ -85,7 +85,7 @@ def _complete(trace: Sequence[ReadableSpan]) -> bool:
         all(f"{stage} process" in names for stage in STAGES)
         and set(LLM_ROLES) <= roles
         and "policy update topic_finder" in names
-        and any(s.name.endswith("policy receive") for s in trace)
+        and any(s.name.endswith("policy receive") and _service(s) == "olp-processors" for s in trace)
         and all(s.parent is None or s.parent.span_id in ids for s in trace)
     )
 
