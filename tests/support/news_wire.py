@@ -1,4 +1,4 @@
-"""A small news wire for tests: articles, the RSS 2.0 document serving them, and a
+"""A small news wire for tests (issue 9): articles, the RSS 2.0 document serving them, and a
 scripted model that organises them as a perfect model would.
 
 The model knows the articles: the Topic Finder names the articles whose sentences it is shown,
@@ -16,9 +16,9 @@ from email.utils import format_datetime
 from typing import Any
 from xml.sax.saxutils import escape
 
-from launcher.scripted_llm import Reply
-from launcher.scripted_roles import _TOPIC, role_of, shown_sentences
 from olp.feeds.news import Article, article_rows
+from tests.support.fake_llm import Reply
+from tests.support.scripted_roles import _TOPIC, role_of, shown_sentences
 
 NEWS_ASPECTS = ["Future Plans", "Assumptions", "Opinions", "Facts"]
 
