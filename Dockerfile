@@ -27,10 +27,13 @@ ENV PATH=/opt/olp/bin:${PATH}
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY schemas ./schemas
 COPY olp ./olp
 COPY processors ./processors
 COPY policy_store ./policy_store
-COPY schemas ./schemas
+COPY ingest ./ingest
+COPY documents ./documents
+COPY launcher ./launcher
 
 # llama-cpp-python's native build enables AMX, which many VMs advertise but cannot run
 # (spec section 5): build for a portable AVX2 baseline instead.

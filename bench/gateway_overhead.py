@@ -46,7 +46,7 @@ SCHEMA = {
 
 
 def serve(queue: Any) -> None:
-    from tests.support.fake_llm import Reply, ScriptedLLM
+    from launcher.scripted_llm import Reply, ScriptedLLM
 
     server = ScriptedLLM(lambda model, body: Reply('{"first_id": 1, "last_id": 9}')).start()
     server.requests = _Discard()  # keep no history: a long run would grow it without bound

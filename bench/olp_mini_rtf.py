@@ -15,7 +15,7 @@ Real-time factor = seconds of transcript / seconds of wall time, where the trans
 is its sentence count / 2.5 (a live host speaks about 2.5 ASR sentences per second). RTF >= 1
 keeps up with a live stream; the sentences are all available at once, so this is the pipeline's
 sustained speed with one model on this machine. `--measure` also measures the model's prompt and
-generation speed (`olp.embedded.measure_throughput`) and prints the catalog price the cost rule
+generation speed (`launcher.embedded.measure_throughput`) and prints the catalog price the cost rule
 derives from it.
 
 Writes the documents of every run to `<out>/<model>.<lang>.<file>.json` for inspection and a
@@ -37,15 +37,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.olp_offline import OfflineOLP
-from olp.embedded import (
+from launcher.embedded import (
     LOCAL_MODELS,
     REFERENCE_USD_PER_HOUR,
     installed_local_models,
     measure_throughput,
     start_model_pool,
 )
+from launcher.stack import LOCAL_CONTEXT, local_catalog
 from olp.settings import DEFAULT_ASPECTS
-from olp.stack import LOCAL_CONTEXT, local_catalog
 from processors.domain import Sentence
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "olp-mini"

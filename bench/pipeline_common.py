@@ -1,7 +1,8 @@
-"""Shared plumbing of the pipeline benchmarks (spec section 9; issue 8): the embedded broker and
-the instant model as child processes, the services (policy store + workers, `tests/support/
-stack.py`), synthetic streams, a paced producer, a follower that timestamps every pipeline record,
-per-hop latency from Kafka record timestamps, process CPU/RSS from /proc, tables and JSON output.
+"""Shared plumbing of the pipeline benchmarks (spec section 9): the embedded broker and the
+instant model as child processes, the services (policy store + workers, started by the stack
+launcher `launcher/stack.py`), synthetic streams, a paced producer, a follower that timestamps
+every pipeline record, per-hop latency from Kafka record timestamps, process CPU/RSS from /proc,
+tables and JSON output.
 
 Latency per hop comes from Kafka timestamps (CreateTime, set by each producer when it sends):
 hop(stage) = timestamp of the stage's output record - timestamp of the record that triggered it,
@@ -30,21 +31,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline_model import synthetic_text
+
+from launcher.embedded import ChildProcess, start_broker
+from launcher.stack import ServiceStack
+from olp.catalog import Catalog, ModelSpec
+from olp.topics import TopicNames, ensure_topics
+from schemas.codec import make_codec
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from pipeline_model import synthetic_text  # noqa: E402
-
-from olp.catalog import Catalog, ModelSpec  # noqa: E402
-from olp.embedded import ChildProcess, start_broker  # noqa: E402
-from olp.topics import TopicNames, ensure_topics  # noqa: E402
-from schemas.codec import make_codec  # noqa: E402
-from tests.support.stack import ServiceStack  # noqa: E402
 
 OUT_DIR = ROOT / "bench" / "out"
 MODEL_BACKEND = (
-    "instant model = scripted OpenAI-compatible HTTP server (tests/support/fake_llm.py + "
+    "instant model = scripted OpenAI-compatible HTTP server (launcher/scripted_llm.py + "
     "bench/pipeline_model.py) in its own process, answering at once as a perfect model"
 )
 PIPELINE_TOPICS = ("chunks", "found", "located", "checked", "organized", "progress", "dlq")
@@ -225,11 +224,13 @@ class Services:
         run_dir.mkdir(parents=True, exist_ok=True)
         env = {
             "OTEL_SDK_DISABLED": "true",
-            "OLP_KAFKA__PARTITIONS": str(self.partitions),
             "OLP_LOG_LEVEL": "WARNING",
+            "OLP_LEARNER__EPSILON": "0",
             **self.env,
         }
-        self.stack = ServiceStack(self.bootstrap, self.prefix, run_dir, self.catalog, env)
+        self.stack = ServiceStack(
+            self.bootstrap, self.prefix, run_dir, self.catalog, env, partitions=self.partitions
+        )
         self.stack.start_policy_store()
         for _ in range(workers):
             self.stack.start_worker()
@@ -241,16 +242,14 @@ class Services:
 
     def pids(self) -> dict[str, int]:
         assert self.stack is not None
-        return {c.name: c.proc.pid for c in self.stack.children if c.proc is not None}
+        return self.stack.pids()
 
     def worker_pids(self) -> list[int]:
         return [pid for name, pid in self.pids().items() if name.startswith("worker")]
 
     def check_alive(self) -> None:
         assert self.stack is not None
-        for child in self.stack.children:
-            if not child.alive():
-                raise RuntimeError(f"{child.name} died\n{self.stack.logs()}")
+        self.stack.check_alive()
 
     def stop(self) -> None:
         if self.stack is not None:
@@ -325,7 +324,7 @@ def produce(
         {
             "bootstrap.servers": bootstrap,
             "linger.ms": 5 if rate is None else 1,
-            "partitioner": "murmur2_random",  # the partitioner of aiokafka/Faust (olp/clients.py)
+            "partitioner": "murmur2_random",  # the partitioner of aiokafka/Faust (launcher/clients.py)
             "queue.buffering.max.messages": 1_000_000,
         }
     )

@@ -8,7 +8,7 @@ prompt shows and answers every role as a perfect model would (finder: the produc
 locator: per topic, or all topics at once for the batched prompt; checker: never related;
 organizer: a keyword rule), so the pipeline does all its real work and the model costs nothing.
 
-Served by `tests/support/fake_llm.ScriptedLLM` (aiohttp, OpenAI chat-completions), either in a
+Served by `launcher/scripted_llm.ScriptedLLM` (aiohttp, OpenAI chat-completions), either in a
 thread of the caller (`start_in_thread`) or as its own process (`python bench/pipeline_model.py
 --port-file F`), so the benchmark's driver does not share a GIL with the model. Writes nothing.
 """
@@ -29,8 +29,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.fake_llm import Reply, ScriptedLLM, requested_schema  # noqa: E402
-from tests.support.scripted_roles import PRODUCTS, aspect_of  # noqa: E402
+from launcher.scripted_llm import Reply, ScriptedLLM, requested_schema  # noqa: E402
+from launcher.scripted_roles import PRODUCTS, aspect_of  # noqa: E402
 
 SAMPLE = ROOT / "olp" / "data" / "sample_livestream.jsonl"
 SAMPLE_TEXTS: list[str] = [

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline_common import ROOT, machine, print_table, save_json
 from targets import Target, add_check_argument, report_targets
 
-from olp.clients import DocumentView, follow_documents, replay
+from launcher.clients import DocumentView, follow_documents, replay
 from olp.errors import OlpError
 from olp.feeds import read_transcript, with_end_marker
 
@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("pipeline_rtf: llama-cpp-python is not installed (make install); skipped")
         return 0
+    from launcher.stack import EmbeddedStack
     from olp.catalog import load_catalog
-    from olp.stack import EmbeddedStack
 
     stream_id = "rtf-1"
     segments = list(read_transcript(SAMPLE, stream_id))[: args.sentences]

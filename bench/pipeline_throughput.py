@@ -160,9 +160,9 @@ _PLUMBING = (
     "asyncio/",
     "click/",
     "runpy",
-    "olp/__main__.py",
+    "launcher/__main__.py",
     "mode/worker.py",
-    "olp/cli.py",
+    "launcher/cli.py",
     "threading.py",
     "mode/threads.py",
     "aiohttp/web.py",
@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     per_stream = args.per_stream or (120 if args.quick else 300)
     env = _env_pairs(args.env)
     if args.services_from:
-        # `python -m olp` puts the working directory first on sys.path: run from that tree.
+        # `python -m launcher` puts the working directory first on sys.path: run from that tree.
         env["PYTHONPATH"] = str(args.services_from.resolve())
         os.chdir(args.services_from)
     info = machine()

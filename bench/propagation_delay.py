@@ -55,9 +55,9 @@ from pipeline_common import (
 )
 from targets import Target, add_check_argument, report_targets
 
+from launcher.scripted_llm import Reply, ScriptedLLM
 from olp.settings import ROLES
 from schemas.codec import make_codec
-from tests.support.fake_llm import Reply, ScriptedLLM
 
 CHUNK_SIZE = 10
 INJECTED_FAILURES = 5

@@ -49,9 +49,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.olp_offline import OfflineOLP, OlpRun
-from olp.embedded import LOCAL_MODELS, installed_local_models, start_model_pool
+from launcher.embedded import LOCAL_MODELS, installed_local_models, start_model_pool
+from launcher.stack import local_catalog
 from olp.settings import FeedSettings
-from olp.stack import local_catalog
 from processors import topic_finder
 from processors.domain import Sentence, chat, render_transcript
 

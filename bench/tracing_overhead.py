@@ -3,10 +3,10 @@
     python bench/tracing_overhead.py [--streams 12] [--repeats 4] [--chunk-size 30]
 
 Runs the whole pipeline (policy store + one worker as subprocesses, the embedded Tansu broker)
-with the scripted instant model (tests/support/fake_llm.py: answers at once, as a perfect model
+with the scripted instant model (launcher/scripted_llm.py: answers at once, as a perfect model
 would) on `--streams` copies of the bundled sample transcript, twice per repetition: tracing off
 (no `OTEL_*` export: the API stays a no-op) and tracing on (traces and metrics over OTLP/HTTP to a
-local receiver, tests/support/otlp_receiver.py, which decodes every span). Modes alternate so
+local receiver, launcher/otlp_receiver.py, which decodes every span). Modes alternate so
 drift on a shared machine hits both. Throughput is segments per second from the first replayed
 segment to the last stream's final documents; service start-up is not timed. CPU time of the
 worker and policy store processes per segment is measured too: on a shared machine it is steadier
@@ -29,14 +29,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from olp.clients import DocumentView, follow_documents, replay
-from olp.embedded import start_broker
+from launcher.clients import DocumentView, follow_documents, replay
+from launcher.embedded import start_broker
+from launcher.otlp_receiver import OtlpReceiver
+from launcher.scripted_llm import ScriptedLLM, scripted_catalog
+from launcher.scripted_roles import perfect
+from launcher.stack import ServiceStack
 from olp.feeds import read_transcript, with_end_marker
 from olp.topics import TopicNames, ensure_topics
-from tests.support.fake_llm import ScriptedLLM
-from tests.support.otlp_receiver import OtlpReceiver
-from tests.support.scripted_roles import perfect
-from tests.support.stack import ServiceStack, scripted_catalog
 
 SAMPLE = Path(__file__).resolve().parents[1] / "olp" / "data" / "sample_livestream.jsonl"
 

@@ -1,4 +1,4 @@
-"""HTTP read API of the document service (issue 9). Documents are TopicDocument records
+"""HTTP read API of the document service. Documents are TopicDocument records
 (`schemas/topic_document.avsc`) as JSON, the newest version of each topic.
 
     GET /healthz, /readyz                                 liveness / readiness (view caught up)
@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from documents.service import DOCUMENTS, HUB, PENDING, READER, STORE, WEBHOOK
+from documents.keys import DOCUMENTS, HUB, PENDING, READER, STORE, WEBHOOK
 from documents.sse import frame
 from documents.view import Update
 from olp.http import check_bearer, error_middleware, json_error

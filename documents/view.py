@@ -1,13 +1,9 @@
-"""The newest version of every topic document, materialised from `olp.documents` (TopicDocument;
-issue 9). Pure: records in, answers out.
+"""The newest version of every topic document, materialised from `olp.documents`
+(TopicDocument). Pure: records in, answers out.
 
-Rules (the topic's `version` is the chunk seq that produced it):
-
-1. A lower version than the one held is stale and changes nothing (the partition order of a
-   topic is kept by its key, but a re-processed chunk can write an old version late).
-2. The same version with the same content (ignoring `updated_ms`) is a re-delivery: nothing.
-3. Anything else becomes current and is one *update*, numbered by `seq` (1, 2, ...), which is
-   what SSE clients see as the event id and what webhooks receive.
+Which version wins is `olp.topic_documents.arrival`: a stale or re-delivered document changes
+nothing; anything else becomes current and is one *update*, numbered by `seq` (1, 2, ...), which
+is what SSE clients see as the event id and what webhooks receive.
 
 Per topic the last `history_per_topic` versions are kept (one entry per version, the latest
 content of that version); the last `event_log` updates are kept so a reconnecting SSE client can
@@ -21,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-Document = dict[str, Any]
+from olp.topic_documents import Document, arrival, topic_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +30,6 @@ class Update:
     @property
     def stream_id(self) -> str:
         return str(self.document["stream_id"])
-
-
-def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    return {k: v for k, v in a.items() if k != "updated_ms"} == {
-        k: v for k, v in b.items() if k != "updated_ms"
-    }
 
 
 @dataclass
@@ -55,17 +45,16 @@ class DocumentStore:
 
     def apply(self, document: Mapping[str, Any]) -> Update | None:
         """Take one TopicDocument; the update it makes, or None when it changes nothing."""
-        stream_id, topic_id = str(document["stream_id"]), str(document["topic_id"])
+        stream_id, topic_id = topic_key(document)
         held = self._current.get(stream_id, {}).get(topic_id)
+        outcome = arrival(held.document if held else None, document)
+        if outcome == "stale":
+            self.stale += 1
+            return None
+        if outcome == "redelivered":
+            self.redelivered += 1
+            return None
         version = int(document["version"])
-        if held is not None:
-            held_version = int(held.document["version"])
-            if version < held_version:
-                self.stale += 1
-                return None
-            if version == held_version and _same(held.document, document):
-                self.redelivered += 1
-                return None
         self.seq += 1
         update = Update(self.seq, dict(document))
         self._current.setdefault(stream_id, {})[topic_id] = update

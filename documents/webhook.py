@@ -1,4 +1,4 @@
-"""Webhook sink (issue 9): POSTs document updates to a configured URL, with retries.
+"""Webhook sink: POSTs document updates to a configured URL, with retries.
 
 One update per request, the TopicDocument as JSON, with headers `Idempotency-Key:
 <stream_id>/<topic_id>/<version>` and `X-OLP-Event: document` (and `Authorization: Bearer` when a

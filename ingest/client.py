@@ -1,4 +1,4 @@
-"""A client of the ingest service's HTTP API (issue 9), for `olp ingest --url` and for programs
+"""A client of the ingest service's HTTP API, for `olp ingest --url` and for programs
 that would rather not write Kafka code: posts segments as JSON lines in batches, waits out
 429/503 answers for as long as their Retry-After says, and re-sends (idempotent by segment id).
 """

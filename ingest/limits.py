@@ -1,4 +1,4 @@
-"""What the ingest service lets through (issue 9): a token bucket per feed, the back-pressure
+"""What the ingest service lets through: a token bucket per feed, the back-pressure
 rule, and the highest segment id accepted per stream. Pure: the caller passes the time.
 
 Back-pressure is answered, never buffered: a sender over its feed's rate, or arriving while too

@@ -1,4 +1,4 @@
-"""RSS/Atom polling (issue 9, news adapter): a background task of the ingest service per
+"""RSS/Atom polling (news adapter): a background task of the ingest service per
 configured `NewsSource`. Each poll fetches the feed (conditional GET with ETag/Last-Modified),
 turns its articles into sentence segments with stable ids (`olp.feeds.news`) and sends those not
 sent before to `olp.transcripts` through the service's sink. Re-polling is idempotent.

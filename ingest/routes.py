@@ -1,4 +1,4 @@
-"""HTTP and WebSocket API of the ingest service (issue 9). Writes `olp.transcripts` through the
+"""HTTP and WebSocket API of the ingest service. Writes `olp.transcripts` through the
 app's sink; reads nothing.
 
     GET  /healthz, /readyz                   liveness / readiness (producer running)
@@ -32,9 +32,9 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from ingest.keys import ACCEPTED, CLOCK, INGEST, LIMITS, NEWS, SETTINGS, SINK, SOCKETS
 from ingest.limits import RateLimited, check_backpressure
 from ingest.segments import TooLargeError, parse_body, to_segments
-from ingest.service import ACCEPTED, CLOCK, INGEST, LIMITS, NEWS, SETTINGS, SINK, SOCKETS
 from olp.errors import OlpError, UnavailableError
 from olp.http import check_bearer, json_error
 from olp.http import error_middleware as http_errors

@@ -1,4 +1,4 @@
-"""Request bodies -> TranscriptSegment dicts (`schemas/transcript_segment.avsc`; issue 9). Pure.
+"""Request bodies -> TranscriptSegment dicts (`schemas/transcript_segment.avsc`). Pure.
 
 A body is JSON lines, one segment per line (a JSON array of segments is accepted too):
 

@@ -1,4 +1,4 @@
-"""The ingest service's app factory (issue 9; STYLE 8): settings in, an aiohttp app out.
+"""The ingest service's app factory (STYLE 8): settings in, an aiohttp app out.
 
 Writes `olp.transcripts` (TranscriptSegment, key stream_id) from three sources: HTTP POSTs of
 JSON lines, WebSocket messages, and the RSS/Atom pollers configured as `ingest.news`. Reads
@@ -16,25 +16,16 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
+from ingest.keys import ACCEPTED, CLOCK, INGEST, LIMITS, NEWS, SETTINGS, SINK, SOCKETS
 from ingest.limits import AcceptedIds, RateLimits
 from ingest.news_poller import PollerStatus, run_poller
+from ingest.routes import error_middleware, routes
 from ingest.sink import KafkaSink, SegmentSink
 from olp.errors import ConfigError
 from olp.service_settings import IngestSettings, ingest_settings
 from olp.settings import Settings
 from olp.topics import TopicNames
 from schemas.codec import make_codec
-
-SETTINGS = web.AppKey("settings", Settings)
-INGEST = web.AppKey("ingest", IngestSettings)
-SINK = web.AppKey("sink", SegmentSink)
-LIMITS = web.AppKey("limits", RateLimits)
-ACCEPTED = web.AppKey("accepted", AcceptedIds)
-NEWS = web.AppKey("news", dict[str, PollerStatus])
-"""Status per news source, keyed by its public URL."""
-CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
-SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("sockets")
-"""Open WebSockets (each handler removes its own), closed on shutdown."""
 
 
 def check_config(settings: Settings, ingest: IngestSettings) -> None:
@@ -124,8 +115,6 @@ def create_app(
 ) -> web.Application:
     """The ingest service. `sink` replaces the Kafka producer (tests); `clock` drives the rate
     limits (seconds, monotonic)."""
-    from ingest.routes import error_middleware, routes
-
     ingest = ingest or ingest_settings(settings)
     check_config(settings, ingest)
     largest = max([limits.max_request_bytes for limits in ingest.limits.values()] or [1_048_576])

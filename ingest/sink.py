@@ -1,4 +1,4 @@
-"""Where accepted segments go (issue 9): `olp.transcripts`, TranscriptSegment values, key
+"""Where accepted segments go: `olp.transcripts`, TranscriptSegment values, key
 stream_id, W3C trace context in the headers (spec section 7), through one small interface so the
 routes can be tested without Kafka.
 

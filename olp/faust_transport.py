@@ -83,8 +83,8 @@ class _Consumer(faust_aiokafka.Consumer):
     their committed offsets (`perform_seek`, one broker round trip per partition). Records fetched
     in between were handed to the agents a second time after the seek, or, when the consumer loop
     moved a partition's read offset past them after the seek had reset it, dropped as "already
-    read": a restarted worker skipped a run of segments and their sentences were lost (issue 7,
-    tests/reliability/test_worker_crash.py). So a stream partition is fetched only once sought.
+    read": a restarted worker skipped a run of segments and their sentences were lost
+    (tests/reliability/test_worker_crash.py). So a stream partition is fetched only once sought.
     """
 
     _thread: _ConsumerThread
@@ -131,7 +131,7 @@ class _ProducerBuffer(ProducerBuffer):
     request on Tansu takes longer under load) and the consumer then commits offsets past the events
     that made those writes. A SIGKILL at that moment lost the writes but not the commit: the
     restarted worker restored an older splitter state and never saw the events again, and a run of
-    sentences vanished (issue 7, tests/reliability/test_worker_crash.py).
+    sentences vanished (tests/reliability/test_worker_crash.py).
     """
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""Settings of the feed services (issue 9): the ingest service and the document read API.
+"""Settings of the feed services: the ingest service and the document read API.
 
 Frozen pydantic models meant to be nested into `olp.settings.Settings` as `ingest` and
 `documents` (environment `OLP_INGEST__*` / `OLP_DOCUMENTS__*`, or `ingest:` / `documents:` in the

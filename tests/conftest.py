@@ -19,7 +19,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap address of a Tansu broker started for this test session."""
-    from olp.embedded import start_broker
+    from launcher.embedded import start_broker
 
     child, bootstrap = start_broker(tmp_path_factory.mktemp("broker"))
     try:

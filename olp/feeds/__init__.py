@@ -1,4 +1,4 @@
-"""Feed adapters' common ground (spec section 3, feed adapters; issue 9): files and feeds in,
+"""Feed adapters' common ground (spec section 3, feed adapters): files and feeds in,
 TranscriptSegment dicts (`schemas/transcript_segment.avsc`) out, with stable segment ids so that
 sending the same input twice is idempotent.
 

@@ -1,4 +1,4 @@
-"""Parsers of transcript files into rows (spec section 3, feed adapters; issue 9). Pure: text in,
+"""Parsers of transcript files into rows (spec section 3, feed adapters). Pure: text in,
 rows out, no I/O.
 
 Formats and where each row's `segment_id` comes from (ids must increase within a stream, and

@@ -1,4 +1,4 @@
-"""News feeds (RSS 2.0, RSS 1.0/RDF, Atom) -> sentence rows with stable ids (issue 9). Pure.
+"""News feeds (RSS 2.0, RSS 1.0/RDF, Atom) -> sentence rows with stable ids. Pure.
 
 A news source is one endless stream: every article is split into sentences (its title first)
 and appended. Sentence ids must increase along the stream and be the same on every poll, so

@@ -1,4 +1,4 @@
-"""When segments go out (issue 9, file/tail adapter): paced at their recorded timestamps, and
+"""When segments go out (file/tail adapter): paced at their recorded timestamps, and
 read from a file that is still being written (`tail -f` of an ASR's output).
 
 Clock and sleep are parameters, so tests run without waiting.

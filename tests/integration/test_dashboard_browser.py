@@ -23,12 +23,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from olp.clients import replay
+from launcher.clients import replay
+from launcher.scripted_llm import ScriptedLLM, scripted_catalog
+from launcher.scripted_roles import perfect
 from olp.feeds import read_transcript
 from olp.settings import ROLES
-from tests.support.fake_llm import ScriptedLLM
-from tests.support.scripted_roles import perfect
-from tests.support.stack import ServiceStack, scripted_catalog
+from tests.support.stack import ServiceStack
 
 CHROMIUM = Path("/usr/bin/chromium")
 SAMPLE = Path(__file__).parents[2] / "olp" / "data" / "sample_livestream.jsonl"

@@ -1,4 +1,4 @@
-"""The document read service on the real broker (issue 9): it materialises `olp.documents`
+"""The document read service on the real broker: it materialises `olp.documents`
 from the beginning, newest version wins whatever order versions arrive in, skips undecodable
 records, serves the read API and pushes updates over SSE as they are produced."""
 

@@ -1,4 +1,4 @@
-"""The feed commands on the real broker (issue 9): `olp ingest` sends a subtitle file's cues to
+"""The feed commands on the real broker: `olp ingest` sends a subtitle file's cues to
 olp.transcripts (straight to Kafka, paced, or through the ingest service), and `olp doc`
 prints a stream's current documents."""
 
@@ -16,8 +16,8 @@ from aiohttp import web
 from click.testing import CliRunner
 
 from ingest.service import create_app as ingest_app
-from olp.cli_feeds import doc_cmd, ingest_cmd
-from olp.embedded import free_port
+from launcher.cli_feeds import doc_cmd, ingest_cmd
+from launcher.embedded import free_port
 from olp.service_settings import IngestSettings
 from olp.settings import load_settings
 from tests.integration.test_documents_service import produce

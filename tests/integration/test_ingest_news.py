@@ -1,4 +1,4 @@
-"""The RSS adapter end to end (issue 9): the ingest service polls a local HTTP server serving a
+"""The RSS adapter end to end: the ingest service polls a local HTTP server serving a
 news feed file, and the running pipeline turns its articles into news-domain documents. Polls
 that find nothing new send nothing; a new article only adds its own sentences (and closes the
 topic before it).
@@ -19,11 +19,11 @@ from aiohttp.test_utils import TestClient
 
 from documents.service import create_app as documents_app
 from ingest.service import create_app as ingest_app
+from launcher.scripted_llm import ScriptedLLM, scripted_catalog
 from olp.service_settings import IngestSettings, NewsSource
 from olp.settings import load_settings
-from tests.support.fake_llm import ScriptedLLM
 from tests.support.news_wire import ARTICLES, NEWS_ASPECTS, expected_document, news_model, rss, sentence_ids
-from tests.support.stack import ServiceStack, scripted_catalog
+from tests.support.stack import ServiceStack
 
 pytestmark = pytest.mark.integration
 

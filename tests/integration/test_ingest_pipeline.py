@@ -1,4 +1,4 @@
-"""Ingest to documents, end to end on the real broker and the real processors (issue 9).
+"""Ingest to documents, end to end on the real broker and the real processors.
 
 A WebVTT file (posted as JSON lines over HTTP) and a JSONL file (streamed over a WebSocket) go
 through the ingest service into the running pipeline (policy store + worker subprocesses, the
@@ -25,13 +25,13 @@ from documents.service import create_app as documents_app
 from documents.sse import read_events
 from ingest.client import IngestClient, send_all
 from ingest.service import create_app as ingest_app
+from launcher.scripted_llm import ScriptedLLM, scripted_catalog
+from launcher.scripted_roles import perfect
 from olp.feeds import read_transcript, with_end_marker
 from olp.service_settings import DocumentsSettings, IngestSettings, WebhookSettings
 from olp.settings import Settings, load_settings
 from tests.integration.test_pipeline_e2e import SAMPLE, expected_documents
-from tests.support.fake_llm import ScriptedLLM
-from tests.support.scripted_roles import perfect
-from tests.support.stack import ServiceStack, scripted_catalog
+from tests.support.stack import ServiceStack
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
+from launcher.clients import replay
+from launcher.scripted_llm import Reply, ScriptedLLM, requested_schema
+from launcher.scripted_roles import perfect_answer
 from olp.catalog import Catalog, ModelSpec
-from olp.clients import replay
 from olp.settings import ROLES
 from tests.integration.test_pipeline_e2e import sample_segments
-from tests.support.fake_llm import Reply, ScriptedLLM, requested_schema
-from tests.support.scripted_roles import perfect_answer
 from tests.support.stack import ServiceStack, read_topic
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from olp.clients import replay
+from launcher.clients import replay
+from launcher.stack import LOCAL_MODEL, local_catalog
 from olp.feeds import read_transcript, with_end_marker
-from olp.stack import LOCAL_MODEL, local_catalog
 from tests.support.stack import ServiceStack, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.llm]
@@ -28,7 +28,7 @@ SAMPLE = Path(__file__).parents[2] / "olp" / "data" / "sample_livestream.jsonl"
 def local_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed (make install builds it)")
-    from olp.embedded import smollm2_weights, start_model_server
+    from launcher.embedded import smollm2_weights, start_model_server
     from olp.errors import OlpError
 
     try:

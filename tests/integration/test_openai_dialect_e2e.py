@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from launcher import openai_contract
+from launcher.clients import replay
+from launcher.scripted_llm import ScriptedLLM
+from launcher.scripted_roles import perfect, role_of
 from olp.catalog import Catalog, ModelSpec
-from olp.clients import replay
 from tests.integration.test_pipeline_e2e import expected_documents, sample_segments
-from tests.support import openai_contract
-from tests.support.fake_llm import ScriptedLLM
-from tests.support.scripted_roles import perfect, role_of
 from tests.support.stack import ServiceStack
 
 pytestmark = [

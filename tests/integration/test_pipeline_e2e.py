@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from olp.clients import replay
+from launcher.clients import replay
+from launcher.scripted_llm import Reply, ScriptedLLM, scripted_catalog
+from launcher.scripted_roles import PRODUCTS, aspect_of, perfect, perfect_answer, role_of
 from olp.feeds import read_transcript, with_end_marker
-from tests.support.fake_llm import Reply, ScriptedLLM
-from tests.support.scripted_roles import PRODUCTS, aspect_of, perfect, perfect_answer, role_of
-from tests.support.stack import ServiceStack, read_topic, scripted_catalog
+from tests.support.stack import ServiceStack, read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from olp.embedded import ChildProcess, free_port
+from launcher.embedded import ChildProcess, free_port
+from launcher.scripted_llm import scripted_catalog
 from olp.settings import ROLES
-from tests.support.stack import ServiceStack, read_topic, scripted_catalog
+from tests.support.stack import ServiceStack, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,7 @@ def _replica(stack: ServiceStack, name: str) -> tuple[ChildProcess, str]:
     port = free_port()
     child = ChildProcess(
         name,
-        [sys.executable, "-m", "olp", "policy-store"],
+        [sys.executable, "-m", "launcher", "policy-store"],
         stack._child_env(
             OLP_POLICY_STORE_PORT=str(port),
             OLP_LEARNER__SNAPSHOT_PATH=str(stack.run_dir / f"{name}.json"),

@@ -1,4 +1,4 @@
-"""One segment, one trace, across the running services (spec section 7; issue 5).
+"""One segment, one trace, across the running services (spec section 7).
 
 The policy store and a worker run as subprocesses with the SDK's standard OTLP/HTTP exporters
 pointed (by `OTEL_*` variables only) at a tiny receiver in this test; the receiver puts every span
@@ -7,25 +7,28 @@ ingest span that starts each segment's trace). The test sends a short stretch of
 transcript whose last segment completes the chunk, then checks that the last segment's trace
 holds, as one connected tree: its ingest, all six roles, the LLM calls with their GenAI
 attributes, the feedback, the policy update it caused and that update reaching the worker; that
-the other segments are linked from the chunk; and that the metrics arrived.
+the other segments are linked from the chunk; that the metrics arrived; and that the HTTP API is
+traced without its probes.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
 
-from olp.clients import replay
+from launcher.clients import replay
+from launcher.otlp_receiver import OtlpReceiver, process_span_exporter
+from launcher.scripted_llm import Reply, ScriptedLLM, scripted_catalog
+from launcher.scripted_roles import perfect_answer, role_of
 from olp.feeds import read_transcript
-from tests.support.fake_llm import Reply, ScriptedLLM
-from tests.support.otlp_receiver import OtlpReceiver, process_span_exporter
-from tests.support.scripted_roles import perfect_answer, role_of
-from tests.support.stack import ServiceStack, scripted_catalog
+from tests.support.stack import ServiceStack
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +60,15 @@ def _responder(model: str, body: dict) -> Reply:
     return Reply(perfect_answer(body))
 
 
+def _server_paths(spans: Sequence[ReadableSpan]) -> set[str]:
+    """Paths of the policy store's HTTP server spans."""
+    return {
+        str(s.attributes.get("url.path") or s.attributes.get("http.target"))
+        for s in spans
+        if s.kind == SpanKind.SERVER and _service(s) == "olp-policy-store"
+    }
+
+
 def _in_trace(spans: Sequence[ReadableSpan], trace_id: int) -> list[ReadableSpan]:
     return [s for s in spans if s.context is not None and s.context.trace_id == trace_id]
 
@@ -73,7 +85,7 @@ def _complete(trace: Sequence[ReadableSpan]) -> bool:
         all(f"{stage} process" in names for stage in STAGES)
         and set(LLM_ROLES) <= roles
         and "policy update topic_finder" in names
-        and any(s.name.endswith("policy receive") for s in trace)
+        and any(s.name.endswith("policy receive") and _service(s) == "olp-processors" for s in trace)
         and all(s.parent is None or s.parent.span_id in ids for s in trace)
     )
 
@@ -246,6 +258,14 @@ def test_one_segment_is_one_trace_through_every_role(
         assert dead == ("chunk_splitter", "CodecError")
         # Faust's buffered table writes would be one-span traces; the sampler leaves them out.
         assert not [s for s in receiver.spans() if s.parent is None and s.name.endswith("-changelog send")]
+
+        # The policy store's API is traced, its readiness probes (polled by the launcher) are not.
+        with urllib.request.urlopen(f"{stack.api_url}/v1/policy", timeout=5) as resp:
+            assert resp.status == 200
+        deadline = time.monotonic() + 20
+        while not (served := _server_paths(receiver.spans())) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "/v1/policy" in served and "/readyz" not in served, served
     finally:
         stack.stop()
         llm.stop()

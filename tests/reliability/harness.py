@@ -2,17 +2,15 @@
 a background reader of `olp.documents` that timestamps every document, and the audit that counts
 lost and duplicated sentences in the final documents.
 
-Built on `tests/support/stack.py` (the services, configured by OLP_* variables only) and the
-scripted OpenAI-compatible server of `tests/support/fake_llm.py`.
+Built on the stack launcher (`launcher/stack.py` through `tests/support/stack.py`: the services,
+configured by OLP_* variables only) and the scripted OpenAI-compatible server of
+`launcher/scripted_llm.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import sys
 import threading
 import time
 import urllib.request
@@ -22,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from olp.clients import DocumentView, follow_documents, follow_topic
-from olp.embedded import ChildProcess, free_port
+from launcher.clients import DocumentView, follow_documents, follow_topic
+from launcher.embedded import ChildProcess
+from launcher.scripted_roles import PRODUCTS, aspect_of
 from olp.errors import OlpError
 from olp.feeds import read_transcript, with_end_marker
 from olp.settings import Settings
 from schemas.codec import make_codec
-from tests.support.scripted_roles import PRODUCTS, aspect_of
 from tests.support.stack import ServiceStack
 
 SAMPLE = Path(__file__).parents[2] / "olp" / "data" / "sample_livestream.jsonl"
@@ -37,65 +35,31 @@ CRASH_MARKERS = ("bug in stage", "Traceback (most recent call last)")
 """Log lines that mean our code crashed on something (a bug), as opposed to a handled fault."""
 
 
-def _ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
 # --- services ---------------------------------------------------------------------------------
 
 
 @dataclass
 class Stack(ServiceStack):
-    """ServiceStack whose workers each have their own data dir, and can be killed and restarted."""
+    """The tests' ServiceStack whose workers each have their own data dir (separate pods), with
+    kills counted and a supervisor that restarts what exits."""
 
     kills: int = 0
 
-    def start_worker(self, roles: str = "all") -> ChildProcess:
-        index = len(self.worker_ports)
-        port = free_port()
-        self.worker_ports.append(port)
-        child = ChildProcess(
-            f"worker-{index}",
-            [sys.executable, "-m", "olp", "worker", "--roles", roles],
-            self._child_env(
-                OLP_WORKER_WEB_PORT=str(port), OLP_DATA_DIR=str(self.run_dir / f"data-worker-{index}")
-            ),
-            self.run_dir / f"worker-{index}.log",
-        ).start()
-        self.children.append(child)
-        child.wait_until(lambda: _ok(f"http://127.0.0.1:{port}/readyz"), 90, "worker")
-        return child
-
-    def child(self, name: str) -> ChildProcess:
-        return next(c for c in reversed(self.children) if c.name == name)
+    def start_worker(
+        self, roles: str = "all", own_data_dir: bool = True, timeout_s: float = 90
+    ) -> ChildProcess:
+        return super().start_worker(roles, own_data_dir, timeout_s)
 
     def kill(self, child: ChildProcess) -> None:
         """SIGKILL the child's process group: no shutdown hook runs, nothing is flushed."""
-        assert child.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.proc.pid, signal.SIGKILL)
-        child.proc.wait(10)
+        child.kill()
         self.kills += 1
 
-    def restart(self, child: ChildProcess, ready: Callable[[], bool], timeout_s: float = 90) -> ChildProcess:
-        """The same command, environment and log file again (what a supervisor does)."""
-        if child.alive():
-            child.stop()
-        fresh = ChildProcess(child.name, child.argv, child.env, child.log_path).start()
-        self.children[self.children.index(child)] = fresh
-        fresh.wait_until(ready, timeout_s, child.name)
-        return fresh
-
     def restart_worker(self, child: ChildProcess) -> ChildProcess:
-        port = int(child.env["OLP_WORKER_WEB_PORT"])
-        return self.restart(child, lambda: _ok(f"http://127.0.0.1:{port}/readyz"))
+        return self.restart(child)
 
     def restart_policy_store(self, child: ChildProcess) -> ChildProcess:
-        return self.restart(child, lambda: _ok(f"{self.api_url}/readyz"), 60)
+        return self.restart(child, 60)
 
     def supervise(self) -> Callable[[], int]:
         """Restart any child that exits, as Kubernetes would, until the returned `stop()` is

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from olp.clients import replay
-from olp.embedded import ChildProcess, free_port, start_broker
+from launcher.clients import replay
+from launcher.embedded import ChildProcess, free_port, start_broker
+from launcher.scripted_llm import ScriptedLLM, scripted_catalog
+from launcher.scripted_roles import perfect
 from olp.topics import TopicNames, ensure_topics
 from tests.reliability.conftest import Report
 from tests.reliability.harness import (
@@ -36,9 +38,6 @@ from tests.reliability.harness import (
     expected_documents,
     sample_segments,
 )
-from tests.support.fake_llm import ScriptedLLM
-from tests.support.scripted_roles import perfect
-from tests.support.stack import scripted_catalog
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

@@ -20,7 +20,9 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Producer
 
-from olp.clients import replay
+from launcher.clients import replay
+from launcher.scripted_llm import ScriptedLLM, scripted_catalog
+from launcher.scripted_roles import perfect
 from olp.topics import ensure_topics
 from processors.chunk_splitter import SplitterState, add_segment, next_chunk
 from processors.domain import Sentence
@@ -35,9 +37,6 @@ from tests.reliability.harness import (
     expected_documents,
     sample_segments,
 )
-from tests.support.fake_llm import ScriptedLLM
-from tests.support.scripted_roles import perfect
-from tests.support.stack import scripted_catalog
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

@@ -25,9 +25,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from launcher.clients import replay
+from launcher.embedded import free_port
+from launcher.scripted_llm import Reply, ScriptedLLM
+from launcher.scripted_roles import perfect_answer, role_of, shown_sentences
 from olp.catalog import Catalog, ModelSpec
-from olp.clients import replay
-from olp.embedded import free_port
 from olp.settings import Settings
 from processors import topic_finder, topic_locator
 from processors.domain import Sentence
@@ -47,8 +49,6 @@ from tests.reliability.harness import (
     read_all,
     sample_segments,
 )
-from tests.support.fake_llm import Reply, ScriptedLLM
-from tests.support.scripted_roles import perfect_answer, role_of, shown_sentences
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
+from launcher.scripted_llm import scripted_catalog
 from olp.settings import ROLES, load_settings
 from policy_store.role_rl import RoleRL
 from policy_store.state import learner_params
@@ -31,7 +32,6 @@ from processors.policy_view import PolicyView
 from schemas.codec import make_codec
 from tests.reliability.conftest import Report
 from tests.reliability.harness import Stack, read_all
-from tests.support.stack import scripted_catalog
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

@@ -32,9 +32,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from launcher.clients import replay
+from launcher.embedded import free_port
+from launcher.scripted_llm import Reply, ScriptedLLM
+from launcher.scripted_roles import perfect_answer
 from olp.catalog import Catalog, ModelSpec
-from olp.clients import replay
-from olp.embedded import free_port
 from olp.errors import ModelCallError
 from olp.settings import ROLES, load_settings
 from olp.telemetry import redact
@@ -46,8 +48,6 @@ from tests.reliability.harness import (
     read_raw,
     sample_segments,
 )
-from tests.support.fake_llm import Reply, ScriptedLLM
-from tests.support.scripted_roles import perfect_answer
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from olp.clients import replay
+from launcher.clients import replay
+from launcher.scripted_llm import ScriptedLLM, scripted_catalog
+from launcher.scripted_roles import perfect
 from schemas.codec import make_codec
 from tests.reliability.conftest import Report
 from tests.reliability.harness import (
@@ -32,9 +34,6 @@ from tests.reliability.harness import (
     read_raw,
     sample_segments,
 )
-from tests.support.fake_llm import ScriptedLLM
-from tests.support.scripted_roles import perfect
-from tests.support.stack import scripted_catalog
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

@@ -16,9 +16,9 @@ from email.utils import format_datetime
 from typing import Any
 from xml.sax.saxutils import escape
 
+from launcher.scripted_llm import Reply
+from launcher.scripted_roles import _TOPIC, role_of, shown_sentences
 from olp.feeds.news import Article, article_rows
-from tests.support.fake_llm import Reply
-from tests.support.scripted_roles import _TOPIC, role_of, shown_sentences
 
 NEWS_ASPECTS = ["Future Plans", "Assumptions", "Opinions", "Facts"]
 

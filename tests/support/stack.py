@@ -1,108 +1,31 @@
-"""Runs the real services (policy store, processor workers) as subprocesses against the test
-broker, configured only by OLP_* environment variables as in production."""
+"""The services of a test: `launcher.stack.ServiceStack` with the tests' fixed API token and a
+learner that never explores, plus waiting for a stream's documents and reading a topic."""
 
 from __future__ import annotations
 
 import itertools
-import os
-import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from olp.catalog import Catalog, ModelSpec, dump_catalog
-from olp.clients import DocumentView, follow_documents, follow_topic
-from olp.embedded import ChildProcess, free_port, http_ok
-from olp.settings import Settings, load_settings
+from launcher.clients import DocumentView, follow_documents, follow_topic
+from launcher.stack import ServiceStack as LaunchedServices
+from olp.settings import Settings
 
-
-def scripted_catalog(base_url: str, names: tuple[str, ...] = ("scripted",)) -> Catalog:
-    return Catalog(
-        models=tuple(
-            ModelSpec(
-                name=n, base_url=base_url, price_in_per_mtok=1.0 + i, price_out_per_mtok=2.0 + i, timeout_s=10
-            )
-            for i, n in enumerate(names)
-        )
-    )
+TEST_TOKEN = "test-token"
 
 
 @dataclass
-class ServiceStack:
-    """Policy store + N workers for one test; `stop()` returns their logs for failure messages."""
+class ServiceStack(LaunchedServices):
+    """Policy store + N workers for one test (token `test-token`, epsilon 0: choices are
+    deterministic)."""
 
-    bootstrap: str
-    prefix: str
-    run_dir: Path
-    catalog: Catalog
-    extra_env: Mapping[str, str] = field(default_factory=dict)
-    children: list[ChildProcess] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    api_url: str = ""
-    worker_ports: list[int] = field(default_factory=list)
+    api_token: str = field(default=TEST_TOKEN)
 
     def __post_init__(self) -> None:
-        catalog_path = self.run_dir / "catalog.yaml"
-        dump_catalog(self.catalog, catalog_path)
-        api_port = free_port()
-        self.api_url = f"http://127.0.0.1:{api_port}"
-        self.env = {
-            "OLP_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap,
-            "OLP_TOPIC_PREFIX": self.prefix,
-            "OLP_APP_ID": f"{self.prefix}app",
-            "OLP_CATALOG_PATH": str(catalog_path),
-            "OLP_POLICY_STORE_PORT": str(api_port),
-            "OLP_API_TOKEN": "test-token",
-            "OLP_LEARNER__SNAPSHOT_PATH": str(self.run_dir / "policy.json"),
-            "OLP_DATA_DIR": str(self.run_dir / "data"),
-            "OLP_LEARNER__EPSILON": "0",
-            **self.extra_env,
-        }
-
-    def settings(self) -> Settings:
-        return load_settings(
-            kafka={"bootstrap_servers": self.bootstrap},
-            topic_prefix=self.prefix,
-            catalog_path=self.run_dir / "catalog.yaml",
-        )
-
-    def _child_env(self, **more: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OLP_")}
-        return {**env, **self.env, **more}
-
-    def start_policy_store(self) -> ChildProcess:
-        child = ChildProcess(
-            "policy-store",
-            [sys.executable, "-m", "olp", "policy-store"],
-            self._child_env(),
-            self.run_dir / "policy-store.log",
-        ).start()
-        self.children.append(child)
-        child.wait_until(lambda: http_ok(f"{self.api_url}/readyz"), 60, "policy store")
-        return child
-
-    def start_worker(self, roles: str = "all") -> ChildProcess:
-        port = free_port()
-        index = len(self.worker_ports)
-        self.worker_ports.append(port)
-        child = ChildProcess(
-            f"worker-{index}",
-            [sys.executable, "-m", "olp", "worker", "--roles", roles],
-            self._child_env(OLP_WORKER_WEB_PORT=str(port)),
-            self.run_dir / f"worker-{index}.log",
-        ).start()
-        self.children.append(child)
-        child.wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), 90, "worker")
-        return child
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {c.name} ---\n{c.log_tail(60)}" for c in self.children)
-
-    def stop(self) -> None:
-        for child in reversed(self.children):
-            child.stop()
+        self.extra_env = {"OLP_LEARNER__EPSILON": "0", **self.extra_env}
+        super().__post_init__()
 
     def wait_for_documents(
         self, stream_id: str, segment_ids: Iterable[int] | int, timeout_s: float = 120

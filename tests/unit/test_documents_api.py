@@ -1,4 +1,4 @@
-"""The document read API (issue 9) on a view fed directly: streams, topics with aspects,
+"""The document read API on a view fed directly: streams, topics with aspects,
 history, server-sent events (snapshot, live, resume, slow clients), read token, and the webhook
 sink's retries and coalescing."""
 
@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from documents.service import HUB, PENDING, WEBHOOK, apply_document, create_app
+from documents.keys import HUB, PENDING, WEBHOOK
+from documents.service import apply_document, create_app
 from documents.sse import Event, frame, read_events
 from documents.webhook import PendingUpdates, WebhookError, WebhookStats, deliver
 from olp.service_settings import DocumentsSettings, WebhookSettings
@@ -223,7 +224,7 @@ async def test_the_service_posts_updates_to_its_webhook(
 
 
 async def test_the_tail_client_follows_events_and_resumes_after_a_drop(aiohttp_server: Client) -> None:
-    from olp.cli_feeds import _sse_documents
+    from launcher.cli_feeds import _sse_documents
 
     app = create_app(load_settings(), DocumentsSettings(), read_kafka=False)
     server = await aiohttp_server(app)

@@ -1,4 +1,4 @@
-"""The materialised document view (issue 9): newest version wins, re-deliveries change nothing,
+"""The materialised document view: newest version wins, re-deliveries change nothing,
 bounded history, numbered updates for SSE resumption."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from documents.view import DocumentStore, Update
+from olp.topic_documents import NewestDocuments, arrival
 
 
 def doc(
@@ -106,7 +107,7 @@ def test_snapshot_and_resumption_after_an_update_number() -> None:
 
 
 def test_dead_lettered_sentences_count_as_accounted_for_in_the_cli_view() -> None:
-    from olp.clients import DeadLetterSummary, DocumentView
+    from launcher.clients import DeadLetterSummary, DocumentView
     from schemas.codec import AvroCodec
 
     codec = AvroCodec()
@@ -133,3 +134,26 @@ def test_dead_lettered_sentences_count_as_accounted_for_in_the_cli_view() -> Non
     view.apply_dead_letter(summary)
     assert view.covers("s1", range(1, 21))
     assert not view.covers("s1", range(1, 22))
+
+
+def test_one_rule_decides_which_version_wins() -> None:
+    held = doc("s", "1", 3)
+    assert arrival(None, held) == "newer"
+    assert arrival(held, doc("s", "1", 2)) == "stale"
+    assert arrival(held, {**held, "updated_ms": 99}) == "redelivered"
+    assert arrival(held, doc("s", "1", 3, name="Wig, long")) == "newer"  # same version, new content
+    assert arrival(held, doc("s", "1", 4)) == "newer"
+
+
+def test_newest_documents_keep_the_winner_in_transcript_and_update_order() -> None:
+    docs = NewestDocuments(keep=2)
+    assert docs.apply(doc("s", "11", 1)) and docs.apply(doc("s", "1", 0))
+    assert not docs.apply(doc("s", "11", 0))  # stale
+    assert not docs.apply({**doc("s", "1", 0), "updated_ms": 5})  # re-delivered
+    assert [d["topic_id"] for d in docs.stream("s")] == ["1", "11"]
+    assert [d["topic_id"] for d in docs.recent(5)] == ["1", "11"]
+    assert docs.apply(doc("s", "11", 2)) and docs.apply(doc("t", "1", 0))  # "s"/"1" falls out
+    assert [(d["stream_id"], d["topic_id"], d["version"]) for d in docs.recent(5)] == [
+        ("t", "1", 0),
+        ("s", "11", 2),
+    ]

@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from olp.embedded import ChildProcess
+from launcher.embedded import ChildProcess
 
 
 def test_child_started_from_a_finished_thread_keeps_running(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Transcript file adapters (issue 9): SRT, WebVTT, JSONL and OLP-MINI parse into the same
+"""Transcript file adapters: SRT, WebVTT, JSONL and OLP-MINI parse into the same
 TranscriptSegment dicts with stable ids; malformed input fails with a clear error; pacing and
 tailing."""
 

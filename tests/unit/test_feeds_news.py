@@ -1,4 +1,4 @@
-"""News adapter (issue 9): RSS 2.0, RSS 1.0 and Atom into sentence rows whose ids are the same
+"""News adapter: RSS 2.0, RSS 1.0 and Atom into sentence rows whose ids are the same
 on every poll and increase with publication time; malformed feeds fail clearly."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ingest service's HTTP and WebSocket API (issue 9), with an in-memory sink: feed
+"""The ingest service's HTTP and WebSocket API, with an in-memory sink: feed
 configuration visible, authentication, size limits (413), rate limits and back-pressure (429 +
 Retry-After), malformed bodies (400), idempotent re-sends."""
 

@@ -1,4 +1,4 @@
-"""Ingest limits (issue 9): token buckets per feed, back-pressure and the accepted-id memory."""
+"""Ingest limits: token buckets per feed, back-pressure and the accepted-id memory."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The news poller (issue 9) against a local feed server: conditional GETs, only new sentences
+"""The news poller against a local feed server: conditional GETs, only new sentences
 sent, failures counted and retried (a document Kafka did not take is fetched again)."""
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
+from launcher.scripted_llm import Reply, ScriptedLLM
 from olp.catalog import Catalog, ModelSpec
 from olp.errors import ModelCallError
 from processors.model_gateway import (
@@ -22,7 +23,6 @@ from processors.model_gateway import (
     _parse_completion,
     confidence_from_logprobs,
 )
-from tests.support.fake_llm import Reply, ScriptedLLM
 
 
 def catalog(url: str, **overrides: object) -> Catalog:
@@ -114,7 +114,7 @@ async def test_api_key_comes_from_the_named_variable(server: ScriptedLLM) -> Non
 
 
 async def test_refused_connection_is_a_model_call_error() -> None:
-    from olp.embedded import free_port
+    from launcher.embedded import free_port
 
     async with aiohttp.ClientSession() as session:
         gateway = ModelGateway(catalog(f"http://127.0.0.1:{free_port()}/v1"), session, {}, attempts=2)

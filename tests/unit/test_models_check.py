@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 
+from launcher import openai_contract
+from launcher.cli import main
+from launcher.scripted_llm import Reply, ScriptedLLM, requested_schema
 from olp.catalog import Catalog, ModelSpec, dump_catalog
-from olp.cli import main
 from processors.model_gateway import ModelGateway, RequestRejected
-from tests.support import openai_contract
-from tests.support.fake_llm import Reply, ScriptedLLM, requested_schema
 
 EMBEDDED = Path(__file__).parents[2] / "olp" / "data" / "catalog.yaml"
 ROLES = {"topic_finder", "topic_locator", "relationship_checker", "content_organizer", "judge"}
@@ -137,7 +137,7 @@ def test_check_names_the_fix_for_what_a_strict_endpoint_rejects(tmp_path: Path, 
 
 
 def test_check_tells_an_unreachable_endpoint(tmp_path: Path) -> None:
-    from olp.embedded import free_port
+    from launcher.embedded import free_port
 
     catalog = write_catalog(tmp_path, {"name": "gone", "base_url": f"http://127.0.0.1:{free_port()}/v1"})
     code, output = check("--catalog", str(catalog))

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from launcher import openai_contract
 from olp.catalog import ModelSpec
 from processors import content_organizer, judge, relationship_checker, topic_finder, topic_locator
 from processors.chat_request import build_request, strict_schema_problems
-from tests.support import openai_contract
 
 needs_contract = pytest.mark.skipif(
     not openai_contract.available(), reason=f"no OpenAI API description at {openai_contract.OPENAI_API}"
@@ -189,7 +189,7 @@ def test_the_documented_limits() -> None:
 
 def test_the_embedded_pool_speaks_llama_cpp() -> None:
     """The local llama-cpp-python servers take only llama.cpp's form (`type` text or json_object)."""
-    from olp.stack import local_catalog
+    from launcher.stack import local_catalog
 
     assert {m.structured_output for m in local_catalog("http://h/v1", ["smollm2-135m"]).models} == {
         "llama_cpp"

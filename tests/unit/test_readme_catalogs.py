@@ -12,9 +12,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from launcher import openai_contract
+from launcher.cli import main
 from olp.catalog import load_catalog
-from olp.cli import main
-from tests.support import openai_contract
 
 README = Path(__file__).parents[2] / "README.md"
 SECTION = "### OpenAI-compatible endpoints: catalog examples"

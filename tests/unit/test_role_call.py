@@ -11,12 +11,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from launcher.scripted_llm import Reply, ScriptedLLM
 from olp.catalog import Catalog, ModelSpec
 from olp.errors import ModelCallError, ParseError
 from processors.model_gateway import Completion, InputRejected, ModelGateway
 from processors.policy_view import PolicyView
 from processors.role_call import CallContext, RoleCaller, RoleFailed
-from tests.support.fake_llm import Reply, ScriptedLLM
 
 CTX = CallContext("s1", "s1:0", "ecommerce", "en", "default", 30, "0")
 

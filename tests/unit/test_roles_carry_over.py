@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 
 from bench.olp_offline import OfflineOLP
+from launcher.scripted_llm import Reply, ScriptedLLM
+from launcher.scripted_roles import role_of
+from launcher.stack import local_catalog
 from olp.settings import DEFAULT_ASPECTS
-from olp.stack import local_catalog
 from processors import topic_finder
 from processors.chunk_splitter import carry_limit
 from processors.domain import Sentence
-from tests.support.fake_llm import Reply, ScriptedLLM
-from tests.support.scripted_roles import role_of
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "recorded_run_carry_over.json"
 SAMPLE = Path(__file__).parents[2] / "olp" / "data" / "sample_livestream.jsonl"

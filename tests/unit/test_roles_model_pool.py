@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from olp.embedded import (
+from launcher.embedded import (
     LOCAL_MODELS,
     REFERENCE_USD_PER_HOUR,
     LocalModel,
@@ -19,8 +19,8 @@ from olp.embedded import (
     local_model_config,
     local_weights,
 )
+from launcher.stack import LOCAL_MODEL, local_catalog, local_model_spec
 from olp.errors import OlpError
-from olp.stack import LOCAL_MODEL, local_catalog, local_model_spec
 
 
 def _parts(tmp_path: Path) -> tuple[list[Path], str]:

@@ -1,4 +1,4 @@
-"""Telemetry pieces without Kafka (olp/telemetry.py, processors/role_call.py; issue 5): exporter
+"""Telemetry pieces without Kafka (olp/telemetry/, processors/role_call.py): exporter
 selection, the chunk's trace decision, the GenAI span of an LLM call and its feedback, metrics,
 log redaction, and the tests' own OTLP receiver."""
 
@@ -17,18 +17,18 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, TraceFlags
 
+from launcher.otlp_receiver import (
+    OtlpReceiver,
+    metric_points,
+    process_metric_reader,
+    process_span_exporter,
+)
 from olp import telemetry
 from olp.catalog import Catalog, ModelSpec
 from olp.errors import ModelCallError, ParseError
 from processors.model_gateway import Completion
 from processors.policy_view import PolicyView
 from processors.role_call import CallContext, RoleCaller, RoleFailed
-from tests.support.otlp_receiver import (
-    OtlpReceiver,
-    metric_points,
-    process_metric_reader,
-    process_span_exporter,
-)
 
 tracer = trace.get_tracer("tests")
 
@@ -66,40 +66,43 @@ def _context(trace_id: int, span_id: int) -> SpanContext:
 def test_exporters_follow_the_standard_variables(
     env: dict[str, str], traces: list[str], metrics: list[str]
 ) -> None:
-    assert telemetry._exporters("traces", env) == traces
-    assert telemetry._exporters("metrics", env) == metrics
+    assert telemetry.setup._exporters("traces", env) == traces
+    assert telemetry.setup._exporters("metrics", env) == metrics
 
 
 def test_otlp_protocol_falls_back_to_http(caplog: pytest.LogCaptureFixture) -> None:
-    assert telemetry._otlp_grpc("traces", {}) is False
-    assert telemetry._otlp_grpc("traces", {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}) is False
+    assert telemetry.setup._otlp_grpc("traces", {}) is False
+    assert telemetry.setup._otlp_grpc("traces", {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}) is False
     assert "not available" in caplog.text
     grpc = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf"}
-    assert telemetry._otlp_grpc("metrics", grpc) is False  # the per-signal variable wins
+    assert telemetry.setup._otlp_grpc("metrics", grpc) is False  # the per-signal variable wins
     try:
         import opentelemetry.exporter.otlp.proto.grpc  # noqa: F401
 
         installed = True
     except ImportError:
         installed = False
-    assert telemetry._otlp_grpc("traces", grpc) is installed
+    assert telemetry.setup._otlp_grpc("traces", grpc) is installed
 
 
 def test_configure_installs_nothing_without_export_and_only_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(telemetry, "_configured", False)
+    monkeypatch.setattr(telemetry.setup, "_process", telemetry.Telemetry())
     before = trace.get_tracer_provider()
-    assert telemetry.configure_telemetry("svc", env={}) is False
-    assert telemetry.configure_telemetry("svc", env={"OTEL_TRACES_EXPORTER": "console"}) is False  # once
-    monkeypatch.setattr(telemetry, "_configured", False)
+    handle = telemetry.configure_telemetry("svc", env={})
+    assert (handle.configured, handle.enabled, handle.kafka_instrumented) == (True, False, False)
+    again = telemetry.configure_telemetry("svc", env={"OTEL_TRACES_EXPORTER": "console"})  # once
+    assert again is handle and again is telemetry.current() and again.traces == ()
+    assert telemetry.prometheus_text() is None and telemetry.kafka_instrumented() is False
+    monkeypatch.setattr(telemetry.setup, "_process", telemetry.Telemetry())
     disabled = {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "console"}
-    assert telemetry.configure_telemetry("svc", env=disabled) is False
+    assert telemetry.configure_telemetry("svc", env=disabled).enabled is False
     assert trace.get_tracer_provider() is before
 
 
 def test_sampler_drops_only_orphan_changelog_writes() -> None:
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision
 
-    sampler = telemetry._skip_orphan_changelog_writes(ALWAYS_ON)
+    sampler = telemetry.setup._skip_orphan_changelog_writes(ALWAYS_ON)
     parented = telemetry.context_of(_context(1, 2))
     assert sampler.should_sample(None, 1, "app-state-changelog send").decision == Decision.DROP
     assert sampler.should_sample(parented, 1, "app-state-changelog send").decision != Decision.DROP
@@ -358,7 +361,7 @@ def test_log_records_are_redacted_and_carry_trace_ids(
 def test_logging_config_is_json_lines() -> None:
     config = telemetry.logging_config("debug")
     assert config["root"]["level"] == "DEBUG"
-    assert config["formatters"]["default"] == {"()": "olp.telemetry.JsonFormatter"}
+    assert config["formatters"]["default"] == {"()": "olp.telemetry.logs.JsonFormatter"}
     assert "format" in telemetry.logging_config(json_format=False)["formatters"]["default"]
 
 

@@ -25,7 +25,7 @@ from jsonschema.exceptions import ValidationError
 
 # `../shared/contracts` beside the repository; OLP_CONTRACTS_DIR points elsewhere (a git worktree).
 CONTRACTS = Path(
-    os.environ.get("OLP_CONTRACTS_DIR") or Path(__file__).resolve().parents[3] / "shared" / "contracts"
+    os.environ.get("OLP_CONTRACTS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "contracts"
 )
 OPENAI_API = CONTRACTS / "openai-openapi.json"
 REQUEST = "CreateChatCompletionRequest"

@@ -7,7 +7,7 @@ spans. They export as in production, with the SDK's standard OTLP/HTTP exporters
 SDK `InMemorySpanExporter` as a `ReadableSpan`, next to the spans the test process itself
 records. Tests then assert on one in-memory exporter holding the whole distributed trace.
 Metrics are kept as flat data points. Runs on its own event loop in a thread, like
-`tests.support.fake_llm.ScriptedLLM`.
+`launcher.scripted_llm.ScriptedLLM`.
 """
 
 from __future__ import annotations
@@ -203,9 +203,7 @@ class OtlpReceiver:
             loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, self.host, self.port)
             loop.run_until_complete(site.start())
-            server = site._server
-            assert server is not None and server.sockets
-            self.port = server.sockets[0].getsockname()[1]
+            self.port = int(runner.addresses[0][1])
             ready.set()
             loop.run_forever()
             loop.run_until_complete(runner.cleanup())

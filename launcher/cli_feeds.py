@@ -1,4 +1,4 @@
-"""Command-line ways in and out (issue 9), as click commands for the `olp` group.
+"""Command-line ways in and out, as click commands for the `olp` group.
 
 olp ingest FILE --feed NAME      a transcript file (JSONL, OLP-MINI, SRT, WebVTT, RSS/Atom) into
                                  olp.transcripts, paced at its timestamps or as fast as possible,
@@ -8,8 +8,7 @@ olp tail                         documents as they are produced (Kafka, or the r
 olp ingest-server                the ingest service (HTTP, WebSocket, news pollers)
 olp documents-server             the document read API (materialised view, SSE, webhook)
 
-Reads `olp.documents` (TopicDocument) and writes `olp.transcripts` (TranscriptSegment). Helpers
-of `olp.cli` are imported inside the commands, so `olp.cli` can import this module.
+Reads `olp.documents` (TopicDocument) and writes `olp.transcripts` (TranscriptSegment).
 """
 
 from __future__ import annotations
@@ -26,16 +25,18 @@ from typing import Any
 
 import click
 
+from launcher.console import (
+    cli_settings,
+    configure_service_logging,
+    console,
+    friendly_errors,
+    print_document,
+    progress_bar,
+)
 from olp.errors import OlpError
 from olp.feeds.formats import FORMATS
 from olp.service_settings import check_stream_id, documents_settings, ingest_settings
 from olp.settings import Settings
-
-
-def _base() -> Any:
-    from olp import cli
-
-    return cli
 
 
 def _feed_meta(settings: Settings, feed: str) -> tuple[str, str]:
@@ -105,8 +106,7 @@ def ingest_cmd(
     from olp.feeds import ReplayStats, follow_transcript, read_transcript, with_end_marker
     from olp.feeds.timing import paced
 
-    base = _base()
-    settings: Settings = base._settings()
+    settings: Settings = cli_settings()
     domain, lang = _feed_meta(settings, feed)
     stream = stream_id or path.stem
     try:
@@ -116,7 +116,7 @@ def ingest_cmd(
     stats = ReplayStats()
     total: int | None = None
     segments: Iterable[dict[str, Any]]
-    with base._friendly_errors():
+    with friendly_errors():
         if follow:
             segments = follow_transcript(path, stream, stats, fmt=fmt, feed=feed, domain=domain, lang=lang)
         else:
@@ -136,7 +136,7 @@ def ingest_cmd(
     if stats.skipped_undated:
         notes.append(f"{stats.skipped_undated} undated articles skipped")
     suffix = f" ({', '.join(notes)})" if notes else ""
-    base.console.print(f"sent {sent} segments of stream {stream} (feed {feed}){suffix}")
+    console.print(f"sent {sent} segments of stream {stream} (feed {feed}){suffix}")
 
 
 def _send_with_bar(
@@ -147,10 +147,9 @@ def _send_with_bar(
     url: str | None,
     batch: int,
 ) -> int:
-    from olp.clients import replay
+    from launcher.clients import replay
 
-    base = _base()
-    with base._progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("ingesting", total=total)
         if url is None:
             return int(replay(settings, segments, on_sent=lambda _s: bar.advance(task)))
@@ -166,7 +165,7 @@ def _send_with_bar(
             send_all(client, segments, batch_size=batch, on_sent=lambda n: bar.advance(task, n))
         )
         if result.duplicates:
-            base.console.print(f"[yellow]{result.duplicates} segments had been sent before (ignored)[/]")
+            console.print(f"[yellow]{result.duplicates} segments had been sent before (ignored)[/]")
         return result.accepted + result.duplicates
 
 
@@ -175,7 +174,7 @@ def _send_with_bar(
 
 def _documents_from_kafka(settings: Settings, stream_id: str, idle_s: float = 1.5) -> list[dict[str, Any]]:
     """The stream's newest documents, reading olp.documents until it stays quiet for `idle_s`."""
-    from olp.clients import DocumentView, follow_documents
+    from launcher.clients import DocumentView, follow_documents
 
     view = DocumentView()
     quiet_since = time.monotonic()
@@ -209,14 +208,13 @@ def _get_json(url: str, headers: Mapping[str, str]) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the documents as JSON.")
 def doc_cmd(stream_id: str, url: str | None, api: bool, as_json: bool) -> None:
     """Print a stream's current document: every topic, newest version, with its aspects."""
-    base = _base()
-    settings: Settings = base._settings()
+    settings: Settings = cli_settings()
     if url or api:
         documents = _get_json(
             f"{_documents_url(settings, url)}/v1/streams/{stream_id}", _read_headers(settings)
         )["documents"]
     else:
-        with base._friendly_errors():
+        with friendly_errors():
             documents = _documents_from_kafka(settings, stream_id)
     if as_json:
         click.echo(json.dumps(documents, indent=2, ensure_ascii=False))
@@ -224,7 +222,7 @@ def doc_cmd(stream_id: str, url: str | None, api: bool, as_json: bool) -> None:
     if not documents:
         raise click.ClickException(f"no documents for stream {stream_id} (yet)")
     for document in documents:
-        base.print_document(document, full=True)
+        print_document(document, full=True)
 
 
 async def _sse_documents(url: str, headers: Mapping[str, str]) -> AsyncIterator[dict[str, Any]]:
@@ -258,10 +256,9 @@ async def _sse_documents(url: str, headers: Mapping[str, str]) -> AsyncIterator[
 @click.option("--json", "as_json", is_flag=True, help="One JSON document per line.")
 def tail_cmd(stream_id: str | None, url: str | None, as_json: bool) -> None:
     """Print documents as they are produced (the newest version of each topic)."""
-    from olp.clients import DocumentView, follow_documents
+    from launcher.clients import DocumentView, follow_documents
 
-    base = _base()
-    settings: Settings = base._settings()
+    settings: Settings = cli_settings()
     view = DocumentView()
 
     def show(doc: Mapping[str, Any]) -> None:
@@ -271,9 +268,9 @@ def tail_cmd(stream_id: str | None, url: str | None, as_json: bool) -> None:
             if as_json:
                 click.echo(json.dumps(doc, ensure_ascii=False))
             else:
-                base.print_document(doc)
+                print_document(doc)
 
-    with base._friendly_errors(), contextlib.suppress(KeyboardInterrupt):
+    with friendly_errors(), contextlib.suppress(KeyboardInterrupt):
         if url is None:
             for doc in follow_documents(settings):
                 if doc is not None:
@@ -299,12 +296,11 @@ def ingest_server_cmd() -> None:
     from ingest.service import create_app
     from olp.telemetry import configure_telemetry
 
-    base = _base()
-    settings: Settings = base._settings()
-    base._logging(settings)
+    settings: Settings = cli_settings()
+    configure_service_logging(settings)
     configure_telemetry("olp-ingest")
     ingest = ingest_settings(settings)
-    with base._friendly_errors():
+    with friendly_errors():
         app = create_app(settings, ingest)
     web.run_app(app, host=ingest.host, port=ingest.port, print=None)
 
@@ -317,15 +313,14 @@ def documents_server_cmd() -> None:
     from documents.service import create_app
     from olp.telemetry import configure_telemetry
 
-    base = _base()
-    settings: Settings = base._settings()
-    base._logging(settings)
+    settings: Settings = cli_settings()
+    configure_service_logging(settings)
     configure_telemetry("olp-documents")
     docs = documents_settings(settings)
-    with base._friendly_errors():
+    with friendly_errors():
         app = create_app(settings, docs)
     web.run_app(app, host=docs.host, port=docs.port, print=None)
 
 
 COMMANDS: tuple[click.Command, ...] = (ingest_cmd, doc_cmd, tail_cmd, ingest_server_cmd, documents_server_cmd)
-"""Register with `for command in COMMANDS: main.add_command(command)` (tail replaces olp.cli's)."""
+"""Register with `for command in COMMANDS: main.add_command(command)` ."""

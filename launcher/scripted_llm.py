@@ -1,4 +1,5 @@
-"""A scripted OpenAI-compatible chat-completions server (aiohttp) for tests (spec section 5).
+"""A scripted OpenAI-compatible chat-completions server (aiohttp) for tests and benchmarks (the
+instant model; spec section 5).
 
 It stands in for remote model providers: a `responder(model, body) -> Reply` decides each answer,
 with optional latency and faults (HTTP status, Retry-After, dropped connection, truncated body,
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from olp.catalog import Catalog, ModelSpec
 
 
 @dataclass
@@ -100,7 +103,7 @@ class ScriptedLLM:
             return None
         if request.path.startswith("/openai/") and "api-version" not in request.query:
             return {"error": {"code": "404", "message": "Resource not found"}}
-        from tests.support.openai_contract import contract_errors, openai_error
+        from launcher.openai_contract import contract_errors, openai_error
 
         errors = contract_errors(body)
         return openai_error(errors) if errors else None
@@ -148,7 +151,7 @@ class ScriptedLLM:
 
     def start(self) -> ScriptedLLM:
         if self.strict:
-            from tests.support.openai_contract import OPENAI_API, available
+            from launcher.openai_contract import OPENAI_API, available
 
             if not available():
                 raise RuntimeError(f"strict mode needs the OpenAI API description at {OPENAI_API}")
@@ -164,9 +167,7 @@ class ScriptedLLM:
             loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, self.host, self.port)
             loop.run_until_complete(site.start())
-            server = site._server
-            assert server is not None and server.sockets
-            self.port = server.sockets[0].getsockname()[1]
+            self.port = int(self._runner.addresses[0][1])
             ready.set()
             loop.run_forever()
             loop.run_until_complete(self._runner.cleanup())
@@ -207,3 +208,16 @@ def _completion(model: str, body: dict[str, Any], reply: Reply, number: int) -> 
             "completion_tokens_details": {"reasoning_tokens": reply.reasoning_tokens},
         }
     return payload
+
+
+def scripted_catalog(base_url: str, names: tuple[str, ...] = ("scripted",)) -> Catalog:
+    """Catalog models all served by the scripted server at `base_url`; prices rise with the
+    position in `names`, so the learner can tell them apart."""
+    return Catalog(
+        models=tuple(
+            ModelSpec(
+                name=n, base_url=base_url, price_in_per_mtok=1.0 + i, price_out_per_mtok=2.0 + i, timeout_s=10
+            )
+            for i, n in enumerate(names)
+        )
+    )

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from tests.support.fake_llm import Reply, requested_schema
+from launcher.scripted_llm import Reply, requested_schema
 
 PRODUCTS: list[tuple[str, int, int]] = [
     ("Human hair wig", 1, 32),

@@ -1,0 +1,331 @@
+"""The one stack launcher (spec sections 5-7). Every way of running the services as child
+processes starts here: `olp up` / `olp demo`, the integration and reliability tests, the benchmarks.
+
+- `ServiceStack`: the policy store and N processor workers on a running broker, each a child
+  process configured only through `OLP_*` environment variables, exactly as on Kubernetes; it
+  can stop, kill and restart them (what a supervisor does).
+- `EmbeddedStack`: the whole development stack: the Tansu broker, the topics, the local model
+  pool (`launcher.embedded.LOCAL_MODELS`: SmolLM2-135M, plus the Qwen2.5-Coder models once
+  `make models-extra` installed them) and a `ServiceStack` with one worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from launcher.embedded import (
+    DEFAULT_LOCAL_MODEL,
+    LOCAL_MODELS,
+    REFERENCE_USD_PER_HOUR,
+    ChildProcess,
+    PoolMode,
+    Throughput,
+    free_port,
+    http_ok,
+    installed_local_models,
+    measure_throughput,
+    start_broker,
+    start_model_pool,
+)
+from olp.catalog import Catalog, ModelSpec, dump_catalog
+from olp.errors import OlpError
+from olp.settings import Settings, load_settings
+from olp.topics import TopicNames, ensure_topics
+
+LOCAL_MODEL = DEFAULT_LOCAL_MODEL
+LOCAL_CONTEXT = 8192
+"""KV cache size the embedded servers give every model (memory and prompt time grow with it)."""
+
+
+def local_model_spec(
+    alias: str,
+    base_url: str,
+    usd_per_hour: float = REFERENCE_USD_PER_HOUR,
+    context_window: int = LOCAL_CONTEXT,
+    measured: Throughput | None = None,
+) -> ModelSpec:
+    """The catalog entry of one pool model served at `base_url`.
+
+    Its price is its compute time (`launcher.embedded.LocalModel`, "Cost rule"): the machine's hourly
+    price divided by the model's measured tokens per second (`measured` on this machine now, else
+    the speeds recorded on the reference machine), so Role-RL weighs a slow strong local model
+    against a fast weak one, and both against remote models, on one dollar scale.
+    """
+    model = LOCAL_MODELS[alias]
+    if measured is not None:
+        model = replace(model, prompt_tps=measured.prompt_tps, decode_tps=measured.decode_tps)
+    # Slower models need longer: a chunk's prompt of ~4k tokens plus a few hundred out, with
+    # room for a machine shared with other work.
+    timeout = max(120.0, 3 * (4000 / model.prompt_tps + 400 / model.decode_tps))
+    return ModelSpec(
+        name=alias,
+        base_url=base_url,
+        served_name=None,
+        api_key_env=None,
+        price_in_per_mtok=model.price_in_per_mtok(usd_per_hour),
+        price_out_per_mtok=model.price_out_per_mtok(usd_per_hour),
+        context_window=min(context_window, model.context_window),
+        timeout_s=round(timeout),
+        max_concurrency=1,
+        max_output_tokens=384,
+        structured_output="llama_cpp",
+        verify_tls=True,
+    )
+
+
+def local_catalog(
+    base_url: str | Mapping[str, str],
+    aliases: Sequence[str] | None = None,
+    measured: Mapping[str, Throughput] | None = None,
+) -> Catalog:
+    """The embedded pool behind local llama.cpp servers.
+
+    `base_url` is one URL for every alias (a shared server) or a URL per alias; `aliases`
+    default to the keys of that mapping, or to SmolLM2 alone for a single URL. `measured`
+    speeds (`launcher.embedded.measure_throughput`) replace the recorded ones in the prices.
+    """
+    if isinstance(base_url, str):
+        urls = dict.fromkeys(aliases or (LOCAL_MODEL,), base_url)
+    else:
+        urls = {alias: base_url[alias] for alias in (aliases or tuple(base_url))}
+    speeds = measured or {}
+    return Catalog(
+        models=tuple(local_model_spec(alias, url, measured=speeds.get(alias)) for alias, url in urls.items())
+    )
+
+
+@dataclass
+class ServiceStack:
+    """The policy store and processor workers on the broker at `bootstrap`; `stop()` always.
+
+    Each child's log is `run_dir/<name>.log`; `logs()` gives their tails for error messages."""
+
+    bootstrap: str
+    prefix: str
+    """Topic prefix (and the Faust app id's), so several stacks can share one broker."""
+    run_dir: Path
+    catalog: Catalog
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    api_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    partitions: int | None = None
+    """Partitions of the topics the services create; None: the settings' default."""
+    inherit_olp_env: bool = False
+    """Pass this process's OLP_* variables on (`olp up`: the user's configuration); otherwise the
+    children see only what this stack sets (tests and benchmarks stay reproducible)."""
+    children: list[ChildProcess] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    api_url: str = ""
+    worker_ports: list[int] = field(default_factory=list)
+    _ready: dict[str, str] = field(default_factory=dict, repr=False)
+    """Child name -> the readiness URL a restart waits for."""
+
+    def __post_init__(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        catalog_path = self.run_dir / "catalog.yaml"
+        dump_catalog(self.catalog, catalog_path)
+        api_port = free_port()
+        self.api_url = f"http://127.0.0.1:{api_port}"
+        self.env = {
+            "OLP_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap,
+            **({"OLP_KAFKA__PARTITIONS": str(self.partitions)} if self.partitions else {}),
+            **({"OLP_TOPIC_PREFIX": self.prefix, "OLP_APP_ID": f"{self.prefix}app"} if self.prefix else {}),
+            "OLP_CATALOG_PATH": str(catalog_path),
+            "OLP_POLICY_STORE_PORT": str(api_port),
+            "OLP_API_TOKEN": self.api_token,
+            "OLP_LEARNER__SNAPSHOT_PATH": str(self.run_dir / "policy.json"),
+            "OLP_DATA_DIR": str(self.run_dir / "data"),
+            **self.extra_env,
+        }
+
+    def settings(self) -> Settings:
+        """What a client of this stack needs (broker, prefix, catalog)."""
+        return load_settings(
+            kafka={"bootstrap_servers": self.bootstrap},
+            topic_prefix=self.prefix,
+            catalog_path=self.run_dir / "catalog.yaml",
+        )
+
+    def _child_env(self, **more: str) -> dict[str, str]:
+        inherited = {k: v for k, v in os.environ.items() if self.inherit_olp_env or not k.startswith("OLP_")}
+        return {**inherited, **self.env, **more}
+
+    def _start(
+        self, name: str, argv: list[str], env: dict[str, str], ready: str, timeout_s: float
+    ) -> ChildProcess:
+        child = ChildProcess(
+            name, [sys.executable, "-m", "launcher", *argv], env, self.run_dir / f"{name}.log"
+        )
+        self.children.append(child.start())
+        self._ready[name] = ready
+        child.wait_until(lambda: http_ok(ready), timeout_s, name)
+        return child
+
+    def start_policy_store(self, timeout_s: float = 60) -> ChildProcess:
+        return self._start(
+            "policy-store", ["policy-store"], self._child_env(), f"{self.api_url}/readyz", timeout_s
+        )
+
+    def start_worker(
+        self, roles: str = "all", own_data_dir: bool = False, timeout_s: float = 90
+    ) -> ChildProcess:
+        """One more processor worker (`worker-<n>`); `own_data_dir` gives it a data directory of its
+        own, as separate pods have (the splitter's local table store is per process)."""
+        index, port = len(self.worker_ports), free_port()
+        self.worker_ports.append(port)
+        more = {"OLP_WORKER_WEB_PORT": str(port)}
+        if own_data_dir:
+            more["OLP_DATA_DIR"] = str(self.run_dir / f"data-worker-{index}")
+        ready = f"http://127.0.0.1:{port}/readyz"
+        return self._start(
+            f"worker-{index}", ["worker", "--roles", roles], self._child_env(**more), ready, timeout_s
+        )
+
+    def child(self, name: str) -> ChildProcess:
+        return next(c for c in reversed(self.children) if c.name == name)
+
+    def restart(self, child: ChildProcess, timeout_s: float = 90) -> ChildProcess:
+        """The same command, environment and log file again, once it answers ready (what a
+        supervisor does)."""
+        if child.alive():
+            child.stop()
+        fresh = ChildProcess(child.name, child.argv, child.env, child.log_path).start()
+        self.children[self.children.index(child)] = fresh
+        ready = self._ready[child.name]
+        fresh.wait_until(lambda: http_ok(ready), timeout_s, child.name)
+        return fresh
+
+    def pids(self) -> dict[str, int]:
+        return {c.name: c.proc.pid for c in self.children if c.proc is not None}
+
+    def check_alive(self) -> None:
+        for child in self.children:
+            if not child.alive():
+                raise OlpError(f"{child.name} died:\n{child.log_tail()}")
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {c.name} ---\n{c.log_tail(60)}" for c in self.children)
+
+    def stop(self, log: Callable[[str], None] | None = None) -> None:
+        for child in reversed(self.children):
+            code = child.stop()
+            if log is not None:
+                log(f"stopped     {child.name} (exit {code})")
+        self.children.clear()
+
+
+@dataclass
+class EmbeddedStack:
+    """Broker, topics, models and a `ServiceStack`: start with `start()`, always `stop()` (the CLI
+    does it in a finally block)."""
+
+    run_dir: Path
+    catalog: Catalog | None = None
+    """Models to use; None serves the local model pool with llama.cpp."""
+    local_models: Sequence[str] | None = None
+    """The local pool when `catalog` is None; None: every installed pool model (SmolLM2, plus
+    the Qwen models after `make models-extra`)."""
+    pool_mode: PoolMode = "shared"
+    """One llama.cpp server swapping models (least memory) or one server per model."""
+    judges: Sequence[str] = ()
+    """Catalog models on the board of judges (processors/judge.py); empty: no judging."""
+    judge_sample_rate: float = 0.05
+    """Share of role calls the board judges."""
+    calibrate: bool = False
+    """Measure each local model's speed at start-up and price it from that (cost rule in
+    launcher/embedded.py); otherwise the speeds recorded on the reference machine price it."""
+    partitions: int = 4
+    log: Callable[[str], None] = print
+    children: list[ChildProcess] = field(default_factory=list)
+    """The broker and the model servers (the services are `services.children`)."""
+    services: ServiceStack | None = None
+    settings: Settings | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The OLP_* variables that point a client or another service at this stack."""
+        return self.services.env if self.services else {}
+
+    @property
+    def api_url(self) -> str:
+        return self.services.api_url if self.services else ""
+
+    def start(self) -> Settings:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        broker, bootstrap = start_broker(self.run_dir)
+        self.children.append(broker)
+        self.log(f"broker      Tansu on {bootstrap} ({time.monotonic() - started:.1f}s)")
+        catalog = self.catalog or self._start_models()
+
+        judges = {
+            "OLP_JUDGES": json.dumps({"models": list(self.judges), "sample_rate": self.judge_sample_rate})
+        }
+        self.services = ServiceStack(
+            bootstrap,
+            "",
+            self.run_dir,
+            catalog,
+            judges if self.judges else {},
+            partitions=self.partitions,
+            inherit_olp_env=True,
+        )
+        settings = load_settings(
+            kafka={"bootstrap_servers": bootstrap, "partitions": self.partitions},
+            catalog_path=self.run_dir / "catalog.yaml",
+        )
+        self.settings = settings
+        topics = TopicNames.with_prefix(settings.topic_prefix)
+        report = ensure_topics(settings.kafka.confluent_config(), topics.all(), self.partitions)
+        self.log(f"topics      {len(report)} ready ({', '.join(sorted(set(report.values())))})")
+
+        self.services.start_policy_store()
+        self.services.start_worker(timeout_s=120)
+        self.log(
+            f"roles       6 agents in one worker; policy store API at {self.api_url} "
+            f"({time.monotonic() - started:.1f}s in all)"
+        )
+        return settings
+
+    def _start_models(self) -> Catalog:
+        """Serve the local pool with llama.cpp and return its catalog."""
+        t0 = time.monotonic()
+        aliases = list(self.local_models or installed_local_models())
+        if not aliases:
+            raise OlpError("no local model installed: run `make install` (and `make models-extra`)")
+        servers, urls = start_model_pool(self.run_dir, aliases, self.pool_mode, n_ctx=LOCAL_CONTEXT)
+        self.children.extend(servers)
+        measured = {a: measure_throughput(urls[a], a) for a in aliases} if self.calibrate else None
+        for alias, speed in (measured or {}).items():
+            self.log(f"models      {alias}: {speed.prompt_tps}/{speed.decode_tps} tokens/s in/out")
+        self.log(
+            f"models      {', '.join(aliases)} via llama.cpp ({self.pool_mode}) at "
+            f"{', '.join(sorted(set(urls.values())))} ({time.monotonic() - t0:.1f}s)"
+        )
+        return local_catalog(urls, measured=measured)
+
+    def policy(self) -> Mapping[str, object]:
+        with urllib.request.urlopen(f"{self.api_url}/v1/policy", timeout=5) as resp:
+            return dict(json.load(resp))
+
+    def check_alive(self) -> None:
+        if self.services is not None:
+            self.services.check_alive()
+        for child in self.children:
+            if not child.alive():
+                raise OlpError(f"{child.name} died:\n{child.log_tail()}")
+
+    def stop(self) -> None:
+        if self.services is not None:
+            self.services.stop(self.log)
+        for child in reversed(self.children):
+            code = child.stop()
+            self.log(f"stopped     {child.name} (exit {code})")
+        self.children.clear()
