@@ -1,4 +1,4 @@
-"""The local model pool (olp/embedded.py, olp/stack.py; spec section 5): joining split weights
+"""The local model pool (launcher/embedded.py, launcher/stack.py; spec section 5): joining split weights
 with sha256 verification, the cost rule of local models, the llama.cpp multi-model config and the
 pool's catalog."""
 
