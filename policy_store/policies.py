@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from policy_store.role_rl import Budget, CallPlan, PolicyError, RoleRL, RoleRLParams, reward
+from policy_store.learner import Budget, CallPlan, PolicyError, RoleRL, RoleRLParams, reward
 
 
 class FollowUp(NamedTuple):

@@ -19,7 +19,7 @@ from policy_store.policies import (
     fit_cascade,
     make_policy,
 )
-from policy_store.role_rl import PolicyError, RoleRLParams
+from policy_store.learner import PolicyError, RoleRLParams
 
 MODELS = ["small", "large"]
 
