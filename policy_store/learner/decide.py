@@ -20,8 +20,9 @@ from dataclasses import dataclass, field, replace
 from policy_store.learner.budget import BudgetStatus
 from policy_store.learner.cascade import Calibration, CascadePlan
 from policy_store.learner.estimates import Estimate, ModelScore, expected_improvement
-from policy_store.learner.paper import QTable, argmax_model, state_model
+from policy_store.learner.paper import START, argmax_model, state_model
 from policy_store.learner.params import RoleRLParams
+from policy_store.learner.state import RoleState
 from policy_store.learner.views import AssignmentView
 
 
@@ -165,17 +166,17 @@ def greedy_reason(s: Situation, model: str, runner_up: str | None) -> str:
 
 
 def usable_cascade(
-    s: Situation, plan: CascadePlan | None, eligible: Sequence[str], single_value: float
+    s: Situation, plan: CascadePlan | None, eligible: Sequence[str], single_value: Callable[[], float]
 ) -> CascadePlan | None:
     """The role's cascade plan when both stages are eligible, fit the budgets together and the
-    plan beats the best single model (`single_value`, its role-level value)."""
+    plan beats the best single model (`single_value()`, its role-level value)."""
     if plan is None:
         return None
     if (
         plan.first not in eligible
         or plan.then not in eligible
         or not s.fits(s.bound(plan.first) + s.bound(plan.then))
-        or plan.value <= single_value
+        or plan.value <= single_value()
     ):
         return None
     return plan
@@ -296,34 +297,43 @@ def decide(
     eligible = eligible_models(s, tried)
     order = s.ranked(eligible)
     guarded = budget_guard(s, order[0], eligible, untried)
-    model = guarded if guarded is not None else order[0]
-    reason = greedy_reason(s, model, order[1] if len(order) > 1 and guarded is None else None)
     if guarded is not None:  # the guard assigns without cascade or exploration
-        fallbacks = tuple(m for m in s.ranked(tried) if m != model)
-        return s.view(model, _with_notes(reason, s.notes), fallbacks=fallbacks)
+        reason = greedy_reason(s, guarded, None)
+        fallbacks = tuple(m for m in s.ranked(tried) if m != guarded)
+        return s.view(guarded, _with_notes(reason, s.notes), fallbacks=fallbacks)
+    reason = greedy_reason(s, order[0], order[1] if len(order) > 1 else None)
     cascade = None
     if s.params.cascade:
-        plan = cascade_plan()
-        if plan is not None:
-            cascade = usable_cascade(s, plan, eligible, role_level_value(model))
+        cascade = usable_cascade(s, cascade_plan(), eligible, lambda: role_level_value(order[0]))
     if cascade is not None:
-        model, reason = cascade.first, cascade_reason(cascade, reason)
-    plan_ = Plan(model, cascade)
-    warmup = warmup_models(s, plan_, untried)
-    epsilon, explore = exploration(s, plan_, tried, calib)
+        reason = cascade_reason(cascade, reason)
+    plan = Plan(cascade.first if cascade else order[0], cascade)
+    return explored_view(s, plan, reason, tried, untried, calib)
+
+
+def explored_view(
+    s: Situation,
+    plan: Plan,
+    reason: str,
+    tried: Sequence[str],
+    untried: Sequence[str],
+    calib: Mapping[str, Calibration],
+) -> AssignmentView:
+    """The view of `plan`, with its warm-up and exploration."""
+    warmup = warmup_models(s, plan, untried)
+    epsilon, explore = exploration(s, plan, tried, calib)
     if explore and epsilon > 0:
         s.notes.append(f"explores {', '.join(explore)} with probability {epsilon:g}")
     if warmup:
         s.notes.append(f"new models run once: {', '.join(warmup)}")
-    fallbacks = tuple(m for m in s.ranked(tried) if m != model)
     return s.view(
-        model,
+        plan.model,
         _with_notes(reason, s.notes),
         epsilon=epsilon,
         explore=explore,
         warmup=warmup,
-        fallbacks=fallbacks,
-        cascade=cascade,
+        fallbacks=tuple(m for m in s.ranked(tried) if m != plan.model),
+        cascade=plan.cascade,
     )
 
 
@@ -335,41 +345,25 @@ def _with_notes(reason: str, notes: Sequence[str]) -> str:
 
 
 def decide_paper(
-    role: str,
-    q: QTable,
-    state: str,
-    calls: int,
-    candidates: Sequence[str],
-    open_: Sequence[str],
-    pinned: str | None,
-    version: int,
-    epsilon: float,
+    role: str, rs: RoleState, candidates: Sequence[str], open_: Sequence[str], epsilon: float
 ) -> AssignmentView:
     """The paper: argmax Q[last state], epsilon-greedy, a duel when the choice is not the incumbent;
     every model runs once before the first call is learned from (the paper's start)."""
-    row = q.get(state, {})
+    state = rs.last_state or START
+    row = rs.q.get(state, {})
     q_values = {m: row.get(m, 0.0) for m in candidates}
-    if pinned is not None and pinned in candidates:
+    if rs.pinned is not None and rs.pinned in candidates:
+        reason = "pinned by operator"
         return AssignmentView(
-            role,
-            pinned,
-            q_values,
-            0.0,
-            tuple(candidates),
-            "pinned by operator",
-            version,
-            mode="paper",
-            pinned=True,
+            role, rs.pinned, q_values, 0.0, tuple(candidates), reason, rs.version, mode="paper", pinned=True
         )
     model = argmax_model(row, candidates)
     incumbent = state_model(state)
     incumbent = incumbent if incumbent in candidates else None
-    warmup = tuple(m for m in candidates if m != model) if calls == 0 else ()
+    warmup = tuple(m for m in candidates if m != model) if rs.calls == 0 else ()
     reason = (
         f"paper Q-learning: argmax Q[{state}] = {model} (Q={q_values[model]:.3f}), epsilon {epsilon}"
-        + (f"; incumbent {incumbent} runs beside it" if incumbent and incumbent != model else "")
-        + ("; warm-up: every model runs once" if warmup else "")
-        + (f"; circuit open: {', '.join(open_)}" if open_ else "")
+        + _paper_notes(model, incumbent, bool(warmup), open_)
     )
     return AssignmentView(
         role,
@@ -378,10 +372,18 @@ def decide_paper(
         epsilon,
         tuple(candidates),
         reason,
-        version,
+        rs.version,
         mode="paper",
         explore={m: 1.0 / len(candidates) for m in candidates},
         warmup=warmup,
         incumbent=incumbent,
         fallbacks=tuple(sorted((m for m in candidates if m != model), key=lambda m: -q_values[m])),
+    )
+
+
+def _paper_notes(model: str, incumbent: str | None, warmup: bool, open_: Sequence[str]) -> str:
+    return (
+        (f"; incumbent {incumbent} runs beside it" if incumbent and incumbent != model else "")
+        + ("; warm-up: every model runs once" if warmup else "")
+        + (f"; circuit open: {', '.join(open_)}" if open_ else "")
     )

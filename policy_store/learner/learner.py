@@ -17,7 +17,6 @@ from policy_store.learner.decide import Situation, decide, decide_paper
 from policy_store.learner.estimates import ROLE_LEVEL, Estimate, ModelScore, context_key, score_models
 from policy_store.learner.learn import learn_calibration, learn_estimates, learn_paper, observation
 from policy_store.learner.paper import (
-    START,
     board_weight_update,
     combine_verdicts,
     election_table,
@@ -289,11 +288,7 @@ class RoleRL:
         now = int((context or {}).get("ts_ms") or self.now_ms)
         candidates, open_ = rs.candidates(now, self.params.breaker_cooldown_s)
         if self.params.mode == "paper":
-            state = rs.last_state or START
-            p = self.params
-            return decide_paper(
-                role, rs.q, state, rs.calls, candidates, open_, rs.pinned, rs.version, p.epsilon
-            )
+            return decide_paper(role, rs, candidates, open_, self.params.epsilon)
         s = self._situation(role, rs, context, candidates, now)
         if open_:
             s.notes.append(f"circuit open: {', '.join(open_)}")
