@@ -46,9 +46,10 @@ def test_knobs_from_the_config_file_and_environment_reach_the_learner(
     }
     learner = make_learner(learner_settings.policy, POOLS, learner_settings.knob_overrides())
     # The paper's preset, with the knobs set here on top of it.
-    assert (learner.params.mode, learner.params.failure_quality, learner.params.epsilon) == ("paper", -10.0, 0.1)
-    assert learner.params.slo("topic_finder") == 2.5 and learner.params.chunk_buckets == (30, 60)
-    assert learner.params.budget_price_scale == 50.0
+    params = learner.params
+    assert (params.mode, params.failure_quality, params.epsilon) == ("paper", -10.0, 0.1)
+    assert params.slo("topic_finder") == 2.5 and params.chunk_buckets == (30, 60)
+    assert params.budget_price_scale == 50.0
     assert learner.assignment("topic_finder").mode == "paper"
 
 
