@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from routing_common import RunResult, load_items, reference_model, replay, try_pyplot
 
-from policy_store.policies import make_policy
 from policy_store.learner import Budget, RoleRLParams
+from policy_store.policies import make_policy
 
 BUDGET_FRACTIONS = (0.75, 0.5, 0.3)
 """Budgets per window as a share of the unconstrained run's mean spend per window."""
