@@ -1,7 +1,7 @@
-"""The learner's whole state as one JSON document (format 1), and back.
+"""The learner's whole state as one JSON document, and back.
 
-The document keeps one role-keyed mapping per kind of state (`q`, `est`, `calib`, ...), the form
-the policy store has persisted since format 1; `RoleState` is rebuilt from it on restore.
+Format 1 keeps one role-keyed mapping per kind of state (`q`, `est`, `calib`, ...); restore
+rebuilds each role's `RoleState` from them, so snapshots written by any learner of format 1 load.
 """
 
 from __future__ import annotations
