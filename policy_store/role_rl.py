@@ -1,6 +1,5 @@
-"""The learner's former module: its names now live in the package `policy_store.learner`.
-
-Kept only for the policy store service until it imports the package; nothing else uses it."""
+"""The names the policy store service imports from the learner, until it imports the package
+`policy_store.learner` itself; this module then goes."""
 
 from policy_store.learner import Budget, PolicyError, RoleRL, RoleRLParams, reward
 
