@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from routing_common import RunResult, load_items, reference_model, replay, try_pyplot
 from targets import Target, add_check_argument, report_targets
 
+from policy_store.learner import Budget, RoleRLParams
 from policy_store.policies import make_policy
-from policy_store.role_rl import Budget, RoleRLParams
 
 BUDGET_FRACTIONS = (0.75, 0.5, 0.3)
 """Budgets per window as a share of the unconstrained run's mean spend per window."""

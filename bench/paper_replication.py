@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from targets import Target, add_check_argument, report_targets
 
-from policy_store.role_rl import RoleRL, RoleRLParams
+from policy_store.learner import RoleRL, RoleRLParams
 
 LLMS = ("llama3-8b", "mixtral-8x7b", "command-r", "gpt-4o", "gemini-1.5-pro", "claude-3-opus")
 ROLES = ("topic_finder", "topic_locator", "relationship_checker", "content_organizer")

@@ -57,6 +57,7 @@ from routing_common import (
 )
 from targets import Target, add_check_argument, exit_code, print_targets
 
+from policy_store.learner import Budget, RoleRLParams
 from policy_store.policies import (
     Call,
     CascadePolicy,
@@ -66,7 +67,6 @@ from policy_store.policies import (
     fit_cascade,
     make_policy,
 )
-from policy_store.role_rl import Budget, RoleRLParams
 
 ROLE_RL_COST_WEIGHTS = (30.0, 100.0, 300.0, 600.0, 1000.0, 2000.0, 3000.0, 5000.0, 10000.0, 20000.0)
 """k1 (reward points per USD) of the Role-RL sweep; 100 is the paper's default."""

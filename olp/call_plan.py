@@ -1,7 +1,7 @@
 """What one LLM role call does under an assignment: the call plan (spec section 4).
 
 Pure, no I/O, written once and shared by both sides of the policy topic (`olp.policy`, schema
-`schemas/assignment.avsc`): the learner (`policy_store/role_rl.py`, `AssignmentView.sample`) and the
+`schemas/assignment.avsc`): the learner (`policy_store/learner/views.py`, `AssignmentView.sample`) and the
 processors (`processors/policy_view.py`), which must not import the policy store.
 
 A `PlanSpec` is the part of an Assignment a call acts on; `PlanSpec.sample(rng)` draws one call's

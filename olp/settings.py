@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from olp.errors import ConfigError
+from olp.learner_params import LearnerParams
 from olp.service_settings import DocumentsSettings, IngestSettings
 
 ROLES: tuple[str, ...] = (
@@ -153,17 +154,18 @@ class FeedSettings(BaseModel):
             ) from exc
 
 
-class LearnerSettings(BaseModel):
-    """Role-RL hyper-parameters (paper defaults; spec section 4)."""
+class LearnerSettings(LearnerParams):
+    """The policy store's learner: which registered policy it runs, every knob of the learner (the
+    fields of `olp.learner_params.LearnerParams`, e.g. `learner.cost_weight`; a knob left unset
+    keeps the policy's own default) and where its state is kept."""
 
-    model_config = ConfigDict(frozen=True)
-
-    alpha: float = Field(0.1, gt=0, le=1)
-    gamma: float = Field(0.0, ge=0, lt=1)
-    epsilon: float = Field(0.03, ge=0, le=1)
-    reward_value: float = Field(10.0, description="v in r = k*v - k1*c - k2*t.")
-    cost_weight: float = Field(100.0, description="k1: reward points per US dollar.")
-    latency_weight: float = Field(0.1, description="k2: reward points per second of latency.")
+    policy: str = Field(
+        "role_rl",
+        description=(
+            "Registered policy the policy store runs (policy_store/policies.py): role_rl (ours) or "
+            "paper_q (the paper's Q-learning, whose preset the knobs set here override)."
+        ),
+    )
     snapshot_path: Path | None = Field(None, description="Where the policy store keeps its state.")
     snapshot_interval_s: float = Field(
         1.0,
@@ -174,6 +176,10 @@ class LearnerSettings(BaseModel):
             "it, exactly once."
         ),
     )
+
+    def knob_overrides(self) -> dict[str, object]:
+        """The knobs set explicitly (config file, environment): the rest keep the policy's defaults."""
+        return {k: v for k, v in self.knobs().items() if k in self.model_fields_set}
 
 
 class JudgeSettings(BaseModel):

@@ -1,1 +1,1 @@
-"""The policy store: the Role-RL learner (`role_rl`), routing policies (`policies`) and its service."""
+"""The policy store: the Role-RL learner (`learner`), routing policies (`policies`) and its service."""

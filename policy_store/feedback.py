@@ -23,7 +23,7 @@ from olp.errors import ValidationError
 from olp.settings import ROLES, LearnerSettings
 from policy_store.bus import FeedbackRecord, PolicyBus
 from policy_store.leadership import publish
-from policy_store.role_rl import reward
+from policy_store.learner import reward
 from policy_store.state import PolicyState, save_snapshot
 
 log = logging.getLogger("olp.policy_store")

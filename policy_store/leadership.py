@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanContext
 from olp import telemetry
 from olp.settings import ROLES
 from policy_store.bus import PolicyBus
-from policy_store.role_rl import PolicyError
+from policy_store.learner import PolicyError
 from policy_store.state import NotLeader, PolicyState, save_snapshot
 
 log = logging.getLogger("olp.policy_store")

@@ -2,9 +2,10 @@
 
 Pure Python, no I/O: no topics or schemas are read or written here. The benchmarks
 (`bench/routing_replay.py`, `bench/budget.py`) compare every policy on the same replayed calls,
-and the policy store can run any of them. A policy decides per input of a role (the `role` key
-of the context), may run more models on the same input (`follow_up`: warm-up, exploration duel,
-cascade escalation), and learns from RoleOutcome-shaped dicts (`update`).
+and the policy store runs, through `make_learner`, the ones that publish an assignment per role.
+A policy decides per input of a role (the `role` key of the context), may run more models on the
+same input (`follow_up`: warm-up, exploration duel, cascade escalation), and learns from
+RoleOutcome-shaped dicts (`update`).
 
 Registered policies:
   paper_q   the paper's Q-learning (RoleRL in mode "paper": state = last LLM and success,
@@ -17,6 +18,10 @@ Registered policies:
   random, fixed (one model), cheapest (lowest observed cost),
   oracle    per-input oracle: the cheapest correct model (benchmarks only: it reads the labels
             the benchmark puts in the context).
+
+The policy store publishes one assignment per role for the processors to sample, so it runs the
+policies whose decision has that form, `paper_q` and `role_rl` (`LEARNERS`, `make_learner`); the
+others decide input by input inside the caller.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from policy_store.role_rl import Budget, CallPlan, PolicyError, RoleRL, RoleRLParams, reward
+from policy_store.learner import Budget, CallPlan, PolicyError, RoleRL, RoleRLParams, reward
 
 
 class FollowUp(NamedTuple):
@@ -429,7 +434,57 @@ def make_policy(name: str, models: Sequence[str], **options: Any) -> Policy:
     return factory(models, **options)
 
 
+# --- What the policy store runs ------------------------------------------------------------------
+
+LearnerFactory = Callable[
+    [Mapping[str, Sequence[str]], Mapping[str, Any], Mapping[str, Budget], random.Random], RoleRL
+]
+"""(pools: role -> models, knobs overriding the policy's own defaults, budgets, rng) -> learner."""
+
+
+def _paper_q_learner(
+    pools: Mapping[str, Sequence[str]],
+    knobs: Mapping[str, Any],
+    budgets: Mapping[str, Budget],
+    rng: random.Random,
+) -> RoleRL:
+    return RoleRL(pools, RoleRLParams.paper(**knobs), rng, budgets=budgets)
+
+
+def _role_rl_learner(
+    pools: Mapping[str, Sequence[str]],
+    knobs: Mapping[str, Any],
+    budgets: Mapping[str, Budget],
+    rng: random.Random,
+) -> RoleRL:
+    return RoleRL(pools, RoleRLParams(**knobs), rng, budgets=budgets)
+
+
+LEARNERS: dict[str, LearnerFactory] = {"paper_q": _paper_q_learner, "role_rl": _role_rl_learner}
+
+
+def make_learner(
+    name: str,
+    pools: Mapping[str, Sequence[str]],
+    knobs: Mapping[str, Any] | None = None,
+    budgets: Mapping[str, Budget] | None = None,
+    rng: random.Random | None = None,
+) -> RoleRL:
+    """The learner the policy store runs for the registered policy `name`, e.g.
+    make_learner(settings.learner.policy, pools, settings.learner.knob_overrides(), budgets, rng).
+    PolicyError for a name without an assignment form, or knobs the learner rejects."""
+    factory = LEARNERS.get(name)
+    if factory is None:
+        per_input = sorted(set(POLICIES) - set(LEARNERS))
+        raise PolicyError(
+            f"the policy store cannot run policy {name!r}; it runs {', '.join(sorted(LEARNERS))}"
+            f" ({', '.join(per_input)} decide per input, in benchmarks)"
+        )
+    return factory(pools, knobs or {}, budgets or {}, rng if rng is not None else random.Random(0))
+
+
 __all__ = [
+    "LEARNERS",
     "POLICIES",
     "Call",
     "CascadePolicy",
@@ -437,6 +492,7 @@ __all__ = [
     "CheapestPolicy",
     "FixedPolicy",
     "FollowUp",
+    "LearnerFactory",
     "OraclePolicy",
     "Policy",
     "PolicyFactory",
@@ -445,6 +501,7 @@ __all__ = [
     "RoleRLPolicy",
     "ThompsonPolicy",
     "fit_cascade",
+    "make_learner",
     "make_policy",
     "reward",
 ]

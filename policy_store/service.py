@@ -1,5 +1,5 @@
 """The policy store's app factory (spec section 4; STYLE 8): settings in, an aiohttp app out, the
-Role-RL learner (`policy_store.role_rl`) inside.
+Role-RL learner (`policy_store.learner`) inside.
 
 Everything with a lifetime lives in `cleanup_ctx`, in this order: the state (read from the
 snapshot file at start, written at the end), the bus (Kafka, unless one is handed in), and the

@@ -21,7 +21,8 @@ from typing import Any
 from olp.catalog import Catalog
 from olp.errors import ConfigError, OlpError
 from olp.settings import ROLES, Settings
-from policy_store.role_rl import Budget, RoleRL, RoleRLParams
+from policy_store.learner import Budget, RoleRL
+from policy_store.policies import make_learner
 
 log = logging.getLogger("olp.policy_store")
 
@@ -137,18 +138,6 @@ def plan_key(record: Mapping[str, Any]) -> tuple[Any, ...]:
 # --- construction and the snapshot file ---------------------------------------------------------
 
 
-def learner_params(settings: Settings) -> RoleRLParams:
-    learner = settings.learner
-    return RoleRLParams(
-        alpha=learner.alpha,
-        gamma=learner.gamma,
-        epsilon=learner.epsilon,
-        reward_value=learner.reward_value,
-        cost_weight=learner.cost_weight,
-        latency_weight=learner.latency_weight,
-    )
-
-
 def build_learner(
     settings: Settings, catalog: Catalog, rng: random.Random, saved: Mapping[str, Any] | None = None
 ) -> RoleRL:
@@ -162,7 +151,7 @@ def build_learner(
         for name, feed in settings.feeds.items()
         if feed.budget_usd_per_hour is not None
     }
-    return RoleRL(pools, learner_params(settings), rng, budgets=budgets)
+    return make_learner(settings.learner.policy, pools, settings.learner.knob_overrides(), budgets, rng)
 
 
 def load_state(settings: Settings, catalog: Catalog, seed: int | None = None) -> PolicyState:

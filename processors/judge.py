@@ -11,7 +11,7 @@ Each judge's verdict becomes a score k in [-1, 1] (the k of the paper's reward r
   partial credit; several topics in one answer: the mean IoU over the corrected topics);
 - Content Organizer: k = 2*similarity - 1, similarity = share of the topic's sentences the answer
   files under the same aspect as the correction (the paper's 11*similarity - 10, on our scale
-  where a wrong answer is -1 instead of -10: `policy_store.role_rl.organizer_quality(s, -1)`);
+  where a wrong answer is -1 instead of -10: `policy_store.learner.organizer_quality(s, -1)`);
 - Topic Finder and Relationship Checker: no partial credit in the paper: k = 1 when the correction
   equals the answer (same names; same yes/no), else -1;
 - a judge that says "incorrect" without a usable correction: k = -1.

@@ -4,7 +4,7 @@ restarted. Its learner must then be exactly what a learner that saw every outcom
 assignment versions on `olp.policy` must only grow (known weak spot 2), also when the snapshot
 file is gone, so that processors never ignore what the store publishes next.
 
-The reference is the pure learner (`policy_store.role_rl.RoleRL`) fed the same outcomes in the
+The reference is the pure learner (`policy_store.learner.RoleRL`) fed the same outcomes in the
 same order: they all go to one partition of the feedback topic, so the order is total. Their
 policy_version is 0 ("unknown"), which the service hands to the learner unchanged (it maps
 published versions to the learner's own), so the reference sees exactly what the service's
@@ -26,8 +26,7 @@ from confluent_kafka import Producer
 
 from launcher.scripted_llm import scripted_catalog
 from olp.settings import ROLES, load_settings
-from policy_store.role_rl import RoleRL
-from policy_store.state import learner_params
+from policy_store.learner import RoleRL, RoleRLParams
 from processors.policy_view import PolicyView
 from schemas.codec import make_codec
 from tests.reliability.conftest import Report
@@ -124,7 +123,7 @@ def test_policy_store_restart_keeps_learner_state_and_versions_grow(
     settings = stack.settings()
     reference = RoleRL(
         {role: list(MODELS) for role in ROLES},
-        learner_params(load_settings(learner={"epsilon": 0.0})),
+        RoleRLParams(**load_settings(learner={"epsilon": 0.0}).learner.knob_overrides()),
         random.Random(0),
     )
     rng = random.Random(11)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from olp.call_plan import CallPlan, PlanSpec
-from policy_store.role_rl import RoleRL, RoleRLParams
+from policy_store.learner import RoleRL, RoleRLParams
 from policy_store.state import PolicyState, plan_key
 from processors.policy_view import PolicyView
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from policy_store.learner import PolicyError, RoleRLParams
 from policy_store.policies import (
     POLICIES,
     Call,
@@ -19,7 +20,6 @@ from policy_store.policies import (
     fit_cascade,
     make_policy,
 )
-from policy_store.role_rl import PolicyError, RoleRLParams
 
 MODELS = ["small", "large"]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from olp.catalog import Catalog, ModelSpec
+from olp.errors import OlpError
 from olp.settings import ROLES, Settings, load_settings
 from policy_store.bus import MemoryBus
 from policy_store.service import create_app
+from policy_store.state import build_learner
 
 Client = Callable[..., Any]
 TOKEN = "s3cret-token"
@@ -256,3 +259,17 @@ async def test_the_snapshot_is_read_when_the_app_starts(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="cannot be restored"):
         await anext(state_ctx(CATALOG, None)(app))
+
+
+def test_the_store_runs_the_configured_policy_with_every_knob_set(tmp_path: Path) -> None:
+    catalog = CATALOG
+    tuned = load_settings(learner={"policy": "role_rl", "epsilon": 0.2, "latency_slo_s": [["topic_finder", 3.0]]})
+    learner = build_learner(tuned, catalog, random.Random(0))
+    assert learner.params.epsilon == 0.2
+    assert learner.params.latency_slo_s == (("topic_finder", 3.0),)
+    assert learner.params.cost_weight == 100.0  # a knob left unset keeps the policy's default
+
+    paper = build_learner(load_settings(learner={"policy": "paper_q"}), catalog, random.Random(0))
+    assert paper.params.mode == "paper"
+    with pytest.raises(OlpError, match="cannot run policy 'thompson'"):
+        build_learner(load_settings(learner={"policy": "thompson"}), catalog, random.Random(0))

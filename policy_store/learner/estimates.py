@@ -1,0 +1,169 @@
+"""Our estimates (deviation 4): importance-weighted running means of each reward component per
+(role, context, model), recomposed into an expected reward at decision time, and their uncertainty.
+
+Decisions condition on the context (domain, language, chunk-size bucket) and on the paper's state
+through hierarchical shrinkage: state in context -> context -> role -> the model's mean over all
+roles. Counts are capped at the tracking average's effective sample size, so a drifting estimate
+never looks more certain than it is; the state shifts the mean but not the uncertainty.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from policy_store.learner.params import RoleRLParams
+
+ROLE_LEVEL = "*"
+"""The context key of a role's estimates over every context."""
+
+
+@dataclass
+class Estimate:
+    """Importance-weighted running means of one (role, context, model)'s reward components."""
+
+    n: float = 0.0
+    quality: float = 0.0
+    quality_sq: float = 0.0
+    cost: float = 0.0
+    latency: float = 0.0
+    cost_max: float = 0.0  # dearest call seen: the budget guard's per-call bound
+
+    def add(self, k: float, cost: float, latency_s: float, weight: float, min_step: float) -> None:
+        """One observation of weight `weight`: step max(w/n, min_step*w), a sample average first."""
+        self.n += weight
+        self.cost_max = max(self.cost_max, cost)
+        step = min(1.0, max(weight / self.n, min_step * weight))
+        self.quality += step * (k - self.quality)
+        self.quality_sq += step * (k * k - self.quality_sq)
+        self.cost += step * (cost - self.cost)
+        self.latency += step * (latency_s - self.latency)
+
+
+def shrink(mean: float, n: float, prior_mean: float, prior_n: float) -> float:
+    """Posterior mean of `n` observations averaging `mean` under a prior worth `prior_n` of them."""
+    total = n + prior_n
+    return (n * mean + prior_n * prior_mean) / total if total > 0 else prior_mean
+
+
+def chunk_bucket(chunk_size: int, edges: Sequence[int]) -> str | None:
+    """Bucket label of a chunk size, e.g. '<40', '40-79', '>=80' for edges (40, 80); None if unknown."""
+    if chunk_size <= 0:
+        return None
+    lower = 0
+    for edge in edges:
+        if chunk_size < edge:
+            return f"<{edge}" if lower == 0 else f"{lower}-{edge - 1}"
+        lower = edge
+    return f">={lower}"
+
+
+def context_key(context: Mapping[str, Any] | None, params: RoleRLParams) -> str:
+    """The context a decision depends on: 'domain=..|lang=..|chunk=..', '*' for the role level."""
+    if not params.contextual or not context:
+        return ROLE_LEVEL
+    parts = []
+    for name in ("domain", "lang"):
+        value = context.get(name)
+        if value:
+            parts.append(f"{name}={value}")
+    bucket = chunk_bucket(int(context.get("chunk_size") or 0), params.chunk_buckets)
+    if bucket:
+        parts.append(f"chunk={bucket}")
+    return "|".join(parts) or ROLE_LEVEL
+
+
+def state_context_key(state: str, ctx: str) -> str:
+    """The key of the estimates of the paper's `state` within context `ctx`."""
+    return f"{state}#{ctx}"
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    """What the learner believes about one model in one (role, context)."""
+
+    model: str
+    quality: float  # posterior mean of k
+    quality_sd: float  # standard deviation of that mean
+    cost: float  # expected USD per call
+    cost_max: float  # dearest call seen (USD): what the budget guard must allow for
+    latency: float  # expected seconds per call
+    n: float  # weighted observations in this role
+    value: float  # expected reward v*k - (k1 + lambda)*c - k2*t
+
+
+Level = tuple[Mapping[str, Estimate], float, bool]
+"""Estimates of one level below the role, their prior pseudo-count, whether the level's own count
+sets the uncertainty (the state only shifts the mean: exploring each state's difference would not pay)."""
+
+
+def score_models(
+    models: Sequence[str],
+    estimates: Mapping[str, Mapping[str, Estimate]],
+    pooled: Mapping[str, Estimate],
+    ctx: str,
+    state: str | None,
+    cost_weight: float,
+    params: RoleRLParams,
+) -> dict[str, ModelScore]:
+    """Each model's score in one role (`estimates`: context key -> model -> estimate), shrunk
+    from the model's mean over all roles (`pooled`) down to the paper's state in the context."""
+    levels: list[Level] = []
+    if ctx != ROLE_LEVEL:
+        levels.append((estimates.get(ctx, {}), params.context_prior, True))
+    if state is not None and params.use_state:
+        levels.append((estimates.get(state_context_key(state, ctx), {}), params.state_prior, False))
+    role_level = estimates.get(ROLE_LEVEL, {})
+    return {
+        m: _score(m, role_level.get(m, Estimate()), pooled.get(m, Estimate()), levels, cost_weight, params)
+        for m in models
+    }
+
+
+def _score(
+    model: str, er: Estimate, pooled: Estimate, levels: Sequence[Level], cost_weight: float, p: RoleRLParams
+) -> ModelScore:
+    f = p.failure_quality
+    prior_var = ((1.0 - f) / 2.0) ** 2
+    n_cap = (2.0 - p.min_step) / p.min_step
+    k_pool = shrink(pooled.quality, min(pooled.n, n_cap), (1.0 + f) / 2.0, 1.0)
+    n_role = min(er.n, n_cap)
+    k = shrink(er.quality, n_role, k_pool, p.pool_prior)
+    n_eff = n_role + p.pool_prior
+    cost = er.cost if er.n > 0 else pooled.cost
+    cost_max = er.cost_max if er.n > 0 else pooled.cost_max
+    latency = er.latency if er.n > 0 else pooled.latency
+    var = (n_role * max(0.0, er.quality_sq - er.quality**2) + prior_var) / (n_role + 1.0)
+    for table, prior_n, sets_uncertainty in levels:
+        e = table.get(model)
+        if e is not None and e.n > 0:
+            n_level = min(e.n, n_cap)
+            k = shrink(e.quality, n_level, k, prior_n)
+            if sets_uncertainty:
+                n_eff = n_level + min(prior_n, n_eff)
+            cost, latency = e.cost, e.latency
+    sd = p.reward_value * math.sqrt(var / n_eff)
+    value = p.reward_value * k - cost_weight * cost - p.latency_weight * latency
+    return ModelScore(model, k, sd, cost, cost_max, latency, er.n, value)
+
+
+# --- Directed exploration (deviation 5): the expected improvement of a challenger ------------
+
+
+def _phi(z: float) -> float:
+    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+
+def _pdf(z: float) -> float:
+    return math.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+
+
+def expected_improvement(mean: float, sd: float, best_mean: float, best_sd: float) -> float:
+    """E[max(0, X - Y)] for independent normal X ~ (mean, sd), Y ~ (best_mean, best_sd)."""
+    s = math.sqrt(sd * sd + best_sd * best_sd)
+    if s <= 0:
+        return max(0.0, mean - best_mean)
+    z = (mean - best_mean) / s
+    return s * (z * _phi(z) + _pdf(z))
