@@ -263,7 +263,8 @@ async def test_the_snapshot_is_read_when_the_app_starts(tmp_path: Path) -> None:
 
 def test_the_store_runs_the_configured_policy_with_every_knob_set(tmp_path: Path) -> None:
     catalog = CATALOG
-    tuned = load_settings(learner={"policy": "role_rl", "epsilon": 0.2, "latency_slo_s": [["topic_finder", 3.0]]})
+    knobs = {"policy": "role_rl", "epsilon": 0.2, "latency_slo_s": [["topic_finder", 3.0]]}
+    tuned = load_settings(learner=knobs)
     learner = build_learner(tuned, catalog, random.Random(0))
     assert learner.params.epsilon == 0.2
     assert learner.params.latency_slo_s == (("topic_finder", 3.0),)
