@@ -83,6 +83,12 @@ class ModelSpec(BaseModel):
         return data
 
     @property
+    def provider_name(self) -> str:
+        """`gen_ai.provider.name` of its calls: the API flavour spoken, which for every
+        OpenAI-compatible server is OpenAI's unless it is an Azure deployment."""
+        return "azure.ai.openai" if self.azure is not None else "openai"
+
+    @property
     def request_model(self) -> str:
         return self.served_name or self.name
 

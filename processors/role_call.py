@@ -28,6 +28,7 @@ from opentelemetry.trace import Span
 
 from olp import telemetry
 from olp.call_plan import CallPlan
+from olp.catalog import ModelSpec
 from olp.errors import ModelCallError, OlpError, ParseError
 from processors.judge import JudgedCall
 from processors.model_gateway import Completion, InputRejected, ModelGateway
@@ -204,7 +205,9 @@ class RoleCaller:
             outcome_id = f"{ctx.chunk_id}:{self.role}:{ctx.call_key}:{model}:{attempt}"
             # One span per call; the feedback record is sent inside it, so it carries the
             # call's trace context to the policy store.
-            with self._span(model, version, propensity, attempt, conversation) as span:
+            with self._span(
+                model, version, propensity, attempt, conversation, call.json_schema is not None
+            ) as span:
                 started = time.monotonic()
                 try:
                     completion = await self._gateway.complete(model, conversation, call.json_schema)
@@ -256,13 +259,22 @@ class RoleCaller:
         propensity: float,
         attempt: int,
         conversation: Sequence[Mapping[str, str]],
+        structured: bool,
     ) -> AbstractContextManager[Span]:
         try:
-            base_url: str | None = self._gateway.catalog.model(model).base_url
+            spec: ModelSpec | None = self._gateway.catalog.model(model)
         except Exception:
-            base_url = None
+            spec = None
         return telemetry.start_llm_span(
-            model, self.role, policy_version, propensity, attempt, base_url, conversation
+            model,
+            self.role,
+            policy_version,
+            propensity,
+            attempt,
+            spec.base_url if spec else None,
+            conversation,
+            provider=spec.provider_name if spec else "openai",
+            structured=structured,
         )
 
     def _annotate(self, span: Span, model: str, ctx: CallContext, completion: Completion) -> None:
@@ -278,6 +290,7 @@ class RoleCaller:
             response_model=completion.model,
             finish_reason=completion.finish_reason,
             answer=completion.text,
+            response_id=completion.response_id,
         )
 
     async def _record(

@@ -16,6 +16,9 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.semconv._incubating.metrics import gen_ai_metrics
+from opentelemetry.semconv.attributes import error_attributes, server_attributes
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from olp.telemetry.setup import capture_message_content
@@ -47,13 +50,13 @@ DEAD_LETTERS = _meter.create_counter(
     "olp.dlq.records", unit="{record}", description="Records sent to the dead-letter topic."
 )
 LLM_DURATION = _meter.create_histogram(
-    "gen_ai.client.operation.duration",
+    gen_ai_metrics.GEN_AI_CLIENT_OPERATION_DURATION,
     unit="s",
     description="LLM call latency per model and role.",
     explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
 )
 LLM_TOKENS = _meter.create_histogram(
-    "gen_ai.client.token.usage",
+    gen_ai_metrics.GEN_AI_CLIENT_TOKEN_USAGE,
     unit="{token}",
     description="Tokens per LLM call (gen_ai.token.type = input | output).",
     explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
@@ -158,7 +161,7 @@ def stage_scope(stage: str) -> Iterator[None]:
 def record_consumed(stage: str, topic: str, duration_s: float, error_type: str | None = None) -> None:
     attrs = {"olp.stage": stage, "messaging.destination.name": topic, "messaging.system": "kafka"}
     if error_type:
-        attrs["error.type"] = error_type
+        attrs[error_attributes.ERROR_TYPE] = error_type
     CONSUMED.add(1, attrs)
     PROCESS_DURATION.record(duration_s, attrs)
 
@@ -220,11 +223,16 @@ def start_llm_span(
     attempt: int,
     server_url: str | None = None,
     messages: Sequence[Mapping[str, str]] | None = None,
+    provider: str = gen_ai.GenAiProviderNameValues.OPENAI.value,
+    structured: bool = False,
 ) -> contextlib.AbstractContextManager[Span]:
     """A CLIENT span `chat <model>` around one LLM call (and the feedback it produces)."""
+    output_type = gen_ai.GenAiOutputTypeValues.JSON if structured else gen_ai.GenAiOutputTypeValues.TEXT
     attributes: dict[str, Any] = {
-        "gen_ai.operation.name": "chat",
-        "gen_ai.request.model": model,
+        gen_ai.GEN_AI_OPERATION_NAME: gen_ai.GenAiOperationNameValues.CHAT.value,
+        gen_ai.GEN_AI_PROVIDER_NAME: provider,
+        gen_ai.GEN_AI_OUTPUT_TYPE: output_type.value,
+        gen_ai.GEN_AI_REQUEST_MODEL: model,
         "olp.role": role,
         "olp.policy_version": int(policy_version),
         "olp.propensity": float(propensity),
@@ -235,11 +243,11 @@ def start_llm_span(
 
         parts = urlsplit(server_url)
         if parts.hostname:
-            attributes["server.address"] = parts.hostname
+            attributes[server_attributes.SERVER_ADDRESS] = parts.hostname
         if parts.port:
-            attributes["server.port"] = parts.port
+            attributes[server_attributes.SERVER_PORT] = parts.port
     if messages is not None and capture_message_content():
-        attributes["gen_ai.input.messages"] = json.dumps(
+        attributes[gen_ai.GEN_AI_INPUT_MESSAGES] = json.dumps(
             [
                 {"role": m.get("role", "user"), "parts": [{"type": "text", "content": m.get("content", "")}]}
                 for m in messages
@@ -264,31 +272,40 @@ def record_llm_call(
     response_model: str | None = None,
     finish_reason: str | None = None,
     answer: str | None = None,
+    response_id: str | None = None,
 ) -> None:
     """Attributes on the LLM span and the LLM metrics, in one place."""
     if span.is_recording():
-        span.set_attribute("gen_ai.usage.input_tokens", int(tokens_in))
-        span.set_attribute("gen_ai.usage.output_tokens", int(tokens_out))
+        span.set_attribute(gen_ai.GEN_AI_USAGE_INPUT_TOKENS, int(tokens_in))
+        span.set_attribute(gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS, int(tokens_out))
         span.set_attribute("olp.cost_usd", float(cost_usd))
         span.set_attribute("olp.feed", feed)
         if response_model:
-            span.set_attribute("gen_ai.response.model", response_model)
+            span.set_attribute(gen_ai.GEN_AI_RESPONSE_MODEL, response_model)
         if finish_reason:
-            span.set_attribute("gen_ai.response.finish_reasons", [finish_reason])
+            span.set_attribute(gen_ai.GEN_AI_RESPONSE_FINISH_REASONS, [finish_reason])
+        if response_id:
+            span.set_attribute(gen_ai.GEN_AI_RESPONSE_ID, response_id)
         if answer is not None and capture_message_content():
             span.set_attribute(
-                "gen_ai.output.messages",
+                gen_ai.GEN_AI_OUTPUT_MESSAGES,
                 json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": answer}]}]),
             )
         if error_type:
-            span.set_attribute("error.type", error_type)
+            span.set_attribute(error_attributes.ERROR_TYPE, error_type)
             span.set_status(StatusCode.ERROR, error_type)
-    attrs: dict[str, Any] = {"gen_ai.operation.name": "chat", "gen_ai.request.model": model, "olp.role": role}
+    attrs: dict[str, Any] = {
+        gen_ai.GEN_AI_OPERATION_NAME: gen_ai.GenAiOperationNameValues.CHAT.value,
+        gen_ai.GEN_AI_REQUEST_MODEL: model,
+        "olp.role": role,
+    }
     if error_type:
-        attrs["error.type"] = error_type
+        attrs[error_attributes.ERROR_TYPE] = error_type
     LLM_DURATION.record(max(0.0, duration_s), attrs)
     if tokens_in or tokens_out:
-        LLM_TOKENS.record(int(tokens_in), {**attrs, "gen_ai.token.type": "input"})
-        LLM_TOKENS.record(int(tokens_out), {**attrs, "gen_ai.token.type": "output"})
+        tokens = gen_ai.GenAiTokenTypeValues
+        for count, kind in ((tokens_in, tokens.INPUT), (tokens_out, tokens.OUTPUT)):
+            LLM_TOKENS.record(int(count), {**attrs, gen_ai.GEN_AI_TOKEN_TYPE: kind.value})
     if cost_usd:
-        LLM_COST.add(float(cost_usd), {"gen_ai.request.model": model, "olp.role": role, "olp.feed": feed})
+        cost_attrs = {gen_ai.GEN_AI_REQUEST_MODEL: model, "olp.role": role, "olp.feed": feed}
+        LLM_COST.add(float(cost_usd), cost_attrs)

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import GEN_AI_REQUEST_MODEL
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind
 
 from olp.telemetry.instruments import FEEDBACK, POLICY_UPDATES, REWARD, safely
@@ -47,7 +48,7 @@ def record_feedback(span: Span, outcome: Mapping[str, Any], changed: bool, rewar
     if span.is_recording():
         span.update_name(f"judge verdict {role}" if source == "judge" else f"feedback {source} {role}")
         span.set_attribute("olp.role", role)
-        span.set_attribute("gen_ai.request.model", model)
+        span.set_attribute(GEN_AI_REQUEST_MODEL, model)
         span.set_attribute("olp.feedback.source", source)
         span.set_attribute("olp.policy.changed", bool(changed))
         span.set_attribute("olp.policy_version", int(outcome.get("policy_version") or 0))
@@ -55,7 +56,7 @@ def record_feedback(span: Span, outcome: Mapping[str, Any], changed: bool, rewar
             span.set_attribute("olp.quality", float(outcome["quality"]))
         if reward is not None:
             span.set_attribute("olp.reward", float(reward))
-    attrs = {"olp.role": role, "gen_ai.request.model": model, "olp.feedback.source": source}
+    attrs = {"olp.role": role, GEN_AI_REQUEST_MODEL: model, "olp.feedback.source": source}
     FEEDBACK.add(1, {**attrs, "olp.policy.changed": bool(changed)})
     if reward is not None:
         REWARD.record(float(reward), attrs)
@@ -86,5 +87,5 @@ def record_policy_update(span: Span, record: Mapping[str, Any]) -> None:
         span.set_attribute("olp.policy_version", int(record.get("version") or 0))
         span.set_attribute("olp.policy.reason", str(record.get("reason") or "")[:200])
     POLICY_UPDATES.add(
-        1, {"olp.role": str(record.get("role")), "gen_ai.request.model": str(record.get("model"))}
+        1, {"olp.role": str(record.get("role")), GEN_AI_REQUEST_MODEL: str(record.get("model"))}
     )

@@ -208,7 +208,7 @@ class FakeGateway:
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
-        return Completion(model, answer, 120, 8, 12.5, 0.000136, "stop")
+        return Completion(model, answer, 120, 8, 12.5, 0.000136, "stop", response_id=f"chatcmpl-{answer}")
 
 
 def _parse(text: str) -> int:
@@ -245,6 +245,8 @@ def test_llm_call_span_has_genai_attributes_and_feedback_inside(spans: InMemoryS
         assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.request.model"] == "m1"
         assert a["gen_ai.usage.input_tokens"] == 120 and a["gen_ai.usage.output_tokens"] == 8
         assert a["gen_ai.response.finish_reasons"] == ("stop",)
+        assert a["gen_ai.provider.name"] == "openai" and a["gen_ai.output.type"] == "text"
+        assert a["gen_ai.response.id"] == ("chatcmpl-junk", "chatcmpl-42")[attempt]
         assert a["olp.cost_usd"] == pytest.approx(0.000136) and a["olp.role"] == "topic_finder"
         assert a["olp.policy_version"] == 0 and a["olp.attempt"] == attempt and a["olp.feed"] == "shop"
         assert a["server.address"] == "llm.local" and a["server.port"] == 8000
