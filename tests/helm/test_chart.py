@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,14 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "olp"
 HELM = REPO / ".tools" / "helm"
 PRODUCTION = Path(__file__).resolve().parent / "values-production.yaml"
+EXAMPLE = CHART / "examples" / "values-production.yaml"
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
 SCHEMA = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
 PROD_VALUES = yaml.safe_load(PRODUCTION.read_text(encoding="utf-8"))
+EXAMPLE_VALUES = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+WORKERS = {"olp-splitter", "olp-llm-roles", "olp-format"}
+FEED_SERVICES = {"olp-ingest": 8643, "olp-documents": 8644}
+"""The feed services' Deployments and their ports (olp/service_settings.py defaults)."""
 
 ALL_ROLES = {
     "chunk_splitter",
@@ -55,6 +61,8 @@ ROLE_INPUTS = {
     "format_checker": ["organized"],
 }
 UID = 10001
+DIALECT_FIELDS = {"structured_output", "token_limit_field", "temperature", "azure"}
+"""Catalog fields of the per-model request dialect (olp/catalog.py once the endpoints work lands)."""
 Docs = list[dict[str, Any]]
 Rendered = tuple[str, Docs, dict[str, Any]]  # (name, rendered objects, the values file's overrides)
 
@@ -113,16 +121,27 @@ def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The settings model an annotation holds (`Model` or `Model | None`), if any."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _env_names(model: type[BaseModel], prefix: str) -> set[str]:
+    names = set()
+    for name, field in model.model_fields.items():
+        nested = _model_of(field.annotation)
+        env = f"{prefix}{name}".upper()
+        names |= _env_names(nested, f"{env}__") if nested else {env}
+    return names
+
+
 def settings_env_names() -> set[str]:
     """Every environment variable olp.settings reads (prefix OLP_, nesting with __)."""
-    names = set()
-    for name, field in Settings.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            names |= {f"OLP_{name}__{sub}".upper() for sub in annotation.model_fields}
-        else:
-            names.add(f"OLP_{name}".upper())
-    return names | {"OLP_CONFIG_FILE"}  # read by the settings' YAML source, not a field
+    # OLP_CONFIG_FILE is read by the settings' YAML source, not a field.
+    return _env_names(Settings, "OLP_") | {"OLP_CONFIG_FILE"}
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +185,8 @@ def test_notes_render(extra: list[str]) -> None:
 
 def test_default_render_has_the_expected_objects(default_docs: Docs) -> None:
     deployments = by_kind(default_docs, "Deployment")
-    assert set(deployments) == {"olp-splitter", "olp-llm-roles", "olp-format", "olp-policy-store"}
-    assert set(by_kind(default_docs, "ConfigMap")) == {"olp-catalog", "olp-config"}
+    assert set(deployments) == {*WORKERS, "olp-policy-store"}  # the feed services are opt-in
+    assert set(by_kind(default_docs, "ConfigMap")) == {"olp-catalog", "olp-config", "olp-topics-config"}
     assert set(by_kind(default_docs, "Service")) == {"olp-policy-store"}
     assert set(by_kind(default_docs, "PersistentVolumeClaim")) == {"olp-policy-store"}
     assert set(by_kind(default_docs, "PodDisruptionBudget")) == {
@@ -177,7 +196,12 @@ def test_default_render_has_the_expected_objects(default_docs: Docs) -> None:
     }
     assert set(by_kind(default_docs, "ServiceAccount")) == {"olp"}
     assert set(by_kind(default_docs, "Job")) == {"olp-topics"}
-    absent = ("HorizontalPodAutoscaler", "ScaledObject", "TriggerAuthentication", "NetworkPolicy", "Secret")
+    assert set(by_kind(default_docs, "NetworkPolicy")) == {
+        "olp-default-deny-ingress",
+        "olp-policy-store",
+        "olp-egress",
+    }
+    absent = ("HorizontalPodAutoscaler", "ScaledObject", "TriggerAuthentication", "ServiceMonitor", "Ingress", "Secret")
     for kind in absent:
         assert not by_kind(default_docs, kind), kind
     for name in ("olp-splitter", "olp-llm-roles", "olp-format"):
@@ -198,6 +222,9 @@ def test_production_render_scales_and_isolates(production_docs: Docs) -> None:
     assert set(by_kind(production_docs, "NetworkPolicy")) == {
         "olp-default-deny-ingress",
         "olp-policy-store",
+        "olp-ingest",
+        "olp-documents",
+        "olp-metrics",
         "olp-egress",
     }
     image = deployments["olp-policy-store"]["spec"]["template"]["spec"]["containers"][0]["image"]
@@ -242,7 +269,7 @@ def test_long_running_containers_have_probes(rendered: Rendered) -> None:
     for name, deployment in by_kind(docs, "Deployment").items():
         for container in containers(deployment["spec"]["template"]["spec"]):
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-            expected_port = 8642 if name.endswith("policy-store") else 6066
+            expected_port = 8642 if name.endswith("policy-store") else FEED_SERVICES.get(name, 6066)
             assert ports["http"] == expected_port, name
             probes = {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/healthz"}
             for probe, path in probes.items():
@@ -344,7 +371,7 @@ def test_production_secrets_come_from_the_named_existing_secrets(production_docs
         assert {"name": kafka["tls"]["caSecret"], "items": [{"key": "ca.crt", "path": "kafka/ca.crt"}]} in [
             s["secret"] for s in etc if "secret" in s
         ]
-        if doc["kind"] == "Deployment":
+        if doc["metadata"]["name"] in {*WORKERS, "olp-policy-store"}:  # the model callers
             for var in PROD_VALUES["modelApiKeys"]["envVars"]:
                 assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "olp-model-keys", "key": var}
     policy_store = by_kind(production_docs, "Deployment")["olp-policy-store"]["spec"]["template"]["spec"]
@@ -432,17 +459,38 @@ def test_values_comments_name_real_settings() -> None:
     assert named and named <= settings_env_names(), named - settings_env_names()
 
 
+def mounted_configmap_files(pod: dict[str, Any], container: dict[str, Any], docs: Docs) -> dict[str, str]:
+    """Path in the container -> text, for every file a ConfigMap of the render puts there."""
+    configmaps = by_kind(docs, "ConfigMap")
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    files = {}
+    for volume in pod["volumes"]:
+        if volume["name"] not in mounts:
+            continue
+        sources = volume.get("projected", {}).get("sources", [{"configMap": volume.get("configMap")}])
+        for source in sources:
+            ref = source.get("configMap")
+            if not ref:
+                continue
+            data = configmaps[ref["name"]]["data"]
+            items = ref.get("items") or [{"key": key, "path": key} for key in data]
+            for item in items:
+                files[f"{mounts[volume['name']]}/{item['path']}"] = data[item["key"]]
+    return files
+
+
 def _settings_from(
-    container: dict[str, Any], docs: Docs, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    pod: dict[str, Any], docs: Docs, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Settings:
     for name in list(os.environ):
         if name.startswith("OLP_"):
             monkeypatch.delenv(name)
+    container = pod["containers"][0]
     files = {}
-    for configmap in by_kind(docs, "ConfigMap").values():
-        for key, text in configmap["data"].items():
-            (tmp_path / key).write_text(text, encoding="utf-8")
-            files[f"/etc/olp/{key}"] = str(tmp_path / key)
+    for index, (path, text) in enumerate(mounted_configmap_files(pod, container, docs).items()):
+        local = tmp_path / f"{index}-{Path(path).name}"
+        local.write_text(text, encoding="utf-8")
+        files[path] = str(local)
     for name, entry in env_of(container).items():
         if "value" in entry:
             value = files.get(entry["value"], entry["value"])
@@ -463,7 +511,7 @@ def test_rendered_configuration_loads(
     _, docs, overrides = rendered
     values = _merged(VALUES, overrides)
     for doc, pod in pod_specs(docs):
-        settings = _settings_from(pod["containers"][0], docs, monkeypatch, tmp_path)
+        settings = _settings_from(pod, docs, monkeypatch, tmp_path)
         where = doc["metadata"]["name"]
         assert settings.kafka.bootstrap_servers == values["kafka"]["bootstrapServers"], where
         assert settings.kafka.security_protocol == values["kafka"]["securityProtocol"], where
@@ -471,6 +519,9 @@ def test_rendered_configuration_loads(
         assert settings.kafka.producer_max_batch_size == values["kafka"]["producerMaxBatchSize"], where
         assert settings.topic_prefix == values["topicPrefix"], where
         assert settings.app_id == values["appId"], where
+        # The Kafka client settings reach every pod through its config file (the hook Job's too).
+        for key, value in values["kafka"]["config"].items():
+            assert getattr(settings.kafka, key) == value, f"{where} kafka.{key}"
         if doc["kind"] == "Deployment":
             assert set(settings.feeds) == set(values["config"]["feeds"]), where
             catalog = load_catalog(settings.catalog_path)
@@ -478,8 +529,21 @@ def test_rendered_configuration_loads(
         if where == "olp-policy-store":
             assert settings.policy_store_host == "0.0.0.0"
             assert settings.learner.snapshot_path == Path(values["policyStore"]["snapshotPath"])
-        elif doc["kind"] == "Deployment":
+        elif where in WORKERS:
             assert settings.policy_store_host == "olp-policy-store"
+        elif where == "olp-ingest":
+            assert (settings.ingest.host, settings.ingest.port) == ("0.0.0.0", values["ingest"]["port"])
+            assert settings.ingest.token is not None
+            assert settings.ingest.token.get_secret_value() == "value-from-secret"
+            limits = values["config"]["ingest"]["limits"]["default"]
+            assert settings.ingest.limits_for("default").rate_per_s == limits["rate_per_s"]
+            assert [s.url for s in settings.ingest.news] == [s["url"] for s in values["config"]["ingest"]["news"]]
+        elif where == "olp-documents":
+            assert (settings.documents.host, settings.documents.port) == ("0.0.0.0", values["documents"]["port"])
+            assert settings.documents.read_token is not None
+            assert settings.documents.webhook is not None
+            assert settings.documents.webhook.url == values["config"]["documents"]["webhook"]["url"]
+            assert settings.documents.webhook.token is not None
         if values["kafka"]["securityProtocol"].startswith("SASL_"):
             assert settings.kafka.sasl_password is not None
             assert settings.kafka.sasl_password.get_secret_value() == "value-from-secret"
@@ -487,7 +551,7 @@ def test_rendered_configuration_loads(
 
 def test_otel_settings(production_docs: Docs, default_docs: Docs) -> None:
     services = set()
-    for _, pod in pod_specs(production_docs):
+    for doc, pod in pod_specs(production_docs):
         env = env_of(pod["containers"][0])
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == PROD_VALUES["otel"]["endpoint"]
         assert "OTEL_SDK_DISABLED" not in env
@@ -495,11 +559,37 @@ def test_otel_settings(production_docs: Docs, default_docs: Docs) -> None:
         assert attributes["k8s.pod.name"] == "$(K8S_POD_NAME)"
         assert attributes["deployment.environment.name"] == "production"
         services.add(env["OTEL_SERVICE_NAME"]["value"])
-    assert services == {"olp-splitter", "olp-llm-roles", "olp-format", "olp-policy-store", "olp-topics"}
+        # metrics.enabled: the processes that serve /metrics also read metrics for Prometheus.
+        serves_metrics = doc["metadata"]["name"] in {*WORKERS, "olp-policy-store"}
+        assert env.get("OTEL_METRICS_EXPORTER", {}).get("value") == ("otlp,prometheus" if serves_metrics else None)
+    assert services == {
+        "olp-splitter",
+        "olp-llm-roles",
+        "olp-format",
+        "olp-policy-store",
+        "olp-topics",
+        "olp-ingest",
+        "olp-documents",
+    }
     for _, pod in pod_specs(default_docs):
         env = env_of(pod["containers"][0])
         assert env["OTEL_SDK_DISABLED"]["value"] == "true"
         assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
+        assert "OTEL_METRICS_EXPORTER" not in env
+
+
+def test_prometheus_metrics_without_otlp() -> None:
+    """Prometheus alone needs the SDK on (OTEL_SDK_DISABLED would turn the reader off too) and
+    traces off."""
+    docs = render("--set", "metrics.enabled=true")
+    for doc, pod in pod_specs(docs):
+        env = {name: e.get("value") for name, e in env_of(pod["containers"][0]).items()}
+        if doc["metadata"]["name"] == "olp-topics":
+            assert env["OTEL_SDK_DISABLED"] == "true"
+            continue
+        assert env["OTEL_METRICS_EXPORTER"] == "prometheus"
+        assert env["OTEL_TRACES_EXPORTER"] == "none"
+        assert "OTEL_SDK_DISABLED" not in env
 
 
 # --- topics ----------------------------------------------------------------------------------
@@ -704,7 +794,11 @@ def test_schema_mirrors_the_application_models() -> None:
     # The snapshot path is a chart value (an environment variable), not a config file entry.
     assert set(learner) == set(LearnerSettings.model_fields) - {"snapshot_path"}
     assert set(SCHEMA["properties"]["config"]["properties"]) <= set(Settings.model_fields)
-    assert set(defs["catalogModel"]["properties"]) == set(ModelSpec.model_fields)
+    # The catalog entries: every ModelSpec field, plus the request-dialect fields that replace the
+    # boolean json_schema (structured_output & co.) while both forms exist across branches.
+    catalog_fields = set(defs["catalogModel"]["properties"])
+    assert set(ModelSpec.model_fields) <= catalog_fields
+    assert catalog_fields - set(ModelSpec.model_fields) <= DIALECT_FIELDS | {"json_schema"}
     assert set(SCHEMA["properties"]["catalog"]["properties"]) == set(Catalog.model_fields)
     assert set(defs["role"]["enum"]) == ALL_ROLES
 
