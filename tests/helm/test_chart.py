@@ -1,13 +1,17 @@
 """Tests of the Helm chart in deploy/helm/olp (spec section 7 "Helm chart"; STYLE item 11).
 
-`helm lint` and `helm template` with the default values and with a production-like values file
-(tests/helm/values-production.yaml), then checks on the rendered objects: hardened, resourced and
-probed containers; secrets only by reference; the environment the chart sets is exactly what
-olp.settings reads and it loads; topic names agree with olp.topics; values.schema.json rejects bad
-values; values.yaml, values.schema.json and the README table agree.
+`helm lint` and `helm template` with the default values, a production-like values file
+(tests/helm/values-production.yaml) and the production example (examples/values-production.yaml),
+then checks on the rendered objects: hardened, resourced and probed containers; secrets only by
+reference; the feed services, NetworkPolicies, ServiceMonitors and Kafka volumes; the environment
+and config file the chart sets are exactly what olp.settings reads and they load; topic names agree
+with olp.topics; values.schema.json rejects bad values; values.yaml, values.schema.json and the
+README table agree; every manifest matches the Kubernetes API schemas (kubernetes-validate) and a
+checkov scan fails only the checks listed with their reasons.
 
-Needs the helm binary at .tools/helm (`bash scripts/install-helm.sh`, which CI runs); tests that
-need it skip with that reason when it is absent.
+Needs the helm binary at .tools/helm (`bash scripts/install-helm.sh`, which CI runs) and, for the
+scan, checkov on PATH or at .tools/checkov (`bash deploy/helm/tools/install-checkov.sh`); tests
+that need them skip with that reason when they are absent.
 """
 
 from __future__ import annotations
