@@ -952,8 +952,14 @@ def test_egress_opens_the_configured_ports(default_docs: Docs, production_docs: 
     assert ((), {8000}) in default  # the catalog's model server
     production = _egress_ports(by_kind(production_docs, "NetworkPolicy")["olp-egress"])
     assert ((), {9096}) in production  # MSK's SASL port, from kafka.bootstrapServers
-    assert ((), {8081, 443, 8000}) in production  # the schema registry and the model endpoints
+    assert ((), {8081, 443, 8000}) in production  # registry, models, news feed and webhook (443)
     assert ((), {4318}) in production  # the OTLP collector
+    webhook_on_9000 = render(
+        "-f", PRODUCTION, "--set", "config.documents.webhook.url=http://hooks.internal:9000/x"
+    )
+    assert ((), {8081, 443, 8000, 9000}) in _egress_ports(
+        by_kind(webhook_on_9000, "NetworkPolicy")["olp-egress"]
+    )
     for rule in PROD_VALUES["networkPolicy"]["egress"]["rules"]:
         assert rule in by_kind(production_docs, "NetworkPolicy")["olp-egress"]["spec"]["egress"]
     example = render("-f", EXAMPLE)
