@@ -1,13 +1,17 @@
 """Tests of the Helm chart in deploy/helm/olp (spec section 7 "Helm chart"; STYLE item 11).
 
-`helm lint` and `helm template` with the default values and with a production-like values file
-(tests/helm/values-production.yaml), then checks on the rendered objects: hardened, resourced and
-probed containers; secrets only by reference; the environment the chart sets is exactly what
-olp.settings reads and it loads; topic names agree with olp.topics; values.schema.json rejects bad
-values; values.yaml, values.schema.json and the README table agree.
+`helm lint` and `helm template` with the default values, a production-like values file
+(tests/helm/values-production.yaml) and the production example (examples/values-production.yaml),
+then checks on the rendered objects: hardened, resourced and probed containers; secrets only by
+reference; the feed services, NetworkPolicies, ServiceMonitors and Kafka volumes; the environment
+and config file the chart sets are exactly what olp.settings reads and they load; topic names agree
+with olp.topics; values.schema.json rejects bad values; values.yaml, values.schema.json and the
+README table agree; every manifest matches the Kubernetes API schemas (kubernetes-validate) and a
+checkov scan fails only the checks listed with their reasons.
 
-Needs the helm binary at .tools/helm (`bash scripts/install-helm.sh`, which CI runs); tests that
-need it skip with that reason when it is absent.
+Needs the helm binary at .tools/helm (`bash scripts/install-helm.sh`, which CI runs) and, for the
+scan, checkov on PATH or at .tools/checkov (`bash deploy/helm/tools/install-checkov.sh`); tests
+that need them skip with that reason when they are absent.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,16 +33,22 @@ import yaml
 from pydantic import BaseModel
 
 from olp.catalog import Catalog, ModelSpec, load_catalog
-from olp.settings import FeedSettings, LearnerSettings, Settings, load_settings
+from olp.service_settings import DocumentsSettings, IngestSettings, WebhookSettings
+from olp.settings import FeedSettings, KafkaSettings, LearnerSettings, Settings, load_settings
 from olp.topics import TopicNames
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "olp"
 HELM = REPO / ".tools" / "helm"
 PRODUCTION = Path(__file__).resolve().parent / "values-production.yaml"
+EXAMPLE = CHART / "examples" / "values-production.yaml"
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
 SCHEMA = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
 PROD_VALUES = yaml.safe_load(PRODUCTION.read_text(encoding="utf-8"))
+EXAMPLE_VALUES = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+WORKERS = {"olp-splitter", "olp-llm-roles", "olp-format"}
+FEED_SERVICES = {"olp-ingest": 8643, "olp-documents": 8644}
+"""The feed services' Deployments and their ports (olp/service_settings.py defaults)."""
 
 ALL_ROLES = {
     "chunk_splitter",
@@ -55,6 +67,8 @@ ROLE_INPUTS = {
     "format_checker": ["organized"],
 }
 UID = 10001
+DIALECT_FIELDS = {"structured_output", "token_limit_field", "temperature", "azure"}
+"""Catalog fields of the per-model request dialect (olp/catalog.py once the endpoints work lands)."""
 Docs = list[dict[str, Any]]
 Rendered = tuple[str, Docs, dict[str, Any]]  # (name, rendered objects, the values file's overrides)
 
@@ -113,16 +127,27 @@ def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The settings model an annotation holds (`Model` or `Model | None`), if any."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _env_names(model: type[BaseModel], prefix: str) -> set[str]:
+    names = set()
+    for name, field in model.model_fields.items():
+        nested = _model_of(field.annotation)
+        env = f"{prefix}{name}".upper()
+        names |= _env_names(nested, f"{env}__") if nested else {env}
+    return names
+
+
 def settings_env_names() -> set[str]:
     """Every environment variable olp.settings reads (prefix OLP_, nesting with __)."""
-    names = set()
-    for name, field in Settings.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            names |= {f"OLP_{name}__{sub}".upper() for sub in annotation.model_fields}
-        else:
-            names.add(f"OLP_{name}".upper())
-    return names | {"OLP_CONFIG_FILE"}  # read by the settings' YAML source, not a field
+    # OLP_CONFIG_FILE is read by the settings' YAML source, not a field.
+    return _env_names(Settings, "OLP_") | {"OLP_CONFIG_FILE"}
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +191,8 @@ def test_notes_render(extra: list[str]) -> None:
 
 def test_default_render_has_the_expected_objects(default_docs: Docs) -> None:
     deployments = by_kind(default_docs, "Deployment")
-    assert set(deployments) == {"olp-splitter", "olp-llm-roles", "olp-format", "olp-policy-store"}
-    assert set(by_kind(default_docs, "ConfigMap")) == {"olp-catalog", "olp-config"}
+    assert set(deployments) == {*WORKERS, "olp-policy-store"}  # the feed services are opt-in
+    assert set(by_kind(default_docs, "ConfigMap")) == {"olp-catalog", "olp-config", "olp-topics-config"}
     assert set(by_kind(default_docs, "Service")) == {"olp-policy-store"}
     assert set(by_kind(default_docs, "PersistentVolumeClaim")) == {"olp-policy-store"}
     assert set(by_kind(default_docs, "PodDisruptionBudget")) == {
@@ -177,8 +202,13 @@ def test_default_render_has_the_expected_objects(default_docs: Docs) -> None:
     }
     assert set(by_kind(default_docs, "ServiceAccount")) == {"olp"}
     assert set(by_kind(default_docs, "Job")) == {"olp-topics"}
-    absent = ("HorizontalPodAutoscaler", "ScaledObject", "TriggerAuthentication", "NetworkPolicy", "Secret")
-    for kind in absent:
+    assert set(by_kind(default_docs, "NetworkPolicy")) == {
+        "olp-default-deny-ingress",
+        "olp-policy-store",
+        "olp-egress",
+    }
+    absent = ("HorizontalPodAutoscaler", "ScaledObject", "TriggerAuthentication", "ServiceMonitor")
+    for kind in (*absent, "Ingress", "Secret"):
         assert not by_kind(default_docs, kind), kind
     for name in ("olp-splitter", "olp-llm-roles", "olp-format"):
         assert deployments[name]["spec"]["replicas"] == 1
@@ -198,6 +228,9 @@ def test_production_render_scales_and_isolates(production_docs: Docs) -> None:
     assert set(by_kind(production_docs, "NetworkPolicy")) == {
         "olp-default-deny-ingress",
         "olp-policy-store",
+        "olp-ingest",
+        "olp-documents",
+        "olp-metrics",
         "olp-egress",
     }
     image = deployments["olp-policy-store"]["spec"]["template"]["spec"]["containers"][0]["image"]
@@ -242,7 +275,7 @@ def test_long_running_containers_have_probes(rendered: Rendered) -> None:
     for name, deployment in by_kind(docs, "Deployment").items():
         for container in containers(deployment["spec"]["template"]["spec"]):
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-            expected_port = 8642 if name.endswith("policy-store") else 6066
+            expected_port = 8642 if name.endswith("policy-store") else FEED_SERVICES.get(name, 6066)
             assert ports["http"] == expected_port, name
             probes = {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/healthz"}
             for probe, path in probes.items():
@@ -344,7 +377,7 @@ def test_production_secrets_come_from_the_named_existing_secrets(production_docs
         assert {"name": kafka["tls"]["caSecret"], "items": [{"key": "ca.crt", "path": "kafka/ca.crt"}]} in [
             s["secret"] for s in etc if "secret" in s
         ]
-        if doc["kind"] == "Deployment":
+        if doc["metadata"]["name"] in {*WORKERS, "olp-policy-store"}:  # the model callers
             for var in PROD_VALUES["modelApiKeys"]["envVars"]:
                 assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "olp-model-keys", "key": var}
     policy_store = by_kind(production_docs, "Deployment")["olp-policy-store"]["spec"]["template"]["spec"]
@@ -432,17 +465,38 @@ def test_values_comments_name_real_settings() -> None:
     assert named and named <= settings_env_names(), named - settings_env_names()
 
 
+def mounted_configmap_files(pod: dict[str, Any], container: dict[str, Any], docs: Docs) -> dict[str, str]:
+    """Path in the container -> text, for every file a ConfigMap of the render puts there."""
+    configmaps = by_kind(docs, "ConfigMap")
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    files = {}
+    for volume in pod["volumes"]:
+        if volume["name"] not in mounts:
+            continue
+        sources = volume.get("projected", {}).get("sources", [{"configMap": volume.get("configMap")}])
+        for source in sources:
+            ref = source.get("configMap")
+            if not ref:
+                continue
+            data = configmaps[ref["name"]]["data"]
+            items = ref.get("items") or [{"key": key, "path": key} for key in data]
+            for item in items:
+                files[f"{mounts[volume['name']]}/{item['path']}"] = data[item["key"]]
+    return files
+
+
 def _settings_from(
-    container: dict[str, Any], docs: Docs, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    pod: dict[str, Any], docs: Docs, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Settings:
     for name in list(os.environ):
         if name.startswith("OLP_"):
             monkeypatch.delenv(name)
+    container = pod["containers"][0]
     files = {}
-    for configmap in by_kind(docs, "ConfigMap").values():
-        for key, text in configmap["data"].items():
-            (tmp_path / key).write_text(text, encoding="utf-8")
-            files[f"/etc/olp/{key}"] = str(tmp_path / key)
+    for index, (path, text) in enumerate(mounted_configmap_files(pod, container, docs).items()):
+        local = tmp_path / f"{index}-{Path(path).name}"
+        local.write_text(text, encoding="utf-8")
+        files[path] = str(local)
     for name, entry in env_of(container).items():
         if "value" in entry:
             value = files.get(entry["value"], entry["value"])
@@ -463,7 +517,7 @@ def test_rendered_configuration_loads(
     _, docs, overrides = rendered
     values = _merged(VALUES, overrides)
     for doc, pod in pod_specs(docs):
-        settings = _settings_from(pod["containers"][0], docs, monkeypatch, tmp_path)
+        settings = _settings_from(pod, docs, monkeypatch, tmp_path)
         where = doc["metadata"]["name"]
         assert settings.kafka.bootstrap_servers == values["kafka"]["bootstrapServers"], where
         assert settings.kafka.security_protocol == values["kafka"]["securityProtocol"], where
@@ -471,6 +525,9 @@ def test_rendered_configuration_loads(
         assert settings.kafka.producer_max_batch_size == values["kafka"]["producerMaxBatchSize"], where
         assert settings.topic_prefix == values["topicPrefix"], where
         assert settings.app_id == values["appId"], where
+        # The Kafka client settings reach every pod through its config file (the hook Job's too).
+        for key, value in values["kafka"]["config"].items():
+            assert getattr(settings.kafka, key) == value, f"{where} kafka.{key}"
         if doc["kind"] == "Deployment":
             assert set(settings.feeds) == set(values["config"]["feeds"]), where
             catalog = load_catalog(settings.catalog_path)
@@ -478,8 +535,23 @@ def test_rendered_configuration_loads(
         if where == "olp-policy-store":
             assert settings.policy_store_host == "0.0.0.0"
             assert settings.learner.snapshot_path == Path(values["policyStore"]["snapshotPath"])
-        elif doc["kind"] == "Deployment":
+        elif where in WORKERS:
             assert settings.policy_store_host == "olp-policy-store"
+        elif where == "olp-ingest":
+            assert (settings.ingest.host, settings.ingest.port) == ("0.0.0.0", values["ingest"]["port"])
+            assert settings.ingest.token is not None
+            assert settings.ingest.token.get_secret_value() == "value-from-secret"
+            limits = values["config"]["ingest"]["limits"]["default"]
+            assert settings.ingest.limits_for("default").rate_per_s == limits["rate_per_s"]
+            news = values["config"]["ingest"]["news"]
+            assert [s.url for s in settings.ingest.news] == [s["url"] for s in news]
+        elif where == "olp-documents":
+            documents = settings.documents
+            assert (documents.host, documents.port) == ("0.0.0.0", values["documents"]["port"])
+            assert settings.documents.read_token is not None
+            assert settings.documents.webhook is not None
+            assert settings.documents.webhook.url == values["config"]["documents"]["webhook"]["url"]
+            assert settings.documents.webhook.token is not None
         if values["kafka"]["securityProtocol"].startswith("SASL_"):
             assert settings.kafka.sasl_password is not None
             assert settings.kafka.sasl_password.get_secret_value() == "value-from-secret"
@@ -487,7 +559,7 @@ def test_rendered_configuration_loads(
 
 def test_otel_settings(production_docs: Docs, default_docs: Docs) -> None:
     services = set()
-    for _, pod in pod_specs(production_docs):
+    for doc, pod in pod_specs(production_docs):
         env = env_of(pod["containers"][0])
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == PROD_VALUES["otel"]["endpoint"]
         assert "OTEL_SDK_DISABLED" not in env
@@ -495,11 +567,38 @@ def test_otel_settings(production_docs: Docs, default_docs: Docs) -> None:
         assert attributes["k8s.pod.name"] == "$(K8S_POD_NAME)"
         assert attributes["deployment.environment.name"] == "production"
         services.add(env["OTEL_SERVICE_NAME"]["value"])
-    assert services == {"olp-splitter", "olp-llm-roles", "olp-format", "olp-policy-store", "olp-topics"}
+        # metrics.enabled: the processes that serve /metrics also read metrics for Prometheus.
+        serves_metrics = doc["metadata"]["name"] in {*WORKERS, "olp-policy-store"}
+        exporter = env.get("OTEL_METRICS_EXPORTER", {}).get("value")
+        assert exporter == ("otlp,prometheus" if serves_metrics else None)
+    assert services == {
+        "olp-splitter",
+        "olp-llm-roles",
+        "olp-format",
+        "olp-policy-store",
+        "olp-topics",
+        "olp-ingest",
+        "olp-documents",
+    }
     for _, pod in pod_specs(default_docs):
         env = env_of(pod["containers"][0])
         assert env["OTEL_SDK_DISABLED"]["value"] == "true"
         assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
+        assert "OTEL_METRICS_EXPORTER" not in env
+
+
+def test_prometheus_metrics_without_otlp() -> None:
+    """Prometheus alone needs the SDK on (OTEL_SDK_DISABLED would turn the reader off too) and
+    traces off."""
+    docs = render("--set", "metrics.enabled=true")
+    for doc, pod in pod_specs(docs):
+        env = {name: e.get("value") for name, e in env_of(pod["containers"][0]).items()}
+        if doc["metadata"]["name"] == "olp-topics":
+            assert env["OTEL_SDK_DISABLED"] == "true"
+            continue
+        assert env["OTEL_METRICS_EXPORTER"] == "prometheus"
+        assert env["OTEL_TRACES_EXPORTER"] == "none"
+        assert "OTEL_SDK_DISABLED" not in env
 
 
 # --- topics ----------------------------------------------------------------------------------
@@ -704,7 +803,12 @@ def test_schema_mirrors_the_application_models() -> None:
     # The snapshot path is a chart value (an environment variable), not a config file entry.
     assert set(learner) == set(LearnerSettings.model_fields) - {"snapshot_path"}
     assert set(SCHEMA["properties"]["config"]["properties"]) <= set(Settings.model_fields)
-    assert set(defs["catalogModel"]["properties"]) == set(ModelSpec.model_fields)
+    # The catalog entries: every ModelSpec field but the boolean json_schema, which the request
+    # dialect fields (structured_output & co.) replace; once ModelSpec has them all, this is equality.
+    catalog_fields = set(defs["catalogModel"]["properties"])
+    app_fields = set(ModelSpec.model_fields) - {"json_schema"}
+    assert app_fields <= catalog_fields
+    assert catalog_fields - app_fields <= DIALECT_FIELDS
     assert set(SCHEMA["properties"]["catalog"]["properties"]) == set(Catalog.model_fields)
     assert set(defs["role"]["enum"]) == ALL_ROLES
 
@@ -716,3 +820,330 @@ def test_install_script_is_idempotent() -> None:
     result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert "nothing to do" in result.stdout
+
+
+# --- the feed services -----------------------------------------------------------------------
+
+
+def test_feed_services(production_docs: Docs) -> None:
+    """`olp ingest-server` and `olp documents-server`: on the pod's addresses, token from its
+    Secret, a Service and a PDB selecting exactly their pods, an Ingress when asked for."""
+    deployments = by_kind(production_docs, "Deployment")
+    services = by_kind(production_docs, "Service")
+    pdbs = by_kind(production_docs, "PodDisruptionBudget")
+    tokens = {
+        "olp-ingest": {"OLP_INGEST__TOKEN": {"name": "olp-ingest-token", "key": "token"}},
+        "olp-documents": {
+            "OLP_DOCUMENTS__READ_TOKEN": {"name": "olp-documents-token", "key": "token"},
+            "OLP_DOCUMENTS__WEBHOOK__TOKEN": {"name": "olp-webhook-token", "key": "token"},
+        },
+    }
+    for name, port in FEED_SERVICES.items():
+        deployment = deployments[name]
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector["app.kubernetes.io/component"] == name.removeprefix("olp-")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert [*container["command"], *container["args"]] == ["olp", f"{name.removeprefix('olp-')}-server"]
+        env = env_of(container)
+        prefix = f"OLP_{name.removeprefix('olp-').upper()}__"
+        assert env[f"{prefix}HOST"]["value"] == "0.0.0.0"
+        assert env[f"{prefix}PORT"]["value"] == str(port)
+        for var, ref in tokens[name].items():
+            assert env[var]["valueFrom"]["secretKeyRef"] == ref, var
+        assert services[name]["spec"]["selector"] == selector
+        assert services[name]["spec"]["ports"] == [
+            {"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}
+        ]
+        assert pdbs[name]["spec"]["selector"]["matchLabels"] == selector
+    assert deployments["olp-ingest"]["spec"]["replicas"] == PROD_VALUES["ingest"]["replicas"]
+    ingress = by_kind(production_docs, "Ingress")
+    assert set(ingress) == {"olp-ingest"}
+    rule = ingress["olp-ingest"]["spec"]["rules"][0]
+    assert rule["host"] == "ingest.example.com"
+    assert rule["http"]["paths"][0]["backend"]["service"] == {"name": "olp-ingest", "port": {"name": "http"}}
+    assert ingress["olp-ingest"]["spec"]["tls"] == PROD_VALUES["ingest"]["ingress"]["tls"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (sets("ingest.enabled=true"), "ingest.token.existingSecret"),
+        (sets("documents.enabled=true"), "documents.readToken.existingSecret"),
+        (sets("networkPolicy.enabled=false"), "policyStore.apiToken.existingSecret"),
+        (sets("metrics.serviceMonitor.enabled=true"), "needs metrics.enabled"),
+        (sets("schemaRegistryUrl=http://r:8081", "schemaRegistry.existingSecret=reg"), "not both"),
+    ],
+)
+def test_unprotected_services_do_not_render(setting: list[str], message: str) -> None:
+    """A service on the pod's addresses without its token (or, for the policy store, without
+    the NetworkPolicy in front of it) is refused, as is a half-configured option."""
+    result = helm("template", "olp", CHART, *setting)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_policy_store_without_network_policy_needs_its_token() -> None:
+    docs = render("--set", "networkPolicy.enabled=false", "--set", "policyStore.apiToken.existingSecret=t")
+    assert not by_kind(docs, "NetworkPolicy")
+
+
+# --- network policies ------------------------------------------------------------------------
+
+
+def _ingress_rules(policy: dict[str, Any]) -> Docs:
+    rules: Docs = policy["spec"].get("ingress", [])
+    for rule in rules:
+        assert rule["from"], "an ingress rule without `from` would admit everyone"
+        assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    return rules
+
+
+def test_network_policies_admit_only_the_configured_peers(production_docs: Docs) -> None:
+    policies = by_kind(production_docs, "NetworkPolicy")
+    release = {
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "olp", "app.kubernetes.io/instance": "olp"}}
+    }
+    deny = policies["olp-default-deny-ingress"]["spec"]
+    assert deny["podSelector"] == release["podSelector"] and "ingress" not in deny
+    network = PROD_VALUES["networkPolicy"]
+    expected = {
+        "olp-policy-store": [release, *network["ingressFrom"]],
+        "olp-ingest": network["ingestFrom"],
+        "olp-documents": network["documentsFrom"],
+        "olp-metrics": network["metricsFrom"],
+    }
+    for name, peers in expected.items():
+        assert [rule["from"] for rule in _ingress_rules(policies[name])] == [peers], name
+    deployments = by_kind(production_docs, "Deployment")
+    for name in ("olp-policy-store", "olp-ingest", "olp-documents"):
+        selector = policies[name]["spec"]["podSelector"]["matchLabels"]
+        assert selector == deployments[name]["spec"]["selector"]["matchLabels"], name
+    # /metrics: the workers and the policy store, not the feed services (they serve none).
+    scraped = policies["olp-metrics"]["spec"]["podSelector"]["matchExpressions"]
+    assert {
+        "key": "app.kubernetes.io/component",
+        "operator": "NotIn",
+        "values": ["ingest", "documents", "topics"],
+    } in scraped
+
+
+def test_feed_services_are_closed_until_clients_are_named() -> None:
+    docs = render(
+        "--set", "ingest.enabled=true", "--set", "ingest.token.existingSecret=t",
+        "--set", "documents.enabled=true", "--set", "documents.readToken.existingSecret=r",
+    )  # fmt: skip
+    policies = by_kind(docs, "NetworkPolicy")
+    assert "olp-ingest" not in policies and "olp-documents" not in policies  # only the deny-all applies
+    assert "olp-default-deny-ingress" in policies
+
+
+def _egress_ports(policy: dict[str, Any]) -> list[tuple[tuple[str, ...], set[int]]]:
+    """(peers as YAML, ports) per egress rule."""
+    return [
+        (tuple(yaml.safe_dump(p) for p in rule.get("to", [])), {p["port"] for p in rule.get("ports", [])})
+        for rule in policy["spec"]["egress"]
+    ]
+
+
+def test_egress_opens_the_configured_ports(default_docs: Docs, production_docs: Docs) -> None:
+    default = _egress_ports(by_kind(default_docs, "NetworkPolicy")["olp-egress"])
+    assert ((), {53}) in default  # DNS
+    assert ((), {9092}) in default  # kafka.bootstrapServers
+    assert ((), {8000}) in default  # the catalog's model server
+    production = _egress_ports(by_kind(production_docs, "NetworkPolicy")["olp-egress"])
+    assert ((), {9096}) in production  # MSK's SASL port, from kafka.bootstrapServers
+    assert ((), {8081, 443, 8000}) in production  # registry, models, news feed and webhook (443)
+    assert ((), {4318}) in production  # the OTLP collector
+    webhook_on_9000 = render(
+        "-f", PRODUCTION, "--set", "config.documents.webhook.url=http://hooks.internal:9000/x"
+    )
+    assert ((), {8081, 443, 8000, 9000}) in _egress_ports(
+        by_kind(webhook_on_9000, "NetworkPolicy")["olp-egress"]
+    )
+    for rule in PROD_VALUES["networkPolicy"]["egress"]["rules"]:
+        assert rule in by_kind(production_docs, "NetworkPolicy")["olp-egress"]["spec"]["egress"]
+    example = render("-f", EXAMPLE)
+    peers = _egress_ports(by_kind(example, "NetworkPolicy")["olp-egress"])
+    kafka_to = tuple(yaml.safe_dump(p) for p in EXAMPLE_VALUES["networkPolicy"]["egress"]["kafkaTo"])
+    otel_to = tuple(yaml.safe_dump(p) for p in EXAMPLE_VALUES["networkPolicy"]["egress"]["otelTo"])
+    assert (kafka_to, {9093}) in peers and (otel_to, {4318}) in peers
+
+
+# --- metrics, registry credentials, Kafka client settings and certificates --------------------
+
+
+def test_service_monitors(production_docs: Docs) -> None:
+    monitors = by_kind(production_docs, "ServiceMonitor")
+    services = by_kind(production_docs, "Service")
+    assert set(monitors) == {*WORKERS, "olp-policy-store"}
+    for name, monitor in monitors.items():
+        assert monitor["metadata"]["labels"]["release"] == "prometheus"
+        assert monitor["spec"]["endpoints"][0]["port"] == "http"
+        assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["olp"]}
+        service = services[name]  # a worker group gets a Service for its scrapes
+        labels = service["metadata"]["labels"]
+        assert all(labels[k] == v for k, v in monitor["spec"]["selector"]["matchLabels"].items()), name
+        assert service["spec"]["ports"][0]["port"] == (8642 if name == "olp-policy-store" else 6066)
+
+
+def test_schema_registry_url_from_a_secret() -> None:
+    docs = render("--set", "schemaRegistry.existingSecret=registry", "--set", "schemaRegistry.urlKey=u")
+    for _, pod in pod_specs(docs):
+        entry = env_of(pod["containers"][0])["OLP_SCHEMA_REGISTRY_URL"]
+        assert entry == {
+            "name": "OLP_SCHEMA_REGISTRY_URL",
+            "valueFrom": {"secretKeyRef": {"name": "registry", "key": "u"}},
+        }
+
+
+def test_kafka_volumes_reach_every_pod(production_docs: Docs) -> None:
+    volume = PROD_VALUES["kafka"]["extraVolumes"][0]
+    mount = PROD_VALUES["kafka"]["extraVolumeMounts"][0]
+    seen = set()
+    for doc, pod in pod_specs(production_docs):
+        assert volume in pod["volumes"], doc["metadata"]["name"]
+        assert mount in pod["containers"][0]["volumeMounts"], doc["metadata"]["name"]
+        seen.add(doc["metadata"]["name"])
+    assert seen == {*WORKERS, *FEED_SERVICES, "olp-policy-store", "olp-topics"}
+
+
+def test_every_kafka_setting_is_reachable_from_the_values() -> None:
+    """Each KafkaSettings field has a value: a dedicated one (connection, secrets, topics) or a
+    key of kafka.config, which the schema lists exactly."""
+    dedicated = {
+        "bootstrap_servers",
+        "security_protocol",
+        "sasl_mechanism",
+        "sasl_username",
+        "sasl_password",
+        "ssl_cafile",
+        "partitions",
+        "replication_factor",
+        "producer_max_batch_size",
+    }
+    config = set(SCHEMA["properties"]["kafka"]["properties"]["config"]["properties"])
+    assert config == set(KafkaSettings.model_fields) - dedicated
+    assert set(VALUES["kafka"]["config"]) <= config
+
+
+def test_config_file_service_sections_mirror_the_application() -> None:
+    """config.ingest / config.documents take every field but those the chart sets itself."""
+    sections = SCHEMA["properties"]["config"]["properties"]
+    assert set(sections["ingest"]["properties"]) == set(IngestSettings.model_fields) - {
+        "host",
+        "port",
+        "token",
+    }
+    assert set(sections["documents"]["properties"]) == set(DocumentsSettings.model_fields) - {
+        "host",
+        "port",
+        "read_token",
+    }
+    webhook = sections["documents"]["properties"]["webhook"]["oneOf"][0]["properties"]
+    assert set(webhook) == set(WebhookSettings.model_fields) - {"token"}
+
+
+# --- the production example, Kubernetes API schemas and a security scan ----------------------
+
+
+def test_production_example_renders_every_service() -> None:
+    docs = render("-f", EXAMPLE)
+    assert set(by_kind(docs, "Deployment")) == {*WORKERS, *FEED_SERVICES, "olp-policy-store"}
+    assert set(by_kind(docs, "Ingress")) == set(FEED_SERVICES)
+    env = env_of(by_kind(docs, "Deployment")["olp-splitter"]["spec"]["template"]["spec"]["containers"][0])
+    kafka = EXAMPLE_VALUES["kafka"]
+    assert (kafka["securityProtocol"], kafka["sasl"]["mechanism"]) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert env["OLP_KAFKA__SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "olp", "key": "password"}
+    assert env["OLP_KAFKA__SSL_CAFILE"]["value"] == "/etc/olp/kafka/ca.crt"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == EXAMPLE_VALUES["otel"]["endpoint"]
+    catalog = yaml.safe_load(by_kind(docs, "ConfigMap")["olp-catalog"]["data"]["catalog.yaml"])
+    assert {m["structured_output"] for m in catalog["models"]} == {"json_schema"}
+    assert all(m["base_url"] == "https://api.openai.com/v1" for m in catalog["models"])
+
+
+def test_production_example_catalog_loads(tmp_path: Path) -> None:
+    if "structured_output" not in ModelSpec.model_fields:
+        pytest.skip("the catalog's structured_output field is not in olp.catalog.ModelSpec yet")
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(EXAMPLE_VALUES["catalog"]), encoding="utf-8")
+    assert [m.name for m in load_catalog(path).models] == [
+        m["name"] for m in EXAMPLE_VALUES["catalog"]["models"]
+    ]
+
+
+RENDERINGS = {"default": {}, "production": PROD_VALUES, "example": EXAMPLE_VALUES}
+"""The value sets the scans render: name -> the values file's overrides."""
+
+
+def render_values(name: str) -> str:
+    args = {"default": [], "production": ["-f", PRODUCTION], "example": ["-f", EXAMPLE]}[name]
+    result = helm("template", "olp", CHART, "--namespace", "olp", *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
+"""Custom resources (KEDA, Prometheus operator): no Kubernetes API schema validates them."""
+KUBERNETES_VERSIONS = ("1.25.0", "1.37.0")
+"""The chart's kubeVersion floor and the newest version kubernetes-validate ships schemas for."""
+
+
+@pytest.mark.parametrize("name", list(RENDERINGS))
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_manifests_match_the_kubernetes_api_schemas(name: str, version: str) -> None:
+    """`kubernetes-validate --strict`: every rendered object against the API schemas (unknown
+    fields are errors)."""
+    import kubernetes_validate
+
+    docs = [doc for doc in yaml.safe_load_all(render_values(name)) if doc]
+    checked = 0
+    for doc in docs:
+        if doc["kind"] in CUSTOM_KINDS:
+            continue
+        kubernetes_validate.validate(doc, version, strict=True)  # raises ValidationError
+        checked += 1
+    assert checked >= 15
+
+
+CHECKOV_ACCEPTED = {
+    "CKV_K8S_35": (
+        "Prefer secrets as files over environment variables: the application reads credentials "
+        "from environment variables (olp/settings.py; model keys by the variable the catalog "
+        "names). They come by secretKeyRef, so no secret is in a manifest, a value or the release."
+    ),
+}
+CHECKOV_ACCEPTED_WITH_A_TAG = {
+    "CKV_K8S_43": "Image should use a digest: set image.digest in production (the test values do).",
+    "CKV_K8S_15": "Image pull policy Always: needless with a digest; with a tag, IfNotPresent is chosen.",
+}
+"""Checks that fail only while the image is pinned by tag rather than by `image.digest`."""
+
+
+def _checkov() -> str:
+    for candidate in (shutil.which("checkov"), REPO / ".tools" / "checkov" / "bin" / "checkov"):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    pytest.skip("checkov is not installed: run `bash deploy/helm/tools/install-checkov.sh`")
+
+
+@pytest.mark.parametrize("name", list(RENDERINGS))
+def test_security_scan_finds_only_accepted_checks(name: str, tmp_path: Path) -> None:
+    """checkov's Kubernetes checks on the rendered manifests: every failed check is listed above
+    with its reason, and the scan covers what it should."""
+    checkov = _checkov()
+    (tmp_path / "manifests.yaml").write_text(render_values(name), encoding="utf-8")
+    scan = subprocess.run(
+        [checkov, "-d", str(tmp_path), "--framework", "kubernetes", "--quiet", "--compact", "-o", "json"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    report = json.loads(scan.stdout)
+    failed = {check["check_id"]: check["check_name"] for check in report["results"]["failed_checks"]}
+    accepted = dict(CHECKOV_ACCEPTED)
+    if not _merged(VALUES, RENDERINGS[name])["image"]["digest"]:
+        accepted |= CHECKOV_ACCEPTED_WITH_A_TAG
+    assert set(failed) <= set(accepted), {
+        check: why for check, why in failed.items() if check not in accepted
+    }
+    assert "CKV_K8S_21" not in failed  # every object names its namespace
+    assert report["summary"]["passed"] > 300

@@ -144,6 +144,21 @@ Checks of values the schema cannot express; each fails the render with a readabl
 {{- if and $k.tls.caSecret (not (has $k.securityProtocol (list "SSL" "SASL_SSL"))) }}
 {{- fail (printf "kafka.tls.caSecret is set but kafka.securityProtocol=%s does not use TLS" $k.securityProtocol) }}
 {{- end }}
+{{- if and .Values.schemaRegistryUrl .Values.schemaRegistry.existingSecret }}
+{{- fail "set schemaRegistryUrl or schemaRegistry.existingSecret (the URL with credentials), not both" }}
+{{- end }}
+{{- if and .Values.ingest.enabled (not .Values.ingest.token.existingSecret) }}
+{{- fail "ingest.token.existingSecret (the senders' bearer token) is required when ingest.enabled" }}
+{{- end }}
+{{- if and .Values.documents.enabled (not .Values.documents.readToken.existingSecret) }}
+{{- fail "documents.readToken.existingSecret is required when documents.enabled: the read API listens on the pod's addresses, and transcript text needs a token there" }}
+{{- end }}
+{{- if and (not .Values.networkPolicy.enabled) (not .Values.policyStore.apiToken.existingSecret) }}
+{{- fail "the policy store listens on the pod's addresses: keep networkPolicy.enabled or set policyStore.apiToken.existingSecret" }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) }}
+{{- fail "metrics.serviceMonitor.enabled needs metrics.enabled (the /metrics endpoints)" }}
+{{- end }}
 {{- if and .Values.otel.enabled (not .Values.otel.endpoint) }}
 {{- fail "otel.endpoint (your collector's OTLP endpoint) is required when otel.enabled" }}
 {{- end }}
@@ -229,6 +244,13 @@ Kafka connection variables: every component needs them. Secrets only by referenc
 - name: OLP_SCHEMA_REGISTRY_URL
   value: {{ . | quote }}
 {{- end }}
+{{- with .Values.schemaRegistry.existingSecret }}
+- name: OLP_SCHEMA_REGISTRY_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ . | quote }}
+      key: {{ $.Values.schemaRegistry.urlKey | quote }}
+{{- end }}
 - name: OLP_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
 - name: OLP_DATA_DIR
@@ -254,7 +276,10 @@ Kafka connection variables: every component needs them. Secrets only by referenc
 {{- end }}
 {{- end }}
 
-{{/* OpenTelemetry: call with (dict "root" $ "component" "splitter"). */}}
+{{/*
+OpenTelemetry: call with (dict "root" $ "component" "splitter" "metrics" true|false); `metrics`:
+the component serves /metrics, so metrics.enabled adds the prometheus reader.
+*/}}
 {{- define "olp.env.otel" -}}
 {{- $o := .root.Values.otel }}
 - name: K8S_POD_NAME
@@ -269,6 +294,11 @@ Kafka connection variables: every component needs them. Secrets only by referenc
 {{- end }}
 - name: OTEL_RESOURCE_ATTRIBUTES
   value: {{ join "," $attrs | quote }}
+{{- $prometheus := and .metrics .root.Values.metrics.enabled }}
+{{- if $prometheus }}
+- name: OTEL_METRICS_EXPORTER
+  value: {{ ternary "otlp,prometheus" "prometheus" $o.enabled | quote }}
+{{- end }}
 {{- if $o.enabled }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ $o.endpoint | quote }}
@@ -281,6 +311,9 @@ Kafka connection variables: every component needs them. Secrets only by referenc
       name: {{ . | quote }}
       key: {{ $o.headers.key | quote }}
 {{- end }}
+{{- else if $prometheus }}
+- name: OTEL_TRACES_EXPORTER
+  value: "none"
 {{- else }}
 - name: OTEL_SDK_DISABLED
   value: "true"
@@ -308,6 +341,48 @@ Kafka connection variables: every component needs them. Secrets only by referenc
   mountPath: /tmp
 - name: data
   mountPath: {{ .Values.dataDir }}
+{{- end }}
+
+{{/* kafka.extraVolumes / extraVolumeMounts (client certificates): every pod talks to Kafka. */}}
+{{- define "olp.volumes.kafka" -}}
+{{- with .Values.kafka.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "olp.volumeMounts.kafka" -}}
+{{- with .Values.kafka.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The config file: `config` plus kafka.config as its `kafka:` section (the connection and the
+secrets stay environment variables).
+*/}}
+{{- define "olp.configFile" -}}
+{{- $file := deepCopy .Values.config }}
+{{- with .Values.kafka.config }}
+{{- $_ := set $file "kafka" . }}
+{{- end }}
+{{- toYaml $file }}
+{{- end }}
+
+{{/*
+Port of a URL (explicit, else the scheme's default) and of each host:port of a list, for the
+egress rules.
+*/}}
+{{- define "olp.urlPort" -}}
+{{- $url := urlParse . }}
+{{- $hostPort := splitList ":" $url.host }}
+{{- if gt (len $hostPort) 1 }}{{ last $hostPort }}{{ else if eq $url.scheme "https" }}443{{ else }}80{{ end }}
+{{- end }}
+
+{{/*
+A feed service's name: call with (dict "root" $ "service" "ingest").
+*/}}
+{{- define "olp.serviceName" -}}
+{{- printf "%s-%s" (include "olp.fullname" .root) .service | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{/*
