@@ -197,6 +197,7 @@ class _Completion:
     cost_usd: float = 0.0004
     model: str = "served"
     finish_reason: str = "stop"
+    response_id: str = "chatcmpl-1"
 
 
 class FakeGateway:
