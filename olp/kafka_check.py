@@ -42,10 +42,11 @@ def librdkafka_cause(conn: KafkaConnection, code: int, text: str) -> str | None:
 def check_connection(conn: KafkaConnection, timeout_s: float = 10.0) -> None:
     """Ask the cluster for its metadata with librdkafka; raise as soon as it refuses us."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+    from confluent_kafka.admin import AdminClient
 
     errors: list[Any] = []
-    admin = AdminClient({**conn.confluent_config(), "error_cb": errors.append})
+    conf: dict[str, Any] = {**conn.confluent_config(), "error_cb": errors.append}
+    admin = AdminClient(conf)
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while True:

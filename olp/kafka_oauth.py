@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from olp.errors import OlpError, UnavailableError
 
 
-class ClientCredentialsTokenProvider(AbstractTokenProvider):
+class ClientCredentialsTokenProvider(AbstractTokenProvider):  # type: ignore[misc]  # aiokafka is untyped here
     """OAUTHBEARER tokens for aiokafka from an OAuth 2.0 client-credentials grant (RFC 6749 4.4),
     as librdkafka's `sasl.oauthbearer.method=oidc` gets them: client id and secret by HTTP Basic
     auth, the token reused until 80% of its lifetime has passed.

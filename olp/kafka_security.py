@@ -204,7 +204,7 @@ class KafkaConnection(BaseModel):
         from aiokafka.helpers import create_ssl_context
 
         try:
-            context = create_ssl_context(
+            context: ssl.SSLContext = create_ssl_context(
                 cafile=self.ssl_cafile,
                 certfile=self.ssl_certfile,
                 keyfile=self.ssl_keyfile,
