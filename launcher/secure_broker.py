@@ -211,19 +211,33 @@ class SecureBroker:
         """The same as OLP_* environment variables, for child services and `olp up --secure`."""
         return {f"OLP_KAFKA__{name.upper()}": str(value) for name, value in self.kafka_settings().items()}
 
+    def client_instructions(self) -> str:
+        """What a client outside the stack sets to connect (for `olp up --secure` to print); the
+        key's password is named by its file, not shown."""
+        lines = [f"export {name}={value}" for name, value in self.env().items() if "PASSWORD" not in name]
+        if self.client_certificates:
+            password_file = self.certificates.client_key.parent / KEY_PASSWORD_FILE
+            lines.append(f'export OLP_KAFKA__SSL_KEY_PASSWORD="$(cat {password_file})"')
+        return "\n".join(lines)
+
     def stop(self) -> None:
         self.proxy.stop()
         self.broker.stop()
 
 
 def start_secure_broker(
-    run_dir: Path, *, client_certificates: bool = True, sasl: bool = False
+    run_dir: Path,
+    *,
+    client_certificates: bool = True,
+    sasl: bool = False,
+    hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
 ) -> SecureBroker:
-    """Tansu on a private port, stunnel in front of it, certificates in `run_dir/certs`. With
-    `sasl` the broker demands a SCRAM login too, which it refuses to every user (see above)."""
+    """Tansu on a private port, stunnel in front of it, certificates in `run_dir/certs` (the
+    server's naming `hosts`). With `sasl` the broker demands a SCRAM login too, which it refuses
+    to every user (see above)."""
     stunnel = stunnel_binary()
     run_dir.mkdir(parents=True, exist_ok=True)
-    certificates = make_certificates(run_dir / "certs")
+    certificates = make_certificates(run_dir / "certs", hosts=hosts)
     broker_port, tls_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     broker = ChildProcess(

@@ -270,3 +270,37 @@ async def test_faust_producer_over_mtls(secure: SecureBroker) -> None:
     finally:
         await consumer.stop()
     assert [r.value for records in batches.values() for r in records] == [b"from-faust"]
+
+
+@pytest.fixture(scope="module")
+def misnamed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """A broker whose certificate names only `localhost`, reached at 127.0.0.1."""
+    _stunnel_or_skip()
+    broker = start_secure_broker(tmp_path_factory.mktemp("misnamed"), hosts=("localhost",))
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+async def test_hostname_verification_switch(misnamed: SecureBroker) -> None:
+    checked = settings_of(misnamed)
+    expected = r"not trusted by ssl_cafile=.*, or does not name the host \(ssl_check_hostname=True\)"
+    with pytest.raises(OlpError, match=expected):
+        check_connection(checked)
+    with pytest.raises(OlpError, match=expected):
+        await check_connection_async(checked)
+    unchecked = settings_of(misnamed, ssl_check_hostname=False)
+    check_connection(unchecked)
+    await check_connection_async(unchecked)
+
+
+def test_client_instructions_name_every_setting_but_show_no_password(secure: SecureBroker) -> None:
+    text = secure.client_instructions()
+    assert secure.certificates.client_key_password not in text
+    assert f"export OLP_KAFKA__BOOTSTRAP_SERVERS={secure.bootstrap}" in text
+    assert "export OLP_KAFKA__SECURITY_PROTOCOL=SSL" in text
+    assert f"export OLP_KAFKA__SSL_CAFILE={secure.certificates.ca_cert}" in text
+    assert f"export OLP_KAFKA__SSL_CERTFILE={secure.certificates.client_cert}" in text
+    assert f"export OLP_KAFKA__SSL_KEYFILE={secure.certificates.client_key}" in text
+    assert 'OLP_KAFKA__SSL_KEY_PASSWORD="$(cat ' in text
