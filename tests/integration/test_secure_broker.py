@@ -11,9 +11,12 @@ launcher/secure_broker.py), so SASL is tested here by its failure path only.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,11 +30,13 @@ from launcher.secure_broker import (
 )
 from olp.errors import OlpError
 from olp.kafka_check import check_connection, check_connection_async
-from olp.settings import KafkaSettings
+from olp.settings import EMBEDDED_BROKER_ENV, KafkaSettings, Settings, load_settings
 from olp.topics import TopicNames, ensure_topics
+from tests.support.stack import ServiceStack, scripted_catalog
 
 pytestmark = pytest.mark.integration
 
+SAMPLE = Path(__file__).parents[2] / "olp" / "data" / "sample_livestream.jsonl"
 FAIL_FAST_S = 3.0
 """A refusal must be reported within this; the check's own deadline (10 s) is for silence."""
 
@@ -304,3 +309,63 @@ def test_client_instructions_name_every_setting_but_show_no_password(secure: Sec
     assert f"export OLP_KAFKA__SSL_CERTFILE={secure.certificates.client_cert}" in text
     assert f"export OLP_KAFKA__SSL_KEYFILE={secure.certificates.client_key}" in text
     assert 'OLP_KAFKA__SSL_KEY_PASSWORD="$(cat ' in text
+
+
+# --- the whole pipeline over mTLS --------------------------------------------------------------
+
+
+def _faust_app_is_secured() -> bool:
+    import inspect
+
+    import processors.app
+
+    return "faust_app_kwargs" in inspect.getsource(processors.app)
+
+
+@dataclass
+class SecureStack(ServiceStack):
+    """The test services, and the test's own clients, connecting over mTLS."""
+
+    kafka: Mapping[str, Any] = field(default_factory=dict)
+
+    def settings(self) -> Settings:
+        return load_settings(
+            kafka=KafkaSettings.embedded_broker(**self.kafka).model_dump(),
+            topic_prefix=self.prefix,
+            catalog_path=self.run_dir / "catalog.yaml",
+        )
+
+
+@pytest.mark.skipif(
+    not _faust_app_is_secured(),
+    reason="processors/app.py does not build the Faust app with kafka.faust_app_kwargs() yet",
+)
+def test_pipeline_end_to_end_over_mtls(secure: SecureBroker, tmp_path: Path) -> None:
+    from olp.clients import replay
+    from olp.feeds import read_transcript, with_end_marker
+    from tests.support.fake_llm import ScriptedLLM
+    from tests.support.scripted_roles import PRODUCTS, perfect
+
+    prefix = f"m{uuid.uuid4().hex[:8]}."
+    kafka = settings_of(secure)
+    ensure_topics(kafka.confluent_config(), TopicNames.with_prefix(prefix).all(), 4)
+    scripted = ScriptedLLM(perfect).start()
+    stack = SecureStack(
+        secure.bootstrap,
+        prefix,
+        tmp_path,
+        scripted_catalog(scripted.base_url),
+        {**EMBEDDED_BROKER_ENV, **secure.env(), "OLP_FEEDS": json.dumps({"default": {"chunk_size": 30}})},
+        kafka=secure.kafka_settings(),
+    )
+    try:
+        stack.start_policy_store()
+        stack.start_worker()
+        segments = list(with_end_marker(read_transcript(SAMPLE, "mtls-1")))
+        assert replay(stack.settings(), segments) == len(segments)
+        view = stack.wait_for_documents("mtls-1", [s["segment_id"] for s in segments])
+        assert [d["name"] for d in view.stream("mtls-1")] == [name for name, _, _ in PRODUCTS]
+        assert all(d["final"] for d in view.stream("mtls-1"))
+    finally:
+        stack.stop()
+        scripted.stop()
