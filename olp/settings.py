@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from olp.errors import ConfigError
+from olp.kafka_security import KafkaConnection
 from olp.learner_params import LearnerParams
 from olp.service_settings import DocumentsSettings, IngestSettings
 
@@ -33,40 +34,49 @@ DEFAULT_ASPECTS: dict[str, tuple[str, ...]] = {
 }
 
 
-class KafkaSettings(BaseModel):
-    """How to reach the Kafka cluster (embedded Tansu in development)."""
+class KafkaSettings(KafkaConnection):
+    """How to reach the Kafka cluster, and how the pipeline's clients use it.
 
-    model_config = ConfigDict(frozen=True)
+    The defaults suit a real cluster (Kafka's own client defaults). The embedded Tansu broker
+    needs other values (spec section 6): `EMBEDDED_BROKER_KAFKA`, applied by whatever starts it.
+    """
 
-    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers' certificates.")
     partitions: int = Field(4, ge=1, description="Partitions per pipeline topic when we create them.")
     replication_factor: int = Field(1, ge=1)
-    session_timeout_ms: int = Field(6000, description="Short, so group joins are quick (spec section 6).")
-    heartbeat_interval_ms: int = 1000
-    rebalance_timeout_ms: int = 12000
+    session_timeout_ms: int = Field(
+        45_000, ge=1, description="Consumer group session timeout (Kafka's default)."
+    )
+    heartbeat_interval_ms: int = Field(
+        3000, ge=1, description="Consumer heartbeat interval (Kafka's default)."
+    )
+    rebalance_timeout_ms: int = Field(
+        60_000, ge=1, description="Longest a group member may take to rejoin a rebalance (Faust's default)."
+    )
     fetch_max_wait_ms: int = Field(
-        10, description="Tansu does not answer fetches early when data arrives, so wait little."
+        500,
+        ge=0,
+        description=(
+            "Longest a fetch waits for data (Kafka's default). Kafka answers as soon as data "
+            "arrives, so this adds no latency there; Tansu answers only when it expires."
+        ),
     )
     policy_fetch_max_wait_ms: int = Field(
         100,
         ge=0,
         description=(
-            "Fetch wait of the policy-topic followers and of the learner's feedback consumer. "
-            "Tansu answers a fetch only when its wait expires, and each consumer polling every "
-            "10 ms costs it about a tenth of a core while idle; 100 ms keeps policy propagation "
-            "well inside its 1 s target."
+            "Least fetch wait of the policy-topic followers and of the learner's feedback "
+            "consumer (they use the larger of this and fetch_max_wait_ms). On Tansu each consumer "
+            "polling every 10 ms costs about a tenth of a core while idle; 100 ms keeps policy "
+            "propagation well inside its 1 s target."
         ),
     )
     producer_max_batch_size: int = Field(
-        1,
+        16_384,
+        ge=1,
         description=(
-            "Records per produce batch for the Faust app. 1 keeps Faust table recovery exact on "
-            "brokers that report end offsets per batch (Tansu); raise it on a real cluster."
+            "Bytes per produce batch of table changelogs (Kafka's batch.size default). 1 (one "
+            "record per batch) keeps Faust table recovery exact on brokers that report end "
+            "offsets per batch (Tansu)."
         ),
     )
     data_max_batch_size: int = Field(
@@ -80,39 +90,27 @@ class KafkaSettings(BaseModel):
     )
     max_message_bytes: int = Field(1_048_576, description="Larger records go to the dead-letter topic.")
 
-    def confluent_config(self) -> dict[str, Any]:
-        """librdkafka configuration for confluent-kafka clients (secrets resolved here only)."""
-        conf: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "security.protocol": self.security_protocol,
-        }
-        if self.sasl_mechanism:
-            conf["sasl.mechanism"] = self.sasl_mechanism
-            conf["sasl.username"] = self.sasl_username or ""
-            conf["sasl.password"] = self.sasl_password.get_secret_value() if self.sasl_password else ""
-        if self.ssl_cafile:
-            conf["ssl.ca.location"] = str(self.ssl_cafile)
-        return conf
+    @classmethod
+    def embedded_broker(cls, **fields: Any) -> KafkaSettings:
+        """Settings for the embedded Tansu broker: `fields` over `EMBEDDED_BROKER_KAFKA`."""
+        return cls(**{**EMBEDDED_BROKER_KAFKA, **fields})
 
-    def aiokafka_config(self) -> dict[str, Any]:
-        """Connection keyword arguments shared by aiokafka producers and consumers."""
-        conf: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "security_protocol": self.security_protocol,
-        }
-        if self.sasl_mechanism:
-            conf["sasl_mechanism"] = self.sasl_mechanism
-            conf["sasl_plain_username"] = self.sasl_username
-            conf["sasl_plain_password"] = (
-                self.sasl_password.get_secret_value() if self.sasl_password else None
-            )
-        if self.security_protocol in ("SSL", "SASL_SSL"):
-            import ssl
 
-            conf["ssl_context"] = ssl.create_default_context(
-                cafile=str(self.ssl_cafile) if self.ssl_cafile else None
-            )
-        return conf
+EMBEDDED_BROKER_KAFKA: dict[str, int] = {
+    "fetch_max_wait_ms": 10,
+    "session_timeout_ms": 6000,
+    "heartbeat_interval_ms": 1000,
+    "rebalance_timeout_ms": 12_000,
+    "producer_max_batch_size": 1,
+}
+"""The Tansu values (spec section 6): it answers a fetch only when its wait expires, group joins
+take about half the session timeout, and its end offsets are per batch, so table changelogs go
+one record per batch. Only the embedded stack, its tests and benchmarks apply them."""
+
+EMBEDDED_BROKER_ENV: dict[str, str] = {
+    f"OLP_KAFKA__{name.upper()}": str(value) for name, value in EMBEDDED_BROKER_KAFKA.items()
+}
+"""`EMBEDDED_BROKER_KAFKA` as environment variables, for the child processes of the embedded stack."""
 
 
 class FeedSettings(BaseModel):
