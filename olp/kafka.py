@@ -47,6 +47,9 @@ class BrokerWatch:
     partitions: int
     replication_factor: int = 1
     timeout_s: float = 3.0
+    recreate: bool = False
+    """Create missing topics again: only on the embedded broker, whose restart loses them all; on a
+    real cluster topics are the operator's (`olp topics ensure`, the chart's job), never ours."""
     down_since: float | None = None
     seen: set[str] = field(default_factory=set)
     ends: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -90,7 +93,9 @@ class BrokerWatch:
                 log.debug("end offsets not available now: %s", exc)
 
         missing = [name for name in self.names if name not in existing]
-        if missing:
+        if missing and not self.recreate:
+            log.error("topics missing: %s; create them with `olp topics ensure`", ", ".join(missing))
+        elif missing:
             try:
                 ensure_topics(self.conf, missing, self.partitions, self.replication_factor, self.timeout_s)
             except OlpError as exc:
@@ -122,10 +127,14 @@ async def watch_broker(
         await asyncio.sleep(interval_s)
 
 
-async def stop_when_data_lost(kafka: KafkaSettings, names: Sequence[str], service: str) -> None:
+async def stop_when_data_lost(
+    kafka: KafkaSettings, names: Sequence[str], service: str, recreate: bool = False
+) -> None:
     """Watch the broker for this service's lifetime; when it lost the data, stop the process
     gracefully (SIGTERM: state is saved, offsets committed) so its supervisor starts it again."""
-    watch = BrokerWatch(kafka.confluent_config(), names, kafka.partitions, kafka.replication_factor)
+    watch = BrokerWatch(
+        kafka.confluent_config(), names, kafka.partitions, kafka.replication_factor, recreate=recreate
+    )
 
     def restart(_lost: list[str]) -> None:
         log.error("stopping the %s so that its supervisor starts it again on the new broker", service)

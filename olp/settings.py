@@ -259,6 +259,11 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(Path(".olp"), description="Faust table state and runtime files.")
     log_level: str = "INFO"
+    recreate_lost_topics: bool = Field(
+        False,
+        description="Create pipeline topics again when they vanish: only for the embedded broker,"
+        " whose restart loses them; on a real cluster topics are the operator's (olp topics ensure).",
+    )
     log_format: Literal["json", "text"] = Field("json", description="Structured JSON logs, or plain text.")
     log_prompts: bool = Field(
         False, description="Debug only: let prompts and answers into logs (never API keys)."
@@ -266,7 +271,7 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret this process knows, for log redaction."""
-        secrets = [s.get_secret_value() for s in (self.api_token, self.kafka.sasl_password) if s]
+        secrets = [s.get_secret_value() for s in (self.api_token,) if s] + self.kafka.secret_values()
         return [s for s in secrets if s]
 
     @classmethod

@@ -63,7 +63,9 @@ async def kafka_bus_ctx(app: web.Application) -> AsyncIterator[None]:
     bus = KafkaBus(settings, topics, app[CODEC])
     await bus.start()
     app[BUS] = bus
-    watch = asyncio.create_task(stop_when_data_lost(settings.kafka, topics.all(), "policy store"))
+    watch = asyncio.create_task(
+        stop_when_data_lost(settings.kafka, topics.all(), "policy store", settings.recreate_lost_topics)
+    )
     try:
         yield
     finally:

@@ -101,7 +101,10 @@ class _Lifecycle(Service):
     async def _watch_broker(self) -> None:
         """Report broker outages; when the broker lost its data (a restarted in-memory broker),
         re-create the topics and stop, so the supervisor restarts this worker clean (spec 6)."""
-        await stop_when_data_lost(self.worker.settings.kafka, self.worker.topics.all(), "worker")
+        settings = self.worker.settings
+        await stop_when_data_lost(
+            settings.kafka, self.worker.topics.all(), "worker", settings.recreate_lost_topics
+        )
 
     @Service.task
     async def _follow_policy(self) -> None:
@@ -152,7 +155,7 @@ def create_app(
     app = faust.App(
         settings.app_id,
         broker=broker_url(kafka.bootstrap_servers),
-        broker_credentials=None,
+        **kafka.faust_app_kwargs(),  # TLS / SASL / OAUTHBEARER, as for the other clients
         store="memory://",
         datadir=str(settings.data_dir / settings.app_id),
         processing_guarantee="at_least_once",

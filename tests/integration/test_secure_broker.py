@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from launcher.scripted_llm import scripted_catalog
 from launcher.secure_broker import (
     Certificates,
     SecureBroker,
@@ -32,7 +33,7 @@ from olp.errors import OlpError
 from olp.kafka_check import check_connection, check_connection_async
 from olp.settings import EMBEDDED_BROKER_ENV, KafkaSettings, Settings, load_settings
 from olp.topics import TopicNames, ensure_topics
-from tests.support.stack import ServiceStack, scripted_catalog
+from tests.support.stack import ServiceStack
 
 pytestmark = pytest.mark.integration
 
@@ -314,14 +315,6 @@ def test_client_instructions_name_every_setting_but_show_no_password(secure: Sec
 # --- the whole pipeline over mTLS --------------------------------------------------------------
 
 
-def _faust_app_is_secured() -> bool:
-    import inspect
-
-    import processors.app
-
-    return "faust_app_kwargs" in inspect.getsource(processors.app)
-
-
 @dataclass
 class SecureStack(ServiceStack):
     """The test services, and the test's own clients, connecting over mTLS."""
@@ -336,15 +329,11 @@ class SecureStack(ServiceStack):
         )
 
 
-@pytest.mark.skipif(
-    not _faust_app_is_secured(),
-    reason="processors/app.py does not build the Faust app with kafka.faust_app_kwargs() yet",
-)
 def test_pipeline_end_to_end_over_mtls(secure: SecureBroker, tmp_path: Path) -> None:
-    from olp.clients import replay
+    from launcher.clients import replay
+    from launcher.scripted_llm import ScriptedLLM
+    from launcher.scripted_roles import PRODUCTS, perfect
     from olp.feeds import read_transcript, with_end_marker
-    from tests.support.fake_llm import ScriptedLLM
-    from tests.support.scripted_roles import PRODUCTS, perfect
 
     prefix = f"m{uuid.uuid4().hex[:8]}."
     kafka = settings_of(secure)
@@ -369,3 +358,20 @@ def test_pipeline_end_to_end_over_mtls(secure: SecureBroker, tmp_path: Path) -> 
     finally:
         stack.stop()
         scripted.stop()
+
+
+@pytest.mark.parametrize("command", [["worker"], ["policy-store"]])
+def test_a_service_with_a_wrong_ca_stops_at_once_naming_the_setting(
+    secure: SecureBroker, foreign: Certificates, command: list[str], tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from launcher.cli import main
+
+    env = {**secure.env(), "OLP_KAFKA__SSL_CAFILE": str(foreign.ca_cert), "OLP_DATA_DIR": str(tmp_path)}
+    started = time.monotonic()
+    result = CliRunner().invoke(main, command, env=env)
+    assert result.exit_code == 1, result.output
+    assert "not trusted by ssl_cafile=" in result.output
+    assert "Traceback" not in result.output
+    assert time.monotonic() - started < FAIL_FAST_S
