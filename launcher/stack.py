@@ -221,7 +221,7 @@ class ServiceStack:
             code = child.stop()
             if log is not None:
                 log(f"stopped     {child.name} (exit {code})")
-        self.children.clear()
+        # The children stay listed: their logs are read after the stop (crash lines, leaks).
 
 
 @dataclass
