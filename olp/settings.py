@@ -229,7 +229,18 @@ class Settings(BaseSettings):
         default_factory=DocumentsSettings, description="The document read API."
     )
     worker_web_port: int = Field(
-        6066, ge=0, le=65535, description="Worker health endpoints (/healthz, /readyz); 0 turns them off."
+        6066,
+        ge=0,
+        le=65535,
+        description="Worker health endpoints (/healthz, /readyz, /metrics); 0 turns them off.",
+    )
+    worker_web_host: str = Field(
+        "127.0.0.1",
+        description=(
+            "Address the worker's health endpoints listen on. Loopback outside a container; in "
+            "Kubernetes set 0.0.0.0 (OLP_WORKER_WEB_HOST) so the kubelet's probes and the "
+            "metrics scraper reach the pod's address."
+        ),
     )
     worker_concurrency: int = Field(4, ge=1, le=64, description="Chunks each LLM role works on at once.")
     splitter_batch: int = Field(
