@@ -1,13 +1,16 @@
 """What every HTTP service of the project (policy store, ingest, document read API) does the
-same way: errors as JSON `{"error": message}`, bearer-token checks, and one middleware that
-maps domain errors (`olp.errors.OlpError`) to a status (STYLE 8)."""
+same way: errors as JSON `{"error": message}`, bearer-token checks, JSON bodies read with a cap on
+their size and nesting, and one middleware that maps domain errors (`olp.errors.OlpError`) to a
+status (STYLE 8)."""
 
 from __future__ import annotations
 
 import hmac
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -18,6 +21,14 @@ from olp.errors import OlpError
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Classifier = Callable[[OlpError], tuple[int, float | None]]
 """Domain error -> (HTTP status, seconds for Retry-After or None)."""
+
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a request may hold: far above any body of the API, far
+below the depth at which parsing or walking a value exhausts the interpreter's stack."""
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.?)*"?', re.DOTALL)
+"""A JSON string, or an unterminated one up to the end: every quote starts a match that runs to its
+closing quote, so removing strings takes one pass whatever the text."""
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
 def json_error(cls: type[web.HTTPException], message: str, **headers: str) -> web.HTTPException:
@@ -39,6 +50,49 @@ def check_bearer(request: web.Request, token: SecretStr | None, disabled: str | 
         raise json_error(
             web.HTTPUnauthorized, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"}
         )
+
+
+class NestingError(ValueError):
+    """A JSON text nests deeper than allowed (a ValueError, like json's own decoding errors)."""
+
+
+def nesting_exceeds(text: str, max_depth: int) -> bool:
+    """Whether `text` opens more than `max_depth` arrays or objects inside each other (brackets in
+    strings do not count). Linear in the text; does not check that it is JSON."""
+    depth = 0
+    for char in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        depth += 1 if char in "[{" else -1
+        if depth > max_depth:
+            return True
+    return False
+
+
+def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """`json.loads` for untrusted text: NestingError before parsing when it nests deeper than
+    `max_depth` (the decoder recurses per level), json's ValueError when it is not JSON."""
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text).decode("utf-8")  # UnicodeDecodeError is a ValueError too
+    if nesting_exceeds(text, max_depth):
+        raise NestingError(f"JSON nested deeper than {max_depth} levels")
+    return json.loads(text)
+
+
+async def read_json(request: web.Request, max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The request's JSON body: 413 above `max_bytes`, 400 when it is not UTF-8 JSON or nests
+    deeper than `max_depth`."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise json_error(web.HTTPRequestEntityTooLarge, f"body larger than {max_bytes} bytes")
+    body = bytearray()
+    async for block in request.content.iter_chunked(65536):
+        body += block
+        if len(body) > max_bytes:
+            raise json_error(web.HTTPRequestEntityTooLarge, f"body larger than {max_bytes} bytes")
+    try:
+        return loads_json(body, max_depth)
+    except NestingError as exc:
+        raise json_error(web.HTTPBadRequest, str(exc)) from exc
+    except ValueError as exc:
+        raise json_error(web.HTTPBadRequest, "body must be UTF-8 JSON") from exc
 
 
 def bad_request(exc: OlpError) -> tuple[int, float | None]:

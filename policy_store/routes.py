@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from olp.http import check_bearer, json_error
+from olp.http import check_bearer, json_error, read_json
 from olp.settings import ROLES
 from policy_store.feedback import human_outcome
 from policy_store.keys import BUS, SETTINGS, STATE, TOPICS
@@ -37,6 +37,8 @@ from policy_store.leadership import publish
 from policy_store.state import NotLeader, PolicyState, save_snapshot
 
 routes = web.RouteTableDef()
+MAX_BODY_BYTES = 64 * 1024
+"""Largest request body: a verdict or a pin is a few hundred bytes."""
 
 
 def _require_token(request: web.Request) -> None:
@@ -60,10 +62,7 @@ def _role(request: web.Request) -> str:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise json_error(web.HTTPBadRequest, "body must be JSON") from exc
+    body = await read_json(request, MAX_BODY_BYTES)
     if not isinstance(body, dict):
         raise json_error(web.HTTPBadRequest, "body must be a JSON object")
     return body

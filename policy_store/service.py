@@ -134,9 +134,9 @@ def create_app(
     the learner's random generator."""
     from olp.http import error_middleware
     from policy_store import dashboard
-    from policy_store.routes import routes
+    from policy_store.routes import MAX_BODY_BYTES, routes
 
-    app = web.Application(middlewares=[error_middleware(classify)], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[error_middleware(classify)], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[TOPICS] = TopicNames.with_prefix(settings.topic_prefix)
     app[CODEC] = make_codec(settings.schema_registry_url)
