@@ -6,6 +6,7 @@ status (STYLE 8)."""
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import math
 import re
@@ -16,7 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import SecretStr
 
-from olp.errors import OlpError
+from olp.errors import ConfigError, OlpError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Classifier = Callable[[OlpError], tuple[int, float | None]]
@@ -45,10 +46,53 @@ def check_bearer(request: web.Request, token: SecretStr | None, disabled: str | 
         if disabled is None:
             return
         raise json_error(web.HTTPForbidden, disabled)
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token.get_secret_value()}".encode()):
+    _check_any_bearer(request, (token,))
+
+
+def check_reader(request: web.Request, read_token: SecretStr | None, admin_token: SecretStr | None) -> None:
+    """A read of data (transcript text, the policy): open when no read token is set (the service
+    then runs on loopback or was allowed to, `require_read_token`), else the read or the admin
+    token."""
+    if read_token is not None:
+        _check_any_bearer(request, (read_token, admin_token))
+
+
+def _check_any_bearer(request: web.Request, tokens: tuple[SecretStr | None, ...]) -> None:
+    given = request.headers.get("Authorization", "").encode()
+    matches = [
+        hmac.compare_digest(given, f"Bearer {token.get_secret_value()}".encode())
+        for token in tokens
+        if token is not None
+    ]
+    if not any(matches):
         raise json_error(
             web.HTTPUnauthorized, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"}
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address reaches this machine only: `localhost` or a loopback IP (not
+    `0.0.0.0`, `::` or empty, which mean every interface)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def require_read_token(
+    service: str, host: str, read_token: SecretStr | None, allowed_open: bool, settings: tuple[str, str]
+) -> None:
+    """Refuse to serve reads to other machines without a token, unless the operator allowed it
+    explicitly (behind a proxy or a network policy that authenticates readers). `settings` names
+    the token's setting and the allowing one for the ConfigError."""
+    if read_token is None and not allowed_open and not is_loopback(host):
+        token_setting, allow_setting = settings
+        raise ConfigError(
+            f"{service} listens on {host or 'every interface'} without a read token: set "
+            f"{token_setting} (readers send it as a bearer token) or, when something else "
+            f"authenticates its readers, {allow_setting}"
         )
 
 

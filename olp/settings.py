@@ -222,6 +222,20 @@ class Settings(BaseSettings):
     policy_store_host: str = "127.0.0.1"
     policy_store_port: int = 8642
     api_token: SecretStr | None = Field(None, description="Bearer token for state-changing HTTP calls.")
+    read_token: SecretStr | None = Field(
+        None,
+        description=(
+            "Policy store: bearer token for reads (/v1/policy, /v1/dashboard; the admin api_token "
+            "is accepted too). Unset: reads are open, which the store allows on loopback only."
+        ),
+    )
+    allow_unauthenticated_reads: bool = Field(
+        False,
+        description=(
+            "Policy store: serve reads without a token on a non-loopback address (behind a proxy "
+            "or NetworkPolicy that authenticates readers); otherwise it refuses to start there."
+        ),
+    )
     ingest: IngestSettings = Field(
         default_factory=IngestSettings, description="The HTTP/WebSocket ingest service."
     )
@@ -273,7 +287,9 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret this process knows, for log redaction."""
-        secrets = [s.get_secret_value() for s in (self.api_token, self.kafka.sasl_password) if s]
+        secrets = [
+            s.get_secret_value() for s in (self.api_token, self.read_token, self.kafka.sasl_password) if s
+        ]
         return [s for s in secrets if s]
 
     @classmethod

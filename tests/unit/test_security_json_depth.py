@@ -56,7 +56,9 @@ def test_depth_scan_is_linear_on_hostile_strings() -> None:
     assert time.perf_counter() - started < 1.0
 
 
-async def test_feedback_with_deep_nesting_is_400_not_500(aiohttp_client: Callable[..., Any], tmp_path: Path) -> None:
+async def test_feedback_with_deep_nesting_is_400_not_500(
+    aiohttp_client: Callable[..., Any], tmp_path: Path
+) -> None:
     settings = load_settings(api_token=TOKEN, learner={"snapshot_path": str(tmp_path / "p.json")})
     client = await aiohttp_client(create_app(settings, CATALOG, seed=1, bus=MemoryBus()))
     body = '{"role": "topic_finder", "model": "small", "quality": 1, "x": ' + nested(20_000) + "}"
