@@ -114,8 +114,8 @@ def nesting_exceeds(text: str, max_depth: int) -> bool:
 def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """`json.loads` for untrusted text: NestingError before parsing when it nests deeper than
     `max_depth` (the decoder recurses per level), json's ValueError when it is not JSON."""
-    if isinstance(text, bytes | bytearray):
-        text = bytes(text).decode("utf-8")  # UnicodeDecodeError is a ValueError too
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")  # UnicodeDecodeError is a ValueError too
     if nesting_exceeds(text, max_depth):
         raise NestingError(f"JSON nested deeper than {max_depth} levels")
     return json.loads(text)
@@ -132,7 +132,7 @@ async def read_json(request: web.Request, max_bytes: int, max_depth: int = MAX_J
         if len(body) > max_bytes:
             raise json_error(web.HTTPRequestEntityTooLarge, f"body larger than {max_bytes} bytes")
     try:
-        return loads_json(body, max_depth)
+        return loads_json(bytes(body), max_depth)
     except NestingError as exc:
         raise json_error(web.HTTPBadRequest, str(exc)) from exc
     except ValueError as exc:
