@@ -8,9 +8,10 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import logging
 import math
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +19,9 @@ from aiohttp.typedefs import Middleware
 from pydantic import SecretStr
 
 from olp.errors import ConfigError, OlpError
+from olp.telemetry import redact
+
+log = logging.getLogger("olp.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Classifier = Callable[[OlpError], tuple[int, float | None]]
@@ -143,9 +147,15 @@ def bad_request(exc: OlpError) -> tuple[int, float | None]:
     return 400, None
 
 
-def error_middleware(classify: Classifier = bad_request) -> Middleware:
+def error_middleware(classify: Classifier = bad_request, secrets: Iterable[str] = ()) -> Middleware:
     """Domain errors -> JSON with `classify`'s status (and Retry-After); HTTP errors keep their
-    status with a JSON body; malformed values in a request -> 400."""
+    status with a JSON body; malformed values in a request -> 400; anything else -> a 500 that
+    names no detail (the log has it). Every text is redacted: `secrets` (the service's tokens and
+    passwords) and secret-looking tokens are masked, whatever error carried them."""
+    known = tuple(s for s in secrets if s)
+
+    def answer(message: str, status: int, headers: Mapping[str, str] | None = None) -> web.Response:
+        return web.json_response({"error": redact(message, known)}, status=status, headers=headers)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -153,15 +163,21 @@ def error_middleware(classify: Classifier = bad_request) -> Middleware:
             return await handler(request)
         except web.HTTPException as exc:
             if exc.content_type == "application/json":
-                raise
+                if exc.text is None or redact(exc.text, known) == exc.text:
+                    raise
+                return web.Response(
+                    text=redact(exc.text, known), status=exc.status, content_type=exc.content_type
+                )
             retry = exc.headers.get("Retry-After")
-            headers = {"Retry-After": retry} if retry else {}
-            return web.json_response({"error": exc.reason}, status=exc.status, headers=headers)
+            return answer(exc.reason, exc.status, {"Retry-After": retry} if retry else {})
         except OlpError as exc:
             status, retry_s = classify(exc)
             headers = {"Retry-After": str(max(1, math.ceil(retry_s)))} if retry_s is not None else {}
-            return web.json_response({"error": str(exc)}, status=status, headers=headers)
+            return answer(str(exc), status, headers)
         except (KeyError, ValueError, TypeError) as exc:
-            return web.json_response({"error": f"bad request: {exc}"}, status=400)
+            return answer(f"bad request: {exc}", 400)
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return answer("internal error (the service's log has the details)", 500)
 
     return middleware

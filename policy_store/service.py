@@ -144,7 +144,8 @@ def create_app(
         settings.allow_unauthenticated_reads,
         ("read_token (OLP_READ_TOKEN)", "allow_unauthenticated_reads (OLP_ALLOW_UNAUTHENTICATED_READS)"),
     )
-    app = web.Application(middlewares=[error_middleware(classify)], client_max_size=MAX_BODY_BYTES)
+    middlewares = [error_middleware(classify, settings.secret_values())]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[TOPICS] = TopicNames.with_prefix(settings.topic_prefix)
     app[CODEC] = make_codec(settings.schema_registry_url)
