@@ -278,6 +278,15 @@ class Settings(BaseSettings):
             "have been lost); deterministic chunk ids make the re-send idempotent."
         ),
     )
+    stream_idle_evict_s: float = Field(
+        3600.0,
+        ge=60.0,
+        description=(
+            "A stream that sends no sentence for this long is ended as if its sender had said so: "
+            "its buffered sentences go out in a last chunk and its state is deleted once finished "
+            "(chunk_splitter rule 7). A pause in a live stream must stay well below it."
+        ),
+    )
     data_dir: Path = Field(Path(".olp"), description="Faust table state and runtime files.")
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = Field("json", description="Structured JSON logs, or plain text.")

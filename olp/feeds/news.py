@@ -123,7 +123,9 @@ def parse_xml(data: str | bytes, source: str) -> ET.Element:
     parser sees the declaration whatever the encoding, a UTF-16 one without a byte-order mark
     included)."""
     try:
-        root: ET.Element = SafeET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+        root: ET.Element = SafeET.fromstring(
+            data, forbid_dtd=True, forbid_entities=True, forbid_external=True
+        )
     except DefusedXmlException as exc:
         raise FeedError(f"{source}: feeds with a DTD or entity declarations are refused") from exc
     except (ET.ParseError, ValueError) as exc:  # ValueError: an encoding expat cannot read
