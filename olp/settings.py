@@ -114,6 +114,12 @@ class KafkaSettings(BaseModel):
         return conf
 
 
+DEFAULT_BUDGET_USD_PER_HOUR = 5.0
+"""A feed's hourly spend limit unless its configuration sets one (null: none). Far above what a
+feed of a few live streams costs on small models (cents an hour), low enough that a feed left
+running against a dear model, or flooded, costs at most about 120 USD a day."""
+
+
 class FeedSettings(BaseModel):
     """A source of transcripts: its domain, language, chunking and limits (spec section 3)."""
 
@@ -124,7 +130,14 @@ class FeedSettings(BaseModel):
     chunk_size: int = Field(40, ge=4, le=400, description="K: new sentences per chunk (paper: 45-120).")
     aspects: tuple[str, ...] | None = Field(None, description="Custom aspect set; default by domain.")
     models: tuple[str, ...] | None = Field(None, description="Restrict this feed to these catalog models.")
-    budget_usd_per_hour: float | None = Field(None, ge=0, description="Hard spend limit for this feed.")
+    budget_usd_per_hour: float | None = Field(
+        DEFAULT_BUDGET_USD_PER_HOUR,
+        gt=0,
+        description=(
+            "Hard spend limit for this feed per clock hour, which the learner holds; null: none. "
+            "Judges' calls are to count against it too."
+        ),
+    )
     max_topics: int = Field(
         4,
         ge=1,

@@ -153,16 +153,22 @@ def build_learner(
     settings: Settings, catalog: Catalog, rng: random.Random, saved: Mapping[str, Any] | None = None
 ) -> RoleRL:
     """The learner: restored from a snapshot's `learner` part, else fresh over the catalog's pool
-    per role, holding the feeds' hard spend limits (feed "*" would be global)."""
-    if saved is not None:
-        return RoleRL.restore(saved, rng)
-    pools = {role: list(catalog.pool(role)) for role in ROLES}
+    per role, holding the feeds' hard spend limits as configured now (feed "*" would be global)."""
     budgets = {
         name: Budget(feed.budget_usd_per_hour, 3600.0)
         for name, feed in settings.feeds.items()
         if feed.budget_usd_per_hour is not None
     }
-    return RoleRL(pools, learner_params(settings), rng, budgets=budgets)
+    if saved is None:
+        pools = {role: list(catalog.pool(role)) for role in ROLES}
+        return RoleRL(pools, learner_params(settings), rng, budgets=budgets)
+    learner = RoleRL.restore(saved, rng)
+    for status in learner.budget_status():  # the settings, not the snapshot, say what is limited
+        if status.feed not in budgets:
+            learner.set_budget(status.feed, None)
+    for name, budget in budgets.items():
+        learner.set_budget(name, budget)
+    return learner
 
 
 def load_state(settings: Settings, catalog: Catalog, seed: int | None = None) -> PolicyState:
