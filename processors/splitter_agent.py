@@ -137,8 +137,10 @@ class SplitterAgent:
                 self.forget(stream_id)
                 continue
             try:
-                state = self.store.restore(stream_id, head)
+                state = self.store.load(stream_id)  # now, not when the loop began: awaits came since
             except ValidationError:
+                continue
+            if state is None:
                 continue
             state = await self.end_if_idle(state, int(head["partition"]), now)
             await self.resend_if_stale(state, now)
