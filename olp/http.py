@@ -129,18 +129,23 @@ async def read_json(request: web.Request, max_bytes: int, max_depth: int = MAX_J
     """The request's JSON body: 413 above `max_bytes`, 400 when it is not UTF-8 JSON or nests
     deeper than `max_depth`."""
     if request.content_length is not None and request.content_length > max_bytes:
-        raise json_error(web.HTTPRequestEntityTooLarge, f"body larger than {max_bytes} bytes")
+        raise _too_large(max_bytes, request.content_length)
     body = bytearray()
     async for block in request.content.iter_chunked(65536):
         body += block
         if len(body) > max_bytes:
-            raise json_error(web.HTTPRequestEntityTooLarge, f"body larger than {max_bytes} bytes")
+            raise _too_large(max_bytes, len(body))
     try:
         return loads_json(bytes(body), max_depth)
     except NestingError as exc:
         raise json_error(web.HTTPBadRequest, str(exc)) from exc
     except ValueError as exc:
         raise json_error(web.HTTPBadRequest, "body must be UTF-8 JSON") from exc
+
+
+def _too_large(max_bytes: int, size: int) -> web.HTTPException:
+    message = json.dumps({"error": f"body of {size} bytes exceeds the limit of {max_bytes}"})
+    return web.HTTPRequestEntityTooLarge(max_bytes, size, text=message, content_type="application/json")
 
 
 def bad_request(exc: OlpError) -> tuple[int, float | None]:

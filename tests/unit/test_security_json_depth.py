@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +69,12 @@ async def test_feedback_with_deep_nesting_is_400_not_500(
     assert pin.status == 400
     ok = await client.put("/v1/policy/topic_finder/pin", json={"model": "small"}, headers=AUTH)
     assert ok.status == 200
+    big = await client.post("/v1/feedback", data=b"x" * 100_000, headers=AUTH)
+    assert big.status == 413 and "exceeds the limit of 65536" in (await big.json())["error"]
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
+        for _ in range(10):
+            yield b"x" * 10_000
+
+    streamed = await client.post("/v1/feedback", data=chunked(), headers=AUTH)
+    assert streamed.status == 413
