@@ -113,6 +113,12 @@ EMBEDDED_BROKER_ENV: dict[str, str] = {
 """`EMBEDDED_BROKER_KAFKA` as environment variables, for the child processes of the embedded stack."""
 
 
+DEFAULT_BUDGET_USD_PER_HOUR = 5.0
+"""A feed's hourly spend limit unless its configuration sets one (null: none). Far above what a
+feed of a few live streams costs on small models (cents an hour), low enough that a feed left
+running against a dear model, or flooded, costs at most about 120 USD a day."""
+
+
 class FeedSettings(BaseModel):
     """A source of transcripts: its domain, language, chunking and limits (spec section 3)."""
 
@@ -123,7 +129,14 @@ class FeedSettings(BaseModel):
     chunk_size: int = Field(40, ge=4, le=400, description="K: new sentences per chunk (paper: 45-120).")
     aspects: tuple[str, ...] | None = Field(None, description="Custom aspect set; default by domain.")
     models: tuple[str, ...] | None = Field(None, description="Restrict this feed to these catalog models.")
-    budget_usd_per_hour: float | None = Field(None, ge=0, description="Hard spend limit for this feed.")
+    budget_usd_per_hour: float | None = Field(
+        DEFAULT_BUDGET_USD_PER_HOUR,
+        gt=0,
+        description=(
+            "Hard spend limit for this feed per clock hour, which the learner holds; null: none. "
+            "Judges' calls are to count against it too."
+        ),
+    )
     max_topics: int = Field(
         4,
         ge=1,
@@ -226,6 +239,20 @@ class Settings(BaseSettings):
     policy_store_host: str = "127.0.0.1"
     policy_store_port: int = 8642
     api_token: SecretStr | None = Field(None, description="Bearer token for state-changing HTTP calls.")
+    read_token: SecretStr | None = Field(
+        None,
+        description=(
+            "Policy store: bearer token for reads (/v1/policy, /v1/dashboard; the admin api_token "
+            "is accepted too). Unset: reads are open, which the store allows on loopback only."
+        ),
+    )
+    allow_unauthenticated_reads: bool = Field(
+        False,
+        description=(
+            "Policy store: serve reads without a token on a non-loopback address (behind a proxy "
+            "or NetworkPolicy that authenticates readers); otherwise it refuses to start there."
+        ),
+    )
     ingest: IngestSettings = Field(
         default_factory=IngestSettings, description="The HTTP/WebSocket ingest service."
     )
@@ -233,7 +260,18 @@ class Settings(BaseSettings):
         default_factory=DocumentsSettings, description="The document read API."
     )
     worker_web_port: int = Field(
-        6066, ge=0, le=65535, description="Worker health endpoints (/healthz, /readyz); 0 turns them off."
+        6066,
+        ge=0,
+        le=65535,
+        description="Worker health endpoints (/healthz, /readyz, /metrics); 0 turns them off.",
+    )
+    worker_web_host: str = Field(
+        "127.0.0.1",
+        description=(
+            "Address the worker's health endpoints listen on. Loopback outside a container; in "
+            "Kubernetes set 0.0.0.0 (OLP_WORKER_WEB_HOST) so the kubelet's probes and the "
+            "metrics scraper reach the pod's address."
+        ),
     )
     worker_concurrency: int = Field(4, ge=1, le=64, description="Chunks each LLM role works on at once.")
     splitter_batch: int = Field(
@@ -257,6 +295,15 @@ class Settings(BaseSettings):
             "have been lost); deterministic chunk ids make the re-send idempotent."
         ),
     )
+    stream_idle_evict_s: float = Field(
+        3600.0,
+        ge=60.0,
+        description=(
+            "A stream that sends no sentence for this long is ended as if its sender had said so: "
+            "its buffered sentences go out in a last chunk and its state is deleted once finished "
+            "(chunk_splitter rule 7). A pause in a live stream must stay well below it."
+        ),
+    )
     data_dir: Path = Field(Path(".olp"), description="Faust table state and runtime files.")
     log_level: str = "INFO"
     recreate_lost_topics: bool = Field(
@@ -271,7 +318,8 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret this process knows, for log redaction."""
-        secrets = [s.get_secret_value() for s in (self.api_token,) if s] + self.kafka.secret_values()
+        secrets = [s.get_secret_value() for s in (self.api_token, self.read_token) if s]
+        secrets += self.kafka.secret_values()
         return [s for s in secrets if s]
 
     @classmethod

@@ -2,7 +2,8 @@
 
     GET /dashboard                 the page (policy_store/static/: HTML, JS, CSS; no external assets)
     GET /dashboard/static/{file}   its files
-    GET /v1/dashboard              the JSON the page polls every two seconds
+    GET /v1/dashboard              the JSON the page polls every two seconds (read token, when set;
+                                   the page takes it from its address: /dashboard#token=...)
     GET /metrics                   Prometheus scrape text when OTEL_METRICS_EXPORTER includes prometheus
 
 What the page shows, and where it comes from:
@@ -45,6 +46,7 @@ from olp.kafka import read_from_start
 from olp.settings import ROLES
 from olp.topics import TopicNames
 from policy_store.keys import CODEC, SETTINGS, STATE, TOPICS
+from policy_store.routes import require_reader
 from schemas.codec import Codec
 
 log = logging.getLogger("olp.policy_store.dashboard")
@@ -408,6 +410,7 @@ async def page(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/v1/dashboard")
 async def data(request: web.Request) -> web.Response:
+    require_reader(request)  # documents' sentences and the policy
     request.app[FEED].wanted.set()
     return web.json_response(snapshot(request.app))
 

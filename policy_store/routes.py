@@ -12,11 +12,14 @@
     POST   /v1/feedback                       human verdict on a role's answer           (token)
 
 State-changing calls need `Authorization: Bearer <OLP_API_TOKEN>`; without a configured token they
-are refused, never open. Operator changes are made by the leader replica only; a follower answers
-409. A human verdict, {"role", "model", "quality" in [-1, 1], optional "event_id", "stream_id",
-"feed", "domain", "lang"}, is produced to `olp.feedback` like every other outcome (any replica
-takes it; 202 with its event id), so every replica learns it; an event id sent again is
-dropped as a duplicate.
+are refused, never open. Reads of the policy (and the dashboard's data) need the read token
+(`OLP_READ_TOKEN`) or the admin token when a read token is set; without one they are open, which
+the store allows only on loopback or with `allow_unauthenticated_reads` (`service.create_app`).
+The health endpoints are open and show no secret. Operator changes are made by the leader replica
+only; a follower answers 409. A human verdict, {"role", "model", "quality" in [-1, 1], optional
+"event_id", "stream_id", "feed", "domain", "lang"}, is produced to `olp.feedback` like every other
+outcome (any replica takes it; 202 with its event id), so every replica learns it; an event id
+sent again is dropped as a duplicate.
 Errors are JSON: {"error": message}.
 """
 
@@ -29,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from olp.http import check_bearer, json_error
+from olp.http import check_bearer, check_reader, json_error, read_json
 from olp.settings import ROLES
 from policy_store.feedback import human_outcome
 from policy_store.keys import BUS, SETTINGS, STATE, TOPICS
@@ -37,6 +40,8 @@ from policy_store.leadership import publish
 from policy_store.state import NotLeader, PolicyState, save_snapshot
 
 routes = web.RouteTableDef()
+MAX_BODY_BYTES = 64 * 1024
+"""Largest request body: a verdict or a pin is a few hundred bytes."""
 
 
 def _require_token(request: web.Request) -> None:
@@ -45,6 +50,12 @@ def _require_token(request: web.Request) -> None:
         request.app[SETTINGS].api_token,
         "state-changing calls are disabled: no OLP_API_TOKEN is configured",
     )
+
+
+def require_reader(request: web.Request) -> None:
+    """Reads that show the policy or transcript text (routes here and the dashboard's data)."""
+    settings = request.app[SETTINGS]
+    check_reader(request, settings.read_token, settings.api_token)
 
 
 def _require_leader(request: web.Request) -> None:
@@ -60,10 +71,7 @@ def _role(request: web.Request) -> str:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise json_error(web.HTTPBadRequest, "body must be JSON") from exc
+    body = await read_json(request, MAX_BODY_BYTES)
     if not isinstance(body, dict):
         raise json_error(web.HTTPBadRequest, "body must be a JSON object")
     return body
@@ -86,6 +94,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 @routes.get("/v1/policy")
 async def get_policy(request: web.Request) -> web.Response:
+    require_reader(request)
     state = request.app[STATE]
     return web.json_response(
         {
@@ -99,6 +108,7 @@ async def get_policy(request: web.Request) -> web.Response:
 
 @routes.get("/v1/policy/{role}")
 async def get_role(request: web.Request) -> web.Response:
+    require_reader(request)
     return web.json_response(request.app[STATE].role_view(_role(request)))
 
 

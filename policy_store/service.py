@@ -133,12 +133,21 @@ def create_app(
     bus: PolicyBus | None = None,
 ) -> web.Application:
     """The policy store. `bus` replaces Kafka (tests: `policy_store.bus.MemoryBus`); `seed` seeds
-    the learner's random generator."""
-    from olp.http import error_middleware
+    the learner's random generator. ConfigError when it would serve reads to other machines
+    without a read token (`olp.http.require_read_token`)."""
+    from olp.http import error_middleware, require_read_token
     from policy_store import dashboard
-    from policy_store.routes import routes
+    from policy_store.routes import MAX_BODY_BYTES, routes
 
-    app = web.Application(middlewares=[error_middleware(classify)], client_max_size=64 * 1024)
+    require_read_token(
+        "the policy store",
+        settings.policy_store_host,
+        settings.read_token,
+        settings.allow_unauthenticated_reads,
+        ("read_token (OLP_READ_TOKEN)", "allow_unauthenticated_reads (OLP_ALLOW_UNAUTHENTICATED_READS)"),
+    )
+    middlewares = [error_middleware(classify, settings.secret_values())]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[TOPICS] = TopicNames.with_prefix(settings.topic_prefix)
     app[CODEC] = make_codec(settings.schema_registry_url)

@@ -142,16 +142,18 @@ def build_learner(
     settings: Settings, catalog: Catalog, rng: random.Random, saved: Mapping[str, Any] | None = None
 ) -> RoleRL:
     """The learner: restored from a snapshot's `learner` part, else fresh over the catalog's pool
-    per role, holding the feeds' hard spend limits (feed "*" would be global)."""
-    if saved is not None:
-        return RoleRL.restore(saved, rng)
-    pools = {role: list(catalog.pool(role)) for role in ROLES}
+    per role, holding the feeds' hard spend limits as configured now (feed "*" would be global)."""
     budgets = {
         name: Budget(feed.budget_usd_per_hour, 3600.0)
         for name, feed in settings.feeds.items()
         if feed.budget_usd_per_hour is not None
     }
-    return make_learner(settings.learner.policy, pools, settings.learner.knob_overrides(), budgets, rng)
+    if saved is None:
+        pools = {role: list(catalog.pool(role)) for role in ROLES}
+        return make_learner(settings.learner.policy, pools, settings.learner.knob_overrides(), budgets, rng)
+    learner = RoleRL.restore(saved, rng)
+    learner.budgets.configure(budgets)  # the settings, not the snapshot, say what is limited
+    return learner
 
 
 def load_state(settings: Settings, catalog: Catalog, seed: int | None = None) -> PolicyState:

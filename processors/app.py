@@ -170,7 +170,15 @@ def create_app(
         producer_max_request_size=kafka.max_message_bytes + 65536,
         web_enabled=settings.worker_web_port > 0,
         web_port=settings.worker_web_port or 6066,
-        web_host="0.0.0.0",
+        web_bind=settings.worker_web_host,
+        # Only our pages (health, readiness, metrics): Faust's table pages serve table contents
+        # (buffered transcript sentences), its router pages the cluster's topology, and its
+        # stats and graph pages the worker's internals. No agent uses `@table_route`.
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
         key_serializer="raw",
         value_serializer="raw",
         table_cleanup_interval=60.0,

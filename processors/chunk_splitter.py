@@ -31,6 +31,10 @@ Chunking rule (the paper's OLP, made safe for an endless stream):
 6. A chunk in flight for longer than `Settings.chunk_timeout_s` is sent again as it was
    (`in_flight_chunk`): its record may have been lost, and a lost chunk would stall its stream
    forever. Same chunk_id, same sentences: downstream, the re-send is idempotent.
+7. A stream that takes no sentence for `Settings.stream_idle_evict_s` is ended as if its sender
+   had said so (`end_if_idle`): its buffered sentences go out in last chunks, after which it is
+   finished and its state is deleted like any finished stream's. A sender that never ends its
+   streams would otherwise hold their state forever.
 
 Memory per stream: the carry-over (at most 2*k sentences) plus the new sentences that arrived
 while a chunk was in flight (the stream's backlog; `backlog()` lets the shell watch it).
@@ -252,6 +256,25 @@ def backlog(state: SplitterState) -> int:
 def is_finished(state: SplitterState) -> bool:
     """The stream ended and every sentence is final: nothing is left to send or to wait for."""
     return state.end_of_stream and not state.buffer and state.in_flight is None
+
+
+Activity = tuple[int | None, float]
+"""(the stream's highest sentence id, when a worker first saw it there): when it last spoke."""
+
+
+def note_activity(seen: Activity | None, state: SplitterState, now: float) -> Activity:
+    """`seen` while the stream's highest id stays put, else (that id, `now`). Done records do not
+    count: only the sender speaking keeps a stream alive."""
+    if seen is None or seen[0] != state.max_id:
+        return (state.max_id, now)
+    return seen
+
+
+def end_if_idle(state: SplitterState, silent_s: float, limit_s: float) -> SplitterState:
+    """Rule 7: the stream ended once it has been silent for `limit_s`; else unchanged."""
+    if state.end_of_stream or silent_s < limit_s:
+        return state
+    return mark_end_of_stream(state)
 
 
 def in_flight_chunk(state: SplitterState) -> ChunkSpec | None:

@@ -6,10 +6,12 @@ stream's state is written once (one changelog record per stream per batch instea
 segment) and its due chunk, if any, is sent. Events are acked only after the batch, so a crash
 replays them (`add_segment` ignores re-sent ids).
 
-A timer looks at the streams this worker owns: a chunk in flight for longer than
+A timer looks at the streams this worker owns: a stream silent for `stream_idle_evict_s` is
+ended (rule 7: its buffer goes out in last chunks), a chunk in flight for longer than
 `chunk_timeout_s` is sent again (rule 6), and a finished stream (`is_finished`) is deleted once
 it has stayed finished for `FINISHED_KEEP_S`; until then a late re-send of its segments is still
-recognised as one.
+recognised as one. What the timer remembers per stream is dropped with the stream, or when the
+stream's partition moves to another worker.
 """
 
 from __future__ import annotations
@@ -25,14 +27,17 @@ from opentelemetry import trace
 
 from olp.errors import ValidationError
 from processors.chunk_splitter import (
+    Activity,
     ChunkSpec,
     SplitterState,
     add_segment,
     apply_done,
+    end_if_idle,
     in_flight_chunk,
     is_finished,
     mark_end_of_stream,
     next_chunk,
+    note_activity,
 )
 from processors.domain import Sentence
 from processors.splitter_store import FaustTable, PagedStore
@@ -59,6 +64,8 @@ class SplitterAgent:
     """stream_id -> (seq in flight, when this worker first saw it in flight; time.monotonic)."""
     finished_since: dict[str, float] = field(default_factory=dict)
     """stream_id -> when this worker first saw it finished (time.monotonic)."""
+    active_since: dict[str, Activity] = field(default_factory=dict)
+    """stream_id -> (its highest sentence id, when this worker first saw it; time.monotonic)."""
 
     def load(self, stream_id: str, segment: Mapping[str, Any] | None = None) -> SplitterState:
         if stream_id in self.pending:
@@ -121,24 +128,53 @@ class SplitterAgent:
             await self.worker.send(self.worker.topics.chunks, spec.stream_id, "Chunk", chunk)
 
     async def look_after_streams(self, mine: Collection[int], now: float) -> None:
-        """Re-send stale chunks and delete finished streams, for the streams of partitions `mine`
-        (the table also holds standby copies of other workers' partitions)."""
+        """End idle streams, re-send stale chunks and delete finished streams, for the streams of
+        partitions `mine` (the table also holds standby copies of other workers' partitions)."""
+        stored = set()
         for stream_id, head in list(self.store.heads()):
+            stored.add(stream_id)
+            if head.get("partition") not in mine:
+                self.forget(stream_id)
+                continue
             try:
-                state = self.store.restore(stream_id, head)
+                state = self.store.load(stream_id)  # now, not when the loop began: awaits came since
             except ValidationError:
                 continue
-            if head.get("partition") not in mine:
-                self.in_flight_since.pop(stream_id, None)
-                self.finished_since.pop(stream_id, None)
+            if state is None:
                 continue
+            state = await self.end_if_idle(state, int(head["partition"]), now)
             await self.resend_if_stale(state, now)
             if not is_finished(state):
                 self.finished_since.pop(stream_id, None)
             elif now - self.finished_since.setdefault(stream_id, now) >= FINISHED_KEEP_S:
                 self.store.delete(stream_id)
-                self.finished_since.pop(stream_id, None)
+                self.forget(stream_id)
                 self.worker.count(f"finished.{ROLE}")
+        for stream_id in {*self.in_flight_since, *self.finished_since, *self.active_since} - stored:
+            self.forget(stream_id)  # deleted by the worker that owns it now
+
+    def forget(self, stream_id: str) -> None:
+        """Drop what this worker remembers of a stream besides its stored state."""
+        self.in_flight_since.pop(stream_id, None)
+        self.finished_since.pop(stream_id, None)
+        self.active_since.pop(stream_id, None)
+        self.store.forget(stream_id)
+
+    async def end_if_idle(self, state: SplitterState, partition: int, now: float) -> SplitterState:
+        """Rule 7: end a stream silent for `stream_idle_evict_s` and send what it buffered. A
+        stream in the batch being processed is not silent (and its state there is newer)."""
+        stream_id = state.stream_id
+        seen = self.active_since[stream_id] = note_activity(self.active_since.get(stream_id), state, now)
+        ended = end_if_idle(state, now - seen[1], self.worker.settings.stream_idle_evict_s)
+        if ended is state or stream_id in self.pending:
+            return state
+        ended, spec = next_chunk(ended, self.worker.settings.feed(state.feed).chunk_size)
+        self.store.save(ended, partition)  # before any await: the batch loop reads it from here
+        self.worker.count(f"idle_ended.{ROLE}")
+        log.info("stream %s silent for %.0fs: ended", stream_id, now - seen[1])
+        if spec is not None:
+            await self.send(spec)
+        return ended
 
     async def resend_if_stale(self, state: SplitterState, now: float) -> None:
         """Send a chunk again once it has been in flight for `chunk_timeout_s` on this worker.

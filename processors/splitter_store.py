@@ -184,6 +184,10 @@ class PagedStore:
             self.table.remove(partition, page_key(stream_id, int(page)))
         self.table.remove(partition, stream_id)
 
+    def forget(self, stream_id: str) -> None:
+        """Drop the decoded copy of a stream this worker no longer writes (it stays stored)."""
+        self._decoded.pop(stream_id, None)
+
     def heads(self) -> Iterator[tuple[str, Mapping[str, Any]]]:
         """(stream id, head) of every stored stream."""
         for key, value in self.table.items():

@@ -16,8 +16,8 @@ the model in every prompt line. Articles without a parseable date get no id and 
 (counted); so are articles dated more than `FUTURE_TOLERANCE_MS` ahead of `now_ms` (a wrong
 time zone would otherwise push the stream's highest id past every real article to come).
 
-XML safety: documents declaring entities are refused (no entity expansion attacks); the caller
-bounds the document size.
+XML safety: documents are parsed by `defusedxml` with DTDs (hence entities, internal or external)
+forbidden, whatever their encoding; such a feed is refused. The caller bounds the document size.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
 
 from olp.errors import FeedError
 from olp.feeds.formats import ReplayStats, Row
@@ -115,21 +118,24 @@ def _body(entry: ET.Element) -> str:
     return ""
 
 
-def _declares_entities(data: str | bytes) -> bool:
-    if isinstance(data, bytes):
-        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
-        data = data.decode("utf-16" if utf16 else "latin-1", errors="replace")
-    return re.search(r"<!ENTITY", data, re.IGNORECASE) is not None
+def parse_xml(data: str | bytes, source: str) -> ET.Element:
+    """The document's root element; FeedError when it is not well-formed or holds a DTD (the
+    parser sees the declaration whatever the encoding, a UTF-16 one without a byte-order mark
+    included)."""
+    try:
+        root: ET.Element = SafeET.fromstring(
+            data, forbid_dtd=True, forbid_entities=True, forbid_external=True
+        )
+    except DefusedXmlException as exc:
+        raise FeedError(f"{source}: feeds with a DTD or entity declarations are refused") from exc
+    except (ET.ParseError, ValueError) as exc:  # ValueError: an encoding expat cannot read
+        raise FeedError(f"{source}: not well-formed XML: {exc}") from exc
+    return root
 
 
 def parse_news_feed(data: str | bytes, source: str) -> list[Article]:
     """Every entry of an RSS 2.0, RSS 1.0 (RDF) or Atom document, in document order."""
-    if _declares_entities(data):
-        raise FeedError(f"{source}: feeds declaring XML entities are refused")
-    try:
-        root = ET.fromstring(data)
-    except ET.ParseError as exc:
-        raise FeedError(f"{source}: not well-formed XML: {exc}") from exc
+    root = parse_xml(data, source)
     kind = _local(root.tag)
     if kind == "rss":
         channel = next(iter(_children(root, "channel")), None)

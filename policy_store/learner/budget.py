@@ -111,6 +111,12 @@ class Budgets:
         self.limits: dict[str, Budget] = dict(limits or {})
         self.ledgers: dict[str, BudgetLedger] = {}
 
+    def configure(self, limits: Mapping[str, Budget]) -> None:
+        """The limits in force now (a restored learner follows the settings, not its snapshot);
+        a feed that keeps its limit keeps its window's ledger."""
+        self.limits = dict(limits)
+        self.ledgers = {feed: ledger for feed, ledger in self.ledgers.items() if feed in self.limits}
+
     def spend(self, role: str, feed: str, cost: float, ts: int, params: RoleRLParams) -> None:
         """Book one call of `role` on `feed` (and on the global budget), and step the price."""
         for name in (feed, ALL_FEEDS):

@@ -133,10 +133,26 @@ function renderDocuments(docs) {
   }
 }
 
+// The read token, when the store needs one: given once as /dashboard#token=..., kept for this tab
+// only, and taken out of the address (the fragment never reaches the server or its logs).
+const TOKEN_KEY = "olp-read-token";
+
+function readToken() {
+  const match = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (match) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
 async function refresh() {
   const status = document.getElementById("status");
   try {
-    const response = await fetch("/v1/dashboard", { cache: "no-store" });
+    const token = readToken();
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const response = await fetch("/v1/dashboard", { cache: "no-store", headers });
+    if (response.status === 401) throw new Error("it needs the read token: open /dashboard#token=<read token>");
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const data = await response.json();
     renderAssignments(data.policy);

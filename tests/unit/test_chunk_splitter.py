@@ -444,7 +444,7 @@ class FakeWorker:
     topics: TopicNames = field(default_factory=TopicNames.with_prefix)
     settings: Any = field(
         default_factory=lambda: SimpleNamespace(
-            chunk_timeout_s=10.0, feed=lambda name: FeedSettings(chunk_size=4)
+            chunk_timeout_s=10.0, stream_idle_evict_s=3600.0, feed=lambda name: FeedSettings(chunk_size=4)
         )
     )
     traces: SegmentTraces = field(default_factory=SegmentTraces)
@@ -521,3 +521,72 @@ async def test_a_finished_stream_that_gets_a_late_sentence_is_kept() -> None:
     await agent.flush()
     await agent.look_after_streams({1}, now=FINISHED_KEEP_S)
     assert table.read("live-1").in_flight == 1 and len(worker.sent) == 2
+
+
+# --- idle streams --------------------------------------------------------------------------------
+
+
+def test_activity_moves_only_when_the_stream_takes_a_sentence() -> None:
+    state = feed(SplitterState("s"), range(3))
+    seen = cs.note_activity(None, state, 10.0)
+    assert seen == (state.max_id, 10.0)
+    assert cs.note_activity(seen, state, 50.0) == seen  # same highest id: still silent since 10
+    assert cs.note_activity(seen, add_segment(state, sentence(7), False), 50.0) == (sentence(7).id, 50.0)
+    done = apply_done(next_chunk(state, 2)[0], 0, None)
+    assert cs.note_activity(seen, done, 60.0) == seen  # progress is not the sender speaking
+
+
+def test_an_idle_open_stream_is_ended_and_its_buffer_goes_out() -> None:
+    state = feed(SplitterState("s"), range(3))  # 3 sentences, fewer than k: waiting for more
+    assert cs.end_if_idle(state, silent_s=3599.0, limit_s=3600.0) is state
+    ended = cs.end_if_idle(state, silent_s=3600.0, limit_s=3600.0)
+    assert ended.end_of_stream and ended.buffer == state.buffer
+    _, spec = next_chunk(ended, 40)
+    assert spec is not None and spec.is_last and ids(spec) == [s.id for s in state.buffer]
+    assert cs.end_if_idle(ended, silent_s=1e9, limit_s=3600.0) is ended  # already ended
+
+
+async def test_the_agent_ends_an_idle_stream_then_deletes_it() -> None:
+    worker, table = FakeWorker(), SplitterTable()
+    agent = SplitterAgent(worker, table.store)  # type: ignore[arg-type]
+    for i in range(1, 3):  # two sentences, k = 4: nothing due
+        await agent.on_event(event(worker.topics.transcripts, segment(i)))
+    await agent.flush()
+    assert worker.sent == []
+    await agent.look_after_streams({1}, now=0.0)
+    await agent.look_after_streams({1}, now=3599.0)
+    assert worker.sent == [] and not table.read("live-1").end_of_stream
+    await agent.look_after_streams({1}, now=3600.0)  # silent for stream_idle_evict_s
+    assert [[s["id"] for s in c["sentences"]] for c in worker.sent] == [[1, 2]] and worker.sent[0]["is_last"]
+    done = {"stream_id": "live-1", "chunk_id": "live-1:0", "seq": 0, "next_start_id": None}
+    await agent.on_event(event(worker.topics.progress, done))
+    await agent.flush()
+    await agent.look_after_streams({1}, now=3601.0)
+    await agent.look_after_streams({1}, now=3601.0 + FINISHED_KEEP_S)
+    assert dict(table) == {}
+    assert worker.stats == {"idle_ended.chunk_splitter": 1, "finished.chunk_splitter": 1}
+    assert not (agent.in_flight_since or agent.finished_since or agent.active_since or table.store._decoded)
+
+
+async def test_a_stream_that_keeps_talking_is_never_idle() -> None:
+    worker, table = FakeWorker(), SplitterTable()
+    agent = SplitterAgent(worker, table.store)  # type: ignore[arg-type]
+    for minute in range(0, 180, 30):
+        await agent.on_event(event(worker.topics.transcripts, segment(minute + 1)))
+        await agent.flush()
+        await agent.look_after_streams({1}, now=minute * 60.0)
+    assert not table.read("live-1").end_of_stream and "idle_ended.chunk_splitter" not in worker.stats
+
+
+async def test_the_agent_forgets_streams_it_no_longer_owns() -> None:
+    worker, table = FakeWorker(), SplitterTable()
+    agent = SplitterAgent(worker, table.store)  # type: ignore[arg-type]
+    await agent.on_event(event(worker.topics.transcripts, segment(1)))
+    await agent.flush()
+    await agent.look_after_streams({1}, now=0.0)
+    assert agent.active_since and table.store._decoded
+    await agent.look_after_streams({0}, now=1.0)  # partition 1 moved to another worker
+    assert not (agent.active_since or table.store._decoded)
+    table.store.delete("live-1")  # deleted by its new owner (the standby copy follows)
+    await agent.look_after_streams({0}, now=2.0)
+    assert not (agent.in_flight_since or agent.finished_since or agent.active_since)

@@ -97,7 +97,7 @@ def test_llm_stats() -> None:
 
 def test_snapshot_shows_every_role_and_budgets(tmp_path: Path) -> None:
     settings = load_settings(
-        feeds={"shop": {"budget_usd_per_hour": 2.0}, "default": {}},
+        feeds={"shop": {"budget_usd_per_hour": 2.0}, "default": {"budget_usd_per_hour": None}},
         learner={"snapshot_path": None},
     )
     catalog = Catalog(

@@ -161,7 +161,7 @@ def test_html_to_text_keeps_visible_text_only() -> None:
         ("<html><body>hello</body></html>", r"not an RSS or Atom feed \(root element <html>\)"),
         (
             '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><rss/>',
-            "feeds declaring XML entities are refused",
+            "feeds with a DTD or entity declarations are refused",
         ),
     ],
 )
