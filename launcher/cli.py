@@ -19,12 +19,14 @@ import json
 import signal
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 import olp
 from launcher.cli_feeds import COMMANDS as FEED_COMMANDS
@@ -190,9 +192,19 @@ def policy(url: str | None) -> None:
     """Show the current assignment per role, with Q-values and the reason."""
     settings = cli_settings()
     base = url or f"http://{settings.policy_store_host}:{settings.policy_store_port}"
+    request = urllib.request.Request(f"{base}/v1/policy")
+    token = settings.read_token or settings.api_token
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token.get_secret_value()}")
     try:
-        with urllib.request.urlopen(f"{base}/v1/policy", timeout=5) as resp:
+        with urllib.request.urlopen(request, timeout=5) as resp:
             data = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise click.ClickException(
+                f"the policy store at {base} wants a read token: set OLP_READ_TOKEN (or OLP_API_TOKEN)"
+            ) from exc
+        raise click.ClickException(f"policy store at {base} answered HTTP {exc.code}") from exc
     except OSError as exc:
         raise click.ClickException(f"policy store at {base} is not reachable: {exc}") from exc
     _print_policy(data)
@@ -201,7 +213,8 @@ def policy(url: str | None) -> None:
 def _print_policy(data: Mapping[str, Any]) -> None:
     for role in data["roles"]:
         q = ", ".join(f"{m}={v:.2f}" for m, v in role["q_values"].items())
-        console.print(f"  {role['role']:22} -> [bold]{role['model']}[/]  Q: {q}  ({role['reason']})")
+        model, reason = escape(role["model"]), escape(role["reason"])
+        console.print(f"  {role['role']:22} -> [bold]{model}[/]  Q: {escape(q)}  ({reason})")
 
 
 # --- the embedded stack ---------------------------------------------------------------------

@@ -1,0 +1,56 @@
+"""`olp policy` sends the read token, says which setting is missing on 401, and prints the
+policy store's text as text (a model or reason with rich markup cannot restyle or crash it)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from click.testing import CliRunner
+
+from launcher.cli import main
+
+TOKEN = "r3ad-only"
+ROLE = {"role": "topic_finder", "model": "m[/bold]", "q_values": {"m[/bold]": 1.5}, "reason": "[red]x"}
+POLICY = {"roles": [ROLE]}
+
+
+class _Store(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+            self.send_response(401)
+            self.end_headers()
+            return
+        body = json.dumps(POLICY).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Store)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_policy_sends_the_read_token_and_prints_markup_as_text(url: str) -> None:
+    result = CliRunner().invoke(main, ["policy", "--url", url], env={"OLP_READ_TOKEN": TOKEN})
+    assert result.exit_code == 0, result.output
+    assert "m[/bold]" in result.output and "[red]x" in result.output
+
+
+def test_policy_without_a_token_names_the_setting(url: str) -> None:
+    no_token = {"OLP_READ_TOKEN": "", "OLP_API_TOKEN": ""}
+    result = CliRunner().invoke(main, ["policy", "--url", url], env=no_token)
+    assert result.exit_code == 1
+    assert "OLP_READ_TOKEN" in result.output
