@@ -44,6 +44,7 @@ from olp import telemetry
 from olp.errors import CodecError
 from olp.kafka import read_from_start
 from olp.settings import ROLES
+from olp.topic_documents import NewestDocuments
 from olp.topics import TopicNames
 from policy_store.keys import CODEC, SETTINGS, STATE, TOPICS
 from policy_store.routes import require_reader
@@ -54,6 +55,8 @@ log = logging.getLogger("olp.policy_store.dashboard")
 STATIC = Path(__file__).parent / "static"
 MINUTE_MS = 60_000
 BUDGET_WINDOW_S = 3600.0
+DOCUMENTS_KEPT = 200
+"""Documents the page can show: the most recently updated topics."""
 """Feeds give budgets per hour; windows are aligned to the epoch, like the learner's."""
 
 STAGE_INPUTS: tuple[tuple[str, str], ...] = (
@@ -138,29 +141,7 @@ class LlmStats:
         }
 
 
-@dataclass
-class RecentDocuments:
-    """Newest version of each (stream, topic), the most recently updated first (bounded)."""
-
-    keep: int = 200
-    documents: OrderedDict[tuple[str, str], dict[str, Any]] = field(default_factory=OrderedDict)
-
-    def apply(self, document: Mapping[str, Any]) -> bool:
-        key = (str(document["stream_id"]), str(document["topic_id"]))
-        held = self.documents.get(key)
-        if held is not None and int(held["version"]) > int(document["version"]):
-            return False
-        self.documents[key] = dict(document)
-        self.documents.move_to_end(key)
-        while len(self.documents) > self.keep:
-            self.documents.popitem(last=False)
-        return True
-
-    def recent(self, n: int = 10) -> list[dict[str, Any]]:
-        return [_document_view(d) for d in list(reversed(self.documents.values()))[:n]]
-
-
-def _document_view(doc: Mapping[str, Any]) -> dict[str, Any]:
+def document_view(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "stream_id": doc["stream_id"],
         "topic_id": doc["topic_id"],
@@ -219,7 +200,7 @@ class DashboardFeed:
     """What the dashboard has read from Kafka so far."""
 
     spend: SpendSeries = field(default_factory=SpendSeries)
-    documents: RecentDocuments = field(default_factory=RecentDocuments)
+    documents: NewestDocuments = field(default_factory=lambda: NewestDocuments(keep=DOCUMENTS_KEPT))
     offsets: OffsetSamples = field(default_factory=OffsetSamples)
     llm: dict[str, LlmStats] = field(default_factory=dict)
     feeds: set[str] = field(default_factory=set)
@@ -230,7 +211,8 @@ class DashboardFeed:
 
     def reset(self) -> None:
         """Forget what was read (the follower reads from the beginning again)."""
-        self.spend, self.documents, self.llm, self.feeds = SpendSeries(), RecentDocuments(), {}, set()
+        self.spend, self.llm, self.feeds = SpendSeries(), {}, set()
+        self.documents = NewestDocuments(keep=DOCUMENTS_KEPT)
         self.feedback_records = self.document_records = 0
 
     def apply_feedback(self, outcome: Mapping[str, Any]) -> None:
@@ -368,7 +350,7 @@ def snapshot(app: web.Application, now_ms: int | None = None) -> dict[str, Any]:
         "spend_total_usd": round(feed.spend.total_usd, 9),
         "llm": {model: stats.as_dict() for model, stats in sorted(feed.llm.items())},
         "throughput": throughput,
-        "documents": feed.documents.recent(10),
+        "documents": [document_view(d) for d in feed.documents.recent(10)],
         "follower": {
             "running": feed.running,
             "feedback_records": feed.feedback_records,

@@ -9,9 +9,10 @@ from aiohttp import web
 
 from olp.catalog import Catalog, ModelSpec
 from olp.settings import ROLES, load_settings
+from olp.topic_documents import NewestDocuments
 from olp.topics import TopicNames
 from policy_store import dashboard
-from policy_store.dashboard import MINUTE_MS, LlmStats, OffsetSamples, RecentDocuments, SpendSeries
+from policy_store.dashboard import MINUTE_MS, LlmStats, OffsetSamples, SpendSeries, document_view
 from policy_store.keys import CODEC, SETTINGS, STATE, TOPICS
 from policy_store.state import load_state
 from schemas.codec import make_codec
@@ -48,7 +49,7 @@ def test_spend_keeps_late_records_in_order_and_is_bounded() -> None:
 
 
 def test_recent_documents_newest_version_wins() -> None:
-    docs = RecentDocuments(keep=2)
+    docs = NewestDocuments(keep=2)
 
     def doc(topic: str, version: int, name: str) -> dict:
         sentences = [{"id": 1, "text": "x" * 300}]
@@ -68,7 +69,7 @@ def test_recent_documents_newest_version_wins() -> None:
     assert not docs.apply(doc("1", 1, "Wig v1"))  # an older version arriving late
     docs.apply(doc("9", 0, "Shoes"))
     docs.apply(doc("7", 0, "Cup"))  # the oldest entry leaves
-    recent = docs.recent()
+    recent = [document_view(d) for d in docs.recent(10)]
     assert [d["name"] for d in recent] == ["Cup", "Shoes"]
     assert recent[0]["aspects"] == [
         {"name": "Price", "count": 1, "first": "x" * 160},
