@@ -12,7 +12,6 @@ Metrics are kept as flat data points. Runs on its own event loop in a thread, li
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import threading
 from collections.abc import Iterable, Sequence
@@ -34,6 +33,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from launcher.background_app import BackgroundApp
 
 
 def _value(value: AnyValue) -> Any:
@@ -141,8 +142,7 @@ class OtlpReceiver:
     port: int = 0
     metric_points: list[DataPoint] = field(default_factory=list)
     requests: int = 0
-    _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
+    _server: BackgroundApp | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -191,35 +191,19 @@ class OtlpReceiver:
         )
 
     def start(self) -> OtlpReceiver:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application(client_max_size=64 * 1024 * 1024)
-            app.router.add_post("/v1/traces", self._traces)
-            app.router.add_post("/v1/metrics", self._metrics)
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, self.host, self.port)
-            loop.run_until_complete(site.start())
-            self.port = int(runner.addresses[0][1])
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="otlp-receiver", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("OTLP receiver did not start")
+        self._server = BackgroundApp("otlp-receiver", self._app, self.host, self.port)
+        self.port = self._server.start()
         return self
 
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/traces", self._traces)
+        app.router.add_post("/v1/metrics", self._metrics)
+        return app
+
     def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
+        if self._server is not None:
+            self._server.stop()
 
 
 _process_exporter: InMemorySpanExporter | None = None

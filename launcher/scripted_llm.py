@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from launcher.background_app import BackgroundApp
 from olp.catalog import Catalog, ModelSpec
 
 
@@ -74,9 +75,7 @@ class ScriptedLLM:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     """The error bodies strict mode answered."""
     port: int = 0
-    _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
-    _runner: web.AppRunner | None = None
+    _server: BackgroundApp | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -155,35 +154,19 @@ class ScriptedLLM:
 
             if not available():
                 raise RuntimeError(f"strict mode needs the OpenAI API description at {OPENAI_API}")
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application()
-            app.router.add_post("/v1/chat/completions", self._chat)
-            app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
-            self._runner = web.AppRunner(app)
-            loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, self.host, self.port)
-            loop.run_until_complete(site.start())
-            self.port = int(self._runner.addresses[0][1])
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="scripted-llm", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("scripted LLM server did not start")
+        self._server = BackgroundApp("scripted-llm", self._app, self.host, self.port)
+        self.port = self._server.start()
         return self
 
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
+        return app
+
     def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
+        if self._server is not None:
+            self._server.stop()
 
 
 def _completion(model: str, body: dict[str, Any], reply: Reply, number: int) -> dict[str, Any]:
