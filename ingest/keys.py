@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from ingest.limits import AcceptedIds, RateLimits
+from ingest.limits import AcceptedIds, RateLimits, StreamRegistry
 from ingest.news_poller import PollerStatus
 from ingest.sink import SegmentSink
 from olp.service_settings import IngestSettings
@@ -18,6 +18,7 @@ INGEST = web.AppKey("ingest", IngestSettings)
 SINK = web.AppKey("sink", SegmentSink)
 LIMITS = web.AppKey("limits", RateLimits)
 ACCEPTED = web.AppKey("accepted", AcceptedIds)
+STREAMS = web.AppKey("streams", StreamRegistry)
 NEWS = web.AppKey("news", dict[str, PollerStatus])
 """Status per news source, keyed by its public URL."""
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")

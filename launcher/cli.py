@@ -35,6 +35,7 @@ from launcher.console import (
     friendly_errors,
     print_document,
     progress_bar,
+    safe,
     secret_values,
 )
 from olp.settings import Settings
@@ -221,13 +222,15 @@ def _run_dir() -> Path:
 @main.command()
 def up() -> None:
     """Start the embedded stack and keep it running until Ctrl-C."""
+    from launcher.stack import write_private
+
     with _stack(_run_dir()) as stack, contextlib.suppress(KeyboardInterrupt):
         console.print("[bold]stack is up[/]; point clients at it with:")
         for key, value in stack.env.items():
             if key != "OLP_API_TOKEN":
                 console.print(f"  export {key}={value}")
         console.print(f"  (API token in {stack.run_dir}/.api-token)  Ctrl-C stops everything.")
-        (stack.run_dir / ".api-token").write_text(stack.env["OLP_API_TOKEN"])
+        write_private(stack.run_dir / ".api-token", stack.env["OLP_API_TOKEN"])
         while True:
             stack.check_alive()
             time.sleep(1)
@@ -265,7 +268,9 @@ def demo(transcript: Path, stream_id: str, timeout_s: int) -> None:
                     ids = "a record"
                     if result.segment_ids:
                         ids = f"sentences {min(result.segment_ids)}-{max(result.segment_ids)}"
-                    console.print(f"[bold red]dead letter[/] ({result.stage}): {ids}: {result.error[:300]}")
+                    console.print(
+                        f"[bold red]dead letter[/] ({safe(result.stage)}): {ids}: {safe(result.error[:300])}"
+                    )
             elif result is not None and result["stream_id"] == stream_id and view.apply(result):
                 print_document(result)
             if view.covers(stream_id, segment_ids):
