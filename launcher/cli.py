@@ -9,7 +9,8 @@
     olp policy               show the current assignment per role
 
 The feed commands (`olp ingest`, `olp ingest-server`, `olp documents-server`, `olp tail`,
-`olp doc`) live in `launcher.cli_feeds` and are registered on the same group.
+`olp doc`) live in `launcher.cli_feeds`, `olp dlq list` / `olp dlq replay` in `launcher.cli_dlq`; both
+are registered on the same group.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import click
 
 import olp
+from launcher.cli_dlq import COMMANDS as DLQ_COMMANDS
 from launcher.cli_feeds import COMMANDS as FEED_COMMANDS
 from launcher.console import (
     cli_settings,
@@ -293,6 +295,6 @@ def demo(transcript: Path, stream_id: str, timeout_s: int) -> None:
         )
 
 
-for _command in FEED_COMMANDS:
+for _command in (*FEED_COMMANDS, *DLQ_COMMANDS):
     main.add_command(_command)
 main.add_command(__import__("launcher.cli_models", fromlist=["models"]).models)
