@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from olp.catalog import load_catalog
 from olp.errors import OlpError
+from olp.service_settings import documents_settings, ingest_settings
 from olp.settings import Settings, load_settings
 
 console = Console(highlight=False)
@@ -49,13 +50,25 @@ def configure_service_logging(settings: Settings) -> None:
 
 
 def secret_values(settings: Settings) -> list[str]:
-    """The settings' secrets plus the model API keys the catalog names (read here, at the entry
-    point, like the gateway's keys)."""
+    """The settings' secrets, the feed services' tokens and webhook secret, plus the model API
+    keys the catalog names (read here, at the entry point, like the gateway's keys)."""
     try:
         names = [m.api_key_env for m in load_catalog(settings.catalog_path).models if m.api_key_env]
     except OlpError:
         names = []
-    return settings.secret_values() + [os.environ[n] for n in names if os.environ.get(n)]
+    return (
+        settings.secret_values()
+        + service_secrets(settings)
+        + [os.environ[n] for n in names if os.environ.get(n)]
+    )
+
+
+def service_secrets(settings: Settings) -> list[str]:
+    ingest, documents = ingest_settings(settings), documents_settings(settings)
+    webhook = documents.webhook
+    found = [sender.token for sender in ingest.senders.values()] + [documents.read_token]
+    found += [webhook.token, webhook.secret] if webhook is not None else []
+    return [secret.get_secret_value() for secret in found if secret is not None]
 
 
 def progress_bar() -> Progress:

@@ -55,3 +55,18 @@ def test_token_files_are_written_0600_also_over_an_existing_file(tmp_path: Path)
     fresh = tmp_path / "fresh-token"
     write_private(fresh, "t")
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+
+
+def test_log_redaction_knows_the_feed_services_secrets() -> None:
+    from launcher.console import secret_values
+    from olp.settings import load_settings
+
+    secret = "whsec_" + "a2V5LWtleS1rZXkta2V5LWtleQ=="
+    settings = load_settings(
+        ingest={"senders": {"studio": {"token": "sender-token-0123456789", "feeds": ["default"]}}},
+        documents={
+            "read_token": "reader-token",
+            "webhook": {"url": "http://x.example/h", "token": "hook", "secret": secret},
+        },
+    )
+    assert {"sender-token-0123456789", "reader-token", "hook", secret} <= set(secret_values(settings))
