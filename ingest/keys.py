@@ -20,7 +20,7 @@ LIMITS = web.AppKey("limits", RateLimits)
 ACCEPTED = web.AppKey("accepted", AcceptedIds)
 STREAMS = web.AppKey("streams", StreamRegistry)
 NEWS = web.AppKey("news", dict[str, PollerStatus])
-"""Status per news source, keyed by its public URL."""
+"""Status per news source, keyed by its URL (never shown: the API shows the masked URL)."""
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("sockets")
 """Open WebSockets (each handler removes its own), closed on shutdown."""

@@ -10,7 +10,9 @@ log lines show the URL masked (`public_url`): its query may hold a key.
 Redirects are followed by hand, at most `max_redirects` hops, and each hop's host is resolved
 first: an address that is private, loopback, link-local, reserved or multicast is refused unless
 the source sets `allow_private_redirects`, so a feed cannot point the poller at the cluster's
-inside. (The configured URL itself is the operator's choice and is not checked.)
+inside. (The configured URL itself is the operator's choice and is not checked. The address is
+checked when the hop is resolved here, and the connection resolves again: against a resolver that
+answers differently the second time, set `max_redirects: 0` to follow no redirect at all.)
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def feed_view(app: web.Application, name: str) -> dict[str, Any]:
                 "url": source.public_url,
                 "stream_id": source.stream_id,
                 "interval_s": source.interval_s,
-                "status": app[NEWS][source.public_url].view() if source.public_url in app[NEWS] else None,
+                "status": app[NEWS][source.url].view() if source.url in app[NEWS] else None,
             }
             for source in ingest.news
             if source.feed == name

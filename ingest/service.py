@@ -89,7 +89,7 @@ async def news_ctx(app: web.Application) -> AsyncIterator[None]:
                     settings.feeds[source.feed],
                     app[SINK],
                     app[ACCEPTED],
-                    app[NEWS].setdefault(source.public_url, PollerStatus()),
+                    app[NEWS].setdefault(source.url, PollerStatus()),
                 ),
                 name=f"news-poller-{source.stream_id}",
             )

@@ -196,7 +196,8 @@ def policy(url: str | None) -> None:
 def _print_policy(data: Mapping[str, Any]) -> None:
     for role in data["roles"]:
         q = ", ".join(f"{m}={v:.2f}" for m, v in role["q_values"].items())
-        console.print(f"  {role['role']:22} -> [bold]{role['model']}[/]  Q: {q}  ({role['reason']})")
+        name, model, reason = safe(role["role"]), safe(role["model"]), safe(role["reason"])
+        console.print(f"  {name:22} -> [bold]{model}[/]  Q: {safe(q)}  ({reason})")
 
 
 # --- the embedded stack ---------------------------------------------------------------------

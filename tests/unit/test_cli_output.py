@@ -70,3 +70,12 @@ def test_log_redaction_knows_the_feed_services_secrets() -> None:
         },
     )
     assert {"sender-token-0123456789", "reader-token", "hook", secret} <= set(secret_values(settings))
+
+
+def test_the_policy_printout_escapes_what_the_server_sent() -> None:
+    from launcher.cli import _print_policy
+
+    role = {"role": "topic_finder", "model": "m[/]", "q_values": {"m[/]": 0.5}, "reason": "[/bold] pinned"}
+    with console.capture() as captured:
+        _print_policy({"roles": [role]})
+    assert "-> m[/]  Q: m[/]=0.50  ([/bold] pinned)" in captured.get()
