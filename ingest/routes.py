@@ -64,7 +64,9 @@ def _require_sender(request: web.Request, feed_name: str) -> str:
     """The name of the sender whose token the request carries, if it may write to `feed_name`."""
     senders = request.app[INGEST].senders
     if not senders:
-        raise json_error(web.HTTPForbidden, "ingest is disabled: no ingest senders are configured")
+        raise json_error(
+            web.HTTPForbidden, "ingest is disabled: no ingest senders are configured (OLP_INGEST__SENDERS)"
+        )
     given = request.headers.get("Authorization", "").encode()
     matched = None
     for name, sender in senders.items():  # every token compared, in constant time each
