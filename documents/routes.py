@@ -16,7 +16,10 @@ reconnecting with `Last-Event-ID` gets what it missed when this process still re
 a fresh snapshot. Keep-alive comments every `sse_keepalive_s`. A client too slow to keep up is
 disconnected (and reconnects), never buffered for without bound.
 
-Reads are open unless `documents.read_token` is set; then they need `Authorization: Bearer`.
+Reads (`/v1/*`, SSE included) need `Authorization: Bearer <documents.read_token>` when a token
+is set; the service refuses to start on a non-loopback address without one unless `open_reads`
+is set. Health endpoints stay open and show counts and the kind of the webhook's last failure, never a
+secret or a request.
 Errors are JSON `{"error": message}`.
 """
 
@@ -66,7 +69,7 @@ async def readyz(request: web.Request) -> web.Response:
         "undecodable": reader.undecodable,
         "updates": store.seq,
         "subscribers": len(app[HUB].subscriptions),
-        "webhook": vars(app[WEBHOOK]) | {"waiting": len(app[PENDING])} if PENDING in app else None,
+        "webhook": app[WEBHOOK].view() | {"waiting": len(app[PENDING])} if PENDING in app else None,
     }
     return web.json_response(body, status=200 if reader.ready else 503)
 

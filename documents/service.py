@@ -22,9 +22,9 @@ from documents.keys import DOCUMENTS, HUB, PENDING, READER, SETTINGS, STORE, WEB
 from documents.routes import middlewares, routes
 from documents.view import DocumentStore, Update
 from documents.webhook import PendingUpdates, WebhookStats, run_webhook
-from olp.errors import CodecError, OlpError
+from olp.errors import CodecError, ConfigError, OlpError
 from olp.kafka import caught_up, read_from_start
-from olp.service_settings import DocumentsSettings, documents_settings
+from olp.service_settings import DocumentsSettings, documents_settings, is_loopback_host
 from olp.settings import Settings
 from olp.topics import TopicNames
 from schemas.codec import Codec, make_codec
@@ -115,11 +115,21 @@ async def end_subscriptions(app: web.Application) -> None:
     app[HUB].close_all()
 
 
+def check_config(documents: DocumentsSettings) -> None:
+    """Refuse to serve transcript text to a network without a read token, unless told to."""
+    if documents.read_token is None and not documents.open_reads and not is_loopback_host(documents.host):
+        raise ConfigError(
+            f"documents.host is {documents.host}, not loopback, and no documents.read_token is set: "
+            "set a read token (OLP_DOCUMENTS__READ_TOKEN), or documents.open_reads=true on a trusted network"
+        )
+
+
 def create_app(
     settings: Settings, documents: DocumentsSettings | None = None, *, read_kafka: bool = True
 ) -> web.Application:
     """The read service. `read_kafka=False` leaves the view to be fed by `apply_document` (tests)."""
     documents = documents or documents_settings(settings)
+    check_config(documents)
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[SETTINGS] = settings
     app[DOCUMENTS] = documents

@@ -4,6 +4,15 @@ One update per request, the TopicDocument as JSON, with headers `Idempotency-Key
 <stream_id>/<topic_id>/<version>` and `X-OLP-Event: document` (and `Authorization: Bearer` when a
 token is configured). Receivers should keep the highest version per topic, as the read API does.
 
+With a `secret` (`whsec_<base64>`) each delivery is signed per Standard Webhooks
+(https://www.standardwebhooks.com): `webhook-id` (the idempotency key, the same on every try),
+`webhook-timestamp` (Unix seconds of this try) and `webhook-signature: v1,<base64 HMAC-SHA256 of
+"{id}.{timestamp}.{body}">`, so any Standard Webhooks library verifies it.
+
+Redirects are not followed: a 3xx answer is a failed delivery (not retried), so a receiver cannot
+point the sink at another address. Error texts name the kind of failure, never the request (its
+headers hold the token).
+
 Waiting updates are *coalesced*: only the newest version of each topic waits, so the buffer is
 bounded by the number of topics and a slow receiver gets fewer, newer updates rather than an
 ever longer queue. Connection errors, timeouts, 408, 429 and 5xx are retried with exponential
@@ -14,8 +23,12 @@ update that still fails is logged with its key and counted, and the sink goes on
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +38,7 @@ import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from olp.errors import UnavailableError
-from olp.service_settings import WebhookSettings
+from olp.service_settings import WebhookSettings, webhook_key
 
 log = logging.getLogger("olp.documents.webhook")
 
@@ -69,6 +82,15 @@ class WebhookStats:
     failed: int = 0
     retries: int = 0
     last_error: str | None = None
+    """The kind of the last failure (`failure_text`), never the request."""
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "retries": self.retries,
+            "last_error": self.last_error,
+        }
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -78,23 +100,52 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+def signature(key: bytes, msg_id: str, timestamp: int, body: str) -> str:
+    """The Standard Webhooks `webhook-signature` value of one delivery."""
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return f"v1,{base64.b64encode(digest).decode()}"
+
+
+def delivery_headers(
+    settings: WebhookSettings, document: Mapping[str, Any], body: str, now_s: int
+) -> dict[str, str]:
+    msg_id = f"{document['stream_id']}/{document['topic_id']}/{document['version']}"
+    headers = {"Content-Type": "application/json", "Idempotency-Key": msg_id, "X-OLP-Event": "document"}
+    if settings.token is not None:
+        headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
+    if settings.secret is not None:
+        headers["webhook-id"] = msg_id
+        headers["webhook-timestamp"] = str(now_s)
+        headers["webhook-signature"] = signature(webhook_key(settings.secret), msg_id, now_s, body)
+    return headers
+
+
+def failure_text(exc: BaseException) -> str:
+    """What a failed try is called in status and logs: the kind only (an aiohttp error's repr
+    carries the request, headers and token included)."""
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({type(exc).__name__})"
+    return type(exc).__name__
+
+
 async def post_once(
     session: aiohttp.ClientSession, settings: WebhookSettings, document: Mapping[str, Any]
 ) -> None:
-    headers = {
-        "Content-Type": "application/json",
-        "Idempotency-Key": f"{document['stream_id']}/{document['topic_id']}/{document['version']}",
-        "X-OLP-Event": "document",
-    }
-    if settings.token is not None:
-        headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
+    body = json.dumps(document)
+    headers = delivery_headers(settings, document, body, int(time.time()))
     timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
     try:
         async with session.post(
-            settings.url, data=json.dumps(document), headers=headers, timeout=timeout
+            settings.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
         ) as resp:
             if 200 <= resp.status < 300:
                 return
+            if 300 <= resp.status < 400:
+                raise WebhookError(
+                    f"receiver answered HTTP {resp.status} (redirects are not followed)", retryable=False
+                )
             retryable = resp.status in (408, 429) or resp.status >= 500
             raise WebhookError(
                 f"receiver answered HTTP {resp.status}",
@@ -102,7 +153,7 @@ async def post_once(
                 retry_after_s=_retry_after(resp.headers.get("Retry-After")),
             )
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise WebhookError(f"receiver unreachable: {exc!r}", retryable=True) from exc
+        raise WebhookError(f"receiver unreachable: {failure_text(exc)}", retryable=True) from None
 
 
 def _wait(settings: WebhookSettings) -> Any:

@@ -10,11 +10,16 @@ app's sink; reads nothing.
     GET  /v1/feeds/{feed}/ws                 WebSocket: each text message is a POST body   (token)
                                              ?stream_id= as above; one JSON answer per message
 
+A token is a sender's (`ingest.senders`) and writes only to that sender's feeds; the admin token
+is never accepted. A stream belongs to the feed it was first written on.
+
 Answers: 200 `{"accepted", "duplicates", "last_segment_id": {stream: id}}` once Kafka has the
-segments; 400 malformed (names the segment or line); 401 missing/wrong token (403 when no token
-is configured: refused, never open); 404 undeclared feed; 413 body, message or segment text over
-the feed's limit, or more segments than its burst; 429 + Retry-After over the feed's rate or while
-too many segments wait for Kafka; 503 + Retry-After when Kafka does not take them. Errors are
+segments; 400 malformed (names the segment or line), a stream of another feed, or a segment id
+jumping past the feed's `max_segment_id_jump`; 401 missing/wrong token; 403 a token not allowed
+this feed, or no senders configured (refused, never open); 404 undeclared feed; 413 body, message
+or segment text over the feed's limit, or more segments than a burst; 429 + Retry-After over the
+feed's or the sender's rate, over the feed's open streams, or while too many segments wait for
+Kafka; 503 + Retry-After when Kafka does not take them. Errors are
 JSON `{"error": message}`. On the WebSocket an answer is `{"ok": true, ...}` or
 `{"ok": false, "status", "error", "retry_after_s"}`; the socket stays open; a message over the
 size limit closes it with 1009. A message or request is taken whole or not at all, and a
@@ -26,18 +31,19 @@ that by itself): the Chunk Splitter ignores ids at or below the highest it has t
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from ingest.keys import ACCEPTED, CLOCK, INGEST, LIMITS, NEWS, SETTINGS, SINK, SOCKETS
+from ingest.keys import ACCEPTED, CLOCK, INGEST, LIMITS, NEWS, SETTINGS, SINK, SOCKETS, STREAMS
 from ingest.limits import RateLimited, check_backpressure
 from ingest.segments import TooLargeError, parse_body, to_segments
 from olp.errors import OlpError, UnavailableError
-from olp.http import check_bearer, json_error
 from olp.http import error_middleware as http_errors
+from olp.http import json_error
 
 routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -54,12 +60,25 @@ def classify(exc: OlpError) -> tuple[int, float | None]:
     return 400, None
 
 
-def _require_token(request: web.Request) -> None:
-    check_bearer(
-        request,
-        request.app[INGEST].token or request.app[SETTINGS].api_token,
-        "ingest is disabled: no ingest token or OLP_API_TOKEN is configured",
-    )
+def _require_sender(request: web.Request, feed_name: str) -> str:
+    """The name of the sender whose token the request carries, if it may write to `feed_name`."""
+    senders = request.app[INGEST].senders
+    if not senders:
+        raise json_error(
+            web.HTTPForbidden, "ingest is disabled: no ingest senders are configured (OLP_INGEST__SENDERS)"
+        )
+    given = request.headers.get("Authorization", "").encode()
+    matched = None
+    for name, sender in senders.items():  # every token compared, in constant time each
+        if hmac.compare_digest(given, f"Bearer {sender.token.get_secret_value()}".encode()):
+            matched = name
+    if matched is None:
+        raise json_error(
+            web.HTTPUnauthorized, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"}
+        )
+    if feed_name not in senders[matched].feeds:
+        raise json_error(web.HTTPForbidden, f"this token may not write to feed {feed_name!r}")
+    return matched
 
 
 error_middleware = http_errors(classify)
@@ -92,7 +111,7 @@ def feed_view(app: web.Application, name: str) -> dict[str, Any]:
                 "url": source.public_url,
                 "stream_id": source.stream_id,
                 "interval_s": source.interval_s,
-                "status": app[NEWS][source.public_url].view() if source.public_url in app[NEWS] else None,
+                "status": app[NEWS][source.url].view() if source.url in app[NEWS] else None,
             }
             for source in ingest.news
             if source.feed == name
@@ -101,7 +120,7 @@ def feed_view(app: web.Application, name: str) -> dict[str, Any]:
 
 
 async def ingest_body(
-    app: web.Application, feed_name: str, body: bytes, stream_id: str | None
+    app: web.Application, feed_name: str, sender: str, body: bytes, stream_id: str | None
 ) -> dict[str, Any]:
     """Validate, rate-limit, de-duplicate and deliver one request or message (taken whole)."""
     settings, ingest = app[SETTINGS], app[INGEST]
@@ -114,10 +133,14 @@ async def ingest_body(
         default_stream=stream_id,
         now_ms=int(time.time() * 1000),
     )
-    sink = app[SINK]
+    sink, now = app[SINK], app[CLOCK]()
     check_backpressure(sink.pending, len(segments), ingest.max_pending_segments)
+    app[STREAMS].check(feed_name, segments, limits, now, ingest.stream_idle_s)
     if segments:
-        app[LIMITS].check(feed_name, len(segments), limits.rate_per_s, limits.burst, app[CLOCK]())
+        allowed = ingest.senders[sender]
+        app[LIMITS].check(f"sender {sender!r}", len(segments), allowed.rate_per_s, allowed.burst, now)
+        app[LIMITS].check(f"feed {feed_name!r}", len(segments), limits.rate_per_s, limits.burst, now)
+    app[STREAMS].record(feed_name, segments, now)
     fresh, duplicates = app[ACCEPTED].fresh(segments)
     if fresh:
         await sink.send(fresh)
@@ -168,18 +191,18 @@ async def get_feed(request: web.Request) -> web.Response:
 
 @routes.post("/v1/feeds/{feed}/segments")
 async def post_segments(request: web.Request) -> web.Response:
-    _require_token(request)
     feed_name = _feed_name(request)
+    sender = _require_sender(request, feed_name)
     limit = request.app[INGEST].limits_for(feed_name).max_request_bytes
     body = await _read_limited(request, limit)
-    result = await ingest_body(request.app, feed_name, body, request.query.get("stream_id"))
+    result = await ingest_body(request.app, feed_name, sender, body, request.query.get("stream_id"))
     return web.json_response(result)
 
 
 @routes.get("/v1/feeds/{feed}/ws")
 async def segments_socket(request: web.Request) -> web.WebSocketResponse:
-    _require_token(request)
     feed_name = _feed_name(request)
+    sender = _require_sender(request, feed_name)
     stream_id = request.query.get("stream_id")
     limit = request.app[INGEST].limits_for(feed_name).max_request_bytes
     ws = web.WebSocketResponse(max_msg_size=limit, heartbeat=30.0)
@@ -191,7 +214,7 @@ async def segments_socket(request: web.Request) -> web.WebSocketResponse:
                 break  # ERROR (e.g. a message over the limit: aiohttp closes with 1009)
             body = msg.data.encode() if msg.type == WSMsgType.TEXT else msg.data
             try:
-                result = await ingest_body(request.app, feed_name, body, stream_id)
+                result = await ingest_body(request.app, feed_name, sender, body, stream_id)
             except OlpError as exc:
                 status, retry = classify(exc)
                 await ws.send_json({"ok": False, "status": status, "error": str(exc), "retry_after_s": retry})

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from ingest.keys import ACCEPTED, CLOCK, INGEST, LIMITS, NEWS, SETTINGS, SINK, SOCKETS
-from ingest.limits import AcceptedIds, RateLimits
+from ingest.keys import ACCEPTED, CLOCK, INGEST, LIMITS, NEWS, SETTINGS, SINK, SOCKETS, STREAMS
+from ingest.limits import AcceptedIds, RateLimits, StreamRegistry
 from ingest.news_poller import PollerStatus, run_poller
 from ingest.routes import error_middleware, routes
 from ingest.sink import KafkaSink, SegmentSink
@@ -45,6 +45,12 @@ def check_config(settings: Settings, ingest: IngestSettings) -> None:
     unknown = set(ingest.limits) - set(settings.feeds) - {"default"}
     if unknown:
         raise ConfigError(f"ingest limits for undeclared feeds: {', '.join(sorted(unknown))}")
+    for name, sender in ingest.senders.items():
+        undeclared = set(sender.feeds) - set(settings.feeds)
+        if undeclared:
+            raise ConfigError(
+                f"ingest sender {name!r} names undeclared feeds: {', '.join(sorted(undeclared))}"
+            )
 
 
 async def kafka_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -83,7 +89,7 @@ async def news_ctx(app: web.Application) -> AsyncIterator[None]:
                     settings.feeds[source.feed],
                     app[SINK],
                     app[ACCEPTED],
-                    app[NEWS].setdefault(source.public_url, PollerStatus()),
+                    app[NEWS].setdefault(source.url, PollerStatus()),
                 ),
                 name=f"news-poller-{source.stream_id}",
             )
@@ -123,6 +129,9 @@ def create_app(
     app[INGEST] = ingest
     app[LIMITS] = RateLimits()
     app[ACCEPTED] = AcceptedIds(ingest.dedupe_streams)
+    app[STREAMS] = StreamRegistry(ingest.tracked_streams)
+    for source in ingest.news:
+        app[STREAMS].bind(source.stream_id, source.feed)
     app[NEWS] = {}
     app[CLOCK] = clock
     sockets: set[web.WebSocketResponse] = set()

@@ -9,7 +9,8 @@
     olp policy               show the current assignment per role
 
 The feed commands (`olp ingest`, `olp ingest-server`, `olp documents-server`, `olp tail`,
-`olp doc`) live in `launcher.cli_feeds` and are registered on the same group.
+`olp doc`) live in `launcher.cli_feeds`, `olp dlq list` / `olp dlq replay` in `launcher.cli_dlq`; both
+are registered on the same group.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.markup import escape
 
 import olp
+from launcher.cli_dlq import COMMANDS as DLQ_COMMANDS
 from launcher.cli_feeds import COMMANDS as FEED_COMMANDS
 from launcher.console import (
     check_kafka,
@@ -38,6 +39,7 @@ from launcher.console import (
     friendly_errors,
     print_document,
     progress_bar,
+    safe,
     secret_values,
 )
 from olp.settings import Settings
@@ -213,8 +215,8 @@ def policy(url: str | None) -> None:
 def _print_policy(data: Mapping[str, Any]) -> None:
     for role in data["roles"]:
         q = ", ".join(f"{m}={v:.2f}" for m, v in role["q_values"].items())
-        model, reason = escape(role["model"]), escape(role["reason"])
-        console.print(f"  {role['role']:22} -> [bold]{model}[/]  Q: {escape(q)}  ({reason})")
+        name, model, reason = safe(role["role"]), safe(role["model"]), safe(role["reason"])
+        console.print(f"  {name:22} -> [bold]{model}[/]  Q: {safe(q)}  ({reason})")
 
 
 # --- the embedded stack ---------------------------------------------------------------------
@@ -242,13 +244,15 @@ def _run_dir() -> Path:
 @main.command()
 def up() -> None:
     """Start the embedded stack and keep it running until Ctrl-C."""
+    from launcher.stack import write_private
+
     with _stack(_run_dir()) as stack, contextlib.suppress(KeyboardInterrupt):
         console.print("[bold]stack is up[/]; point clients at it with:")
         for key, value in stack.env.items():
             if key != "OLP_API_TOKEN":
                 console.print(f"  export {key}={value}")
         console.print(f"  (API token in {stack.run_dir}/.api-token)  Ctrl-C stops everything.")
-        (stack.run_dir / ".api-token").write_text(stack.env["OLP_API_TOKEN"])
+        write_private(stack.run_dir / ".api-token", stack.env["OLP_API_TOKEN"])
         while True:
             stack.check_alive()
             time.sleep(1)
@@ -286,7 +290,9 @@ def demo(transcript: Path, stream_id: str, timeout_s: int) -> None:
                     ids = "a record"
                     if result.segment_ids:
                         ids = f"sentences {min(result.segment_ids)}-{max(result.segment_ids)}"
-                    console.print(f"[bold red]dead letter[/] ({result.stage}): {ids}: {result.error[:300]}")
+                    console.print(
+                        f"[bold red]dead letter[/] ({safe(result.stage)}): {ids}: {safe(result.error[:300])}"
+                    )
             elif result is not None and result["stream_id"] == stream_id and view.apply(result):
                 print_document(result)
             if view.covers(stream_id, segment_ids):
@@ -309,6 +315,6 @@ def demo(transcript: Path, stream_id: str, timeout_s: int) -> None:
         )
 
 
-for _command in FEED_COMMANDS:
+for _command in (*FEED_COMMANDS, *DLQ_COMMANDS):
     main.add_command(_command)
 main.add_command(__import__("launcher.cli_models", fromlist=["models"]).models)

@@ -86,6 +86,13 @@ def _read_headers(settings: Settings) -> dict[str, str]:
 @click.option("--no-end", is_flag=True, help="Do not mark the last segment as the end of the stream.")
 @click.option("--url", default=None, help="Send through the ingest service at this URL instead of to Kafka.")
 @click.option("--batch", default=200, show_default=True, help="Segments per HTTP request (with --url).")
+@click.option(
+    "--token",
+    envvar="OLP_INGEST_TOKEN",
+    default=None,
+    help="With --url: this sender's token (an `ingest.senders` entry allowed the feed); "
+    "env OLP_INGEST_TOKEN.",
+)
 def ingest_cmd(
     path: Path,
     feed: str,
@@ -97,6 +104,7 @@ def ingest_cmd(
     no_end: bool,
     url: str | None,
     batch: int,
+    token: str | None,
 ) -> None:
     """Send a transcript file's segments into the pipeline, with a progress bar.
 
@@ -128,7 +136,7 @@ def ingest_cmd(
         if pace == "realtime":
             segments = paced(segments, speed)
         sent = _send_with_bar(
-            settings, segments, total, feed, url, 1 if pace == "realtime" or follow else batch
+            settings, segments, total, feed, url, token, 1 if pace == "realtime" or follow else batch
         )
     notes = [f"{stats.skipped_empty} empty"] if stats.skipped_empty else []
     if stats.renumbered:
@@ -145,6 +153,7 @@ def _send_with_bar(
     total: int | None,
     feed: str,
     url: str | None,
+    token: str | None,
     batch: int,
 ) -> int:
     from launcher.clients import replay
@@ -155,12 +164,11 @@ def _send_with_bar(
             return int(replay(settings, segments, on_sent=lambda _s: bar.advance(task)))
         from ingest.client import IngestClient, send_all
 
-        token = ingest_settings(settings).token or settings.api_token
-        if token is None:
+        if not token:
             raise click.ClickException(
-                "sending through the ingest service needs OLP_API_TOKEN (or the ingest token)"
+                "sending through the ingest service needs a sender's token: --token or OLP_INGEST_TOKEN"
             )
-        client = IngestClient(url, feed, token.get_secret_value())
+        client = IngestClient(url, feed, token)
         result = asyncio.run(
             send_all(client, segments, batch_size=batch, on_sent=lambda n: bar.advance(task, n))
         )

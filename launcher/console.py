@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -15,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from olp.catalog import load_catalog
 from olp.errors import OlpError
+from olp.service_settings import documents_settings, ingest_settings
 from olp.settings import Settings, load_settings
 
 console = Console(highlight=False)
@@ -63,13 +65,25 @@ def configure_service_logging(settings: Settings) -> None:
 
 
 def secret_values(settings: Settings) -> list[str]:
-    """The settings' secrets plus the model API keys the catalog names (read here, at the entry
-    point, like the gateway's keys)."""
+    """The settings' secrets, the feed services' tokens and webhook secret, plus the model API
+    keys the catalog names (read here, at the entry point, like the gateway's keys)."""
     try:
         names = [m.api_key_env for m in load_catalog(settings.catalog_path).models if m.api_key_env]
     except OlpError:
         names = []
-    return settings.secret_values() + [os.environ[n] for n in names if os.environ.get(n)]
+    return (
+        settings.secret_values()
+        + service_secrets(settings)
+        + [os.environ[n] for n in names if os.environ.get(n)]
+    )
+
+
+def service_secrets(settings: Settings) -> list[str]:
+    ingest, documents = ingest_settings(settings), documents_settings(settings)
+    webhook = documents.webhook
+    found = [sender.token for sender in ingest.senders.values()] + [documents.read_token]
+    found += [webhook.token, webhook.secret] if webhook is not None else []
+    return [secret.get_secret_value() for secret in found if secret is not None]
 
 
 def progress_bar() -> Progress:
@@ -83,21 +97,34 @@ def progress_bar() -> Progress:
     )
 
 
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+"""C0/C1 control characters (ESC starts a terminal escape sequence) and the invisible or
+bidirectional-override marks that make a line read other than it is; tab and newline stay."""
+
+
+def safe(value: Any) -> str:
+    """Text from a transcript, a document or a server, fit for `console.print`: control
+    characters removed and rich markup escaped, so `[/bold]` is printed, not interpreted."""
+    return escape(CONTROL.sub("", str(value)))
+
+
 def print_document(doc: Mapping[str, Any], full: bool = False) -> None:
-    state = "final" if doc["final"] else "open"  # shown as \[final]: rich reads [x] as markup
+    state = "final" if doc["final"] else "open"
     console.print(
-        f"[bold cyan]{doc['stream_id']}[/] topic {doc['topic_id']} v{doc['version']} \\[{state}] "
-        f"[bold]{doc['name']}[/] (sentences {doc['first_id']}-{doc['last_id']})"
+        f"[bold cyan]{safe(doc['stream_id'])}[/] topic {safe(doc['topic_id'])} v{safe(doc['version'])} "
+        f"{safe('[' + state + ']')} [bold]{safe(doc['name'])}[/] "
+        f"(sentences {safe(doc['first_id'])}-{safe(doc['last_id'])})"
     )
     for aspect in doc["aspects"]:
         sentences = aspect["sentences"]
         if not sentences:
             continue
-        console.print(f"    [green]{aspect['name']}[/] ({len(sentences)})")
+        console.print(f"    [green]{safe(aspect['name'])}[/] ({len(sentences)})")
         shown = sentences if full else sentences[:2]
         for sentence in shown:
-            console.print(f"      [{sentence['id']}] {sentence['text']}", soft_wrap=True)
+            number = safe(f"[{sentence['id']}]")
+            console.print(f"      {number} {safe(sentence['text'])}", soft_wrap=True)
         if len(sentences) > len(shown):
             console.print(f"      ... {len(sentences) - len(shown)} more")
     if doc.get("repairs"):
-        console.print(f"    [dim]repairs: {'; '.join(doc['repairs'])}[/]")
+        console.print(f"    [dim]repairs: {safe('; '.join(doc['repairs']))}[/]")

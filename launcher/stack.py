@@ -46,6 +46,14 @@ LOCAL_CONTEXT = 8192
 """KV cache size the embedded servers give every model (memory and prompt time grow with it)."""
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a secret (a token) readable by its owner only (0600), also when `path` existed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(file.fileno(), 0o600)
+        file.write(text)
+
+
 def local_model_spec(
     alias: str,
     base_url: str,

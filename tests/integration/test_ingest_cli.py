@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from ingest.service import create_app as ingest_app
 from launcher.cli_feeds import doc_cmd, ingest_cmd
 from launcher.embedded import free_port
-from olp.service_settings import IngestSettings
+from olp.service_settings import IngestSettings, SenderSettings
 from olp.settings import load_settings
 from tests.integration.test_documents_service import produce
 from tests.support.stack import read_topic
@@ -39,6 +39,7 @@ This <i>thermos</i> keeps tea hot for 12 hours.
 Only $19 today.
 """
 FEEDS = {"default": {}, "shop": {"domain": "ecommerce", "lang": "de", "chunk_size": 20}}
+CLI_TOKEN = "cli-sender-token-0123"
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def env(broker: str, topic_prefix: str) -> dict[str, str]:
         "OLP_KAFKA__BOOTSTRAP_SERVERS": broker,
         "OLP_TOPIC_PREFIX": topic_prefix,
         "OLP_FEEDS": json.dumps(FEEDS),
-        "OLP_API_TOKEN": "cli-token",
+        "OLP_INGEST_TOKEN": CLI_TOKEN,
     }
 
 
@@ -96,11 +97,12 @@ def test_ingest_a_subtitle_file_to_kafka_paced_and_again(
 def ingest_server(broker: str, topic_prefix: str) -> Iterator[str]:
     """The ingest service on its own event loop in a thread (the CLI runs its own loop)."""
     settings = load_settings(
-        kafka={"bootstrap_servers": broker}, topic_prefix=topic_prefix, feeds=FEEDS, api_token="cli-token"
+        kafka={"bootstrap_servers": broker}, topic_prefix=topic_prefix, feeds=FEEDS, api_token="admin-token"
     )
+    ingest = IngestSettings(senders={"cli": SenderSettings(token=CLI_TOKEN, feeds=("shop",))})
     port = free_port()
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(ingest_app(settings, IngestSettings()))
+    runner = web.AppRunner(ingest_app(settings, ingest))
     ready = threading.Event()
 
     def run() -> None:
@@ -131,8 +133,11 @@ def test_ingest_through_the_ingest_service(
     assert [r["segment_id"] for r in transcripts(broker, topic_prefix, 3)] == [1, 2, 3]
     again = runner.invoke(ingest_cmd, args, env=env)
     assert again.exit_code == 0 and "3 segments had been sent before (ignored)" in again.output
-    no_token = runner.invoke(ingest_cmd, args, env={**env, "OLP_API_TOKEN": "wrong"})
-    assert no_token.exit_code != 0 and "HTTP 401" in no_token.output
+    for token in ("wrong", "admin-token"):  # the admin token is no sender's
+        refused = runner.invoke(
+            ingest_cmd, args, env={**env, "OLP_INGEST_TOKEN": token, "OLP_API_TOKEN": token}
+        )
+        assert refused.exit_code != 0 and "HTTP 401" in refused.output
 
 
 def test_doc_prints_the_current_document_from_kafka(

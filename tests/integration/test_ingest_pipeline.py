@@ -28,16 +28,17 @@ from ingest.service import create_app as ingest_app
 from launcher.scripted_llm import ScriptedLLM, scripted_catalog
 from launcher.scripted_roles import perfect
 from olp.feeds import read_transcript, with_end_marker
-from olp.service_settings import DocumentsSettings, IngestSettings, WebhookSettings
+from olp.service_settings import DocumentsSettings, IngestSettings, SenderSettings, WebhookSettings
 from olp.settings import Settings, load_settings
 from tests.integration.test_pipeline_e2e import SAMPLE, expected_documents
 from tests.support.stack import ServiceStack
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "test-token"  # ServiceStack's OLP_API_TOKEN
+TOKEN = "shop-sender-token-0123"  # a sender's, allowed the shop feed
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FEEDS = {"default": {"chunk_size": 30}, "shop": {"domain": "ecommerce", "chunk_size": 30}}
+INGEST = IngestSettings(senders={"shop-studio": SenderSettings(token=TOKEN, feeds=("shop",))})
 KEYS = ("topic_id", "name", "first_id", "last_id", "final", "aspects")
 Client = Callable[..., Any]
 
@@ -58,9 +59,7 @@ def stack(broker: str, topic_prefix: str, run_dir: Path) -> Iterator[ServiceStac
 
 
 def settings_for(stack: ServiceStack) -> Settings:
-    return load_settings(
-        kafka={"bootstrap_servers": stack.bootstrap}, topic_prefix=stack.prefix, feeds=FEEDS, api_token=TOKEN
-    )
+    return load_settings(kafka={"bootstrap_servers": stack.bootstrap}, topic_prefix=stack.prefix, feeds=FEEDS)
 
 
 def write_vtt(path: Path) -> None:
@@ -129,7 +128,7 @@ async def test_vtt_over_http_and_jsonl_over_websocket_become_documents_once(
             DocumentsSettings(webhook=WebhookSettings(url=hook_url, only_final=True, backoff_max_s=0.2)),
         )
     )
-    ingest = await aiohttp_client(ingest_app(settings, IngestSettings()))
+    ingest = await aiohttp_client(ingest_app(settings, INGEST))
     sse = await docs.get("/v1/streams/vtt-1/events")
     pushed: list[dict[str, Any]] = []
 
@@ -195,7 +194,7 @@ async def test_vtt_over_http_and_jsonl_over_websocket_become_documents_once(
     again = await send_all(client, cues, batch_size=50)
     assert (again.accepted, again.duplicates) == (0, 145)
     # ... and a fresh one (no memory) sends them to Kafka, where the Chunk Splitter ignores them.
-    fresh = await aiohttp_client(ingest_app(settings, IngestSettings()))
+    fresh = await aiohttp_client(ingest_app(settings, INGEST))
     handled = await worker_stat(stack, "done.chunk_splitter")
     updates = (await (await docs.get("/readyz")).json())["updates"]
     seen_events = len(pushed)

@@ -137,7 +137,11 @@ async def test_state_changing_endpoints_need_the_token_and_limit_request_size(
     if resp.status != 413:
         failures.append(f"policy store took a 200 kB body: {resp.status}")
 
-    ingest = ingest_app(settings, sink=MemorySink())
+    from olp.service_settings import IngestSettings, SenderSettings
+
+    sender = "sender-token-0123456789"
+    ingest_settings = IngestSettings(senders={"s": SenderSettings(token=sender, feeds=("default",))})
+    ingest = ingest_app(settings, ingest_settings, sink=MemorySink())
     client = await aiohttp_client(ingest)
     n, bad = await _check_routes(client, ingest, [{"stream_id": "s", "segment_id": 1, "text": "hi"}])
     checked, failures = checked + n, failures + bad
@@ -145,7 +149,7 @@ async def test_state_changing_endpoints_need_the_token_and_limit_request_size(
     if resp.status not in (401, 403):
         failures.append(f"ingest WebSocket without a token: {resp.status}")
     resp = await client.post(
-        "/v1/feeds/default/segments", data=b"x" * 2_000_000, headers={"Authorization": f"Bearer {TOKEN}"}
+        "/v1/feeds/default/segments", data=b"x" * 2_000_000, headers={"Authorization": f"Bearer {sender}"}
     )
     if resp.status != 413:
         failures.append(f"ingest took a 2 MB body: {resp.status}")

@@ -16,10 +16,11 @@ from aiohttp.test_utils import TestClient
 from ingest.service import create_app
 from ingest.sink import MemorySink
 from olp.errors import ConfigError
-from olp.service_settings import FeedLimits, IngestSettings, NewsSource
+from olp.service_settings import FeedLimits, IngestSettings, NewsSource, SenderSettings
 from olp.settings import Settings, load_settings
 
-TOKEN = "s3cret"
+TOKEN = "sender-token-0123456789"
+ADMIN = "admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 Client = Callable[..., Any]
 
@@ -41,6 +42,15 @@ LIMITS = {
 }
 
 
+SENDERS = {
+    "studio": SenderSettings(token=TOKEN, feeds=tuple(FEEDS), rate_per_s=1000.0, burst=1000),
+}
+
+
+def ingest(**overrides: Any) -> IngestSettings:
+    return IngestSettings(senders=overrides.pop("senders", SENDERS), **overrides)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -50,7 +60,7 @@ class Clock:
 
 
 def settings(**overrides: Any) -> Settings:
-    return load_settings(feeds=FEEDS, api_token=TOKEN, **overrides)
+    return load_settings(feeds=FEEDS, api_token=ADMIN, **overrides)
 
 
 @pytest.fixture
@@ -65,9 +75,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def client(aiohttp_client: Client, sink: MemorySink, clock: Clock) -> TestClient:
-    app = create_app(
-        settings(), IngestSettings(limits=LIMITS, max_pending_segments=6), sink=sink, clock=clock
-    )
+    app = create_app(settings(), ingest(limits=LIMITS, max_pending_segments=6), sink=sink, clock=clock)
     return await aiohttp_client(app)
 
 
@@ -102,7 +110,14 @@ async def test_feed_configuration_is_visible(client: TestClient) -> None:
         "aspects": ["Opening", "Order Urging", "Price", "Product Description"],
         "models": ["m1"],
         "budget_usd_per_hour": 2.5,
-        "limits": {"rate_per_s": 1.0, "burst": 5, "max_request_bytes": 2048, "max_segment_chars": 100},
+        "limits": {
+            "rate_per_s": 1.0,
+            "burst": 5,
+            "max_request_bytes": 2048,
+            "max_segment_chars": 100,
+            "max_streams": 1000,
+            "max_segment_id_jump": 1_000_000,
+        },
         "news": [],
     }
     assert feeds["wire"]["aspects"] == ["Future Plans", "Assumptions", "Opinions", "Facts"]
@@ -173,20 +188,25 @@ async def test_re_sending_is_answered_as_duplicates_and_produces_nothing(
 # --- refused requests -----------------------------------------------------------------------
 
 
-async def test_missing_or_wrong_token_is_401_and_no_token_configured_is_403(aiohttp_client: Client) -> None:
+async def test_missing_or_wrong_token_is_401_and_no_sender_configured_is_403(aiohttp_client: Client) -> None:
     sink = MemorySink()
-    client = await aiohttp_client(create_app(settings(), IngestSettings(), sink=sink))
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+    client = await aiohttp_client(create_app(settings(), ingest(), sink=sink))
+    wrong = (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": TOKEN},
+        {"Authorization": f"Bearer {ADMIN}"},
+    )
+    for headers in wrong:
         resp = await post(client, lines(seg(1)), feed="default", headers=headers)
         assert resp.status == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
         assert (await resp.json())["error"] == "missing or wrong bearer token"
-    open_client = await aiohttp_client(create_app(load_settings(feeds=FEEDS), IngestSettings(), sink=sink))
-    resp = await post(open_client, lines(seg(1)), feed="default")
-    assert resp.status == 403 and "ingest is disabled" in (await resp.json())["error"]
-    own_token = await aiohttp_client(
-        create_app(load_settings(feeds=FEEDS), IngestSettings(token="ingest-only"), sink=sink)
+    open_client = await aiohttp_client(create_app(settings(), IngestSettings(), sink=sink))
+    resp = await post(
+        open_client, lines(seg(1)), feed="default", headers={"Authorization": f"Bearer {ADMIN}"}
     )
-    ok = await post(own_token, lines(seg(1)), feed="default", headers={"Authorization": "Bearer ingest-only"})
+    assert resp.status == 403 and "ingest is disabled" in (await resp.json())["error"]
+    ok = await post(client, lines(seg(1)), feed="default")
     assert ok.status == 200
     assert sink.sent and len(sink.sent) == 1
 

@@ -1,11 +1,21 @@
-"""Ingest limits: token buckets per feed, back-pressure and the accepted-id memory."""
+"""Ingest limits: token buckets per feed and sender, back-pressure, the stream registry (feed
+binding, segment-id jumps, open streams per feed) and the accepted-id memory."""
 
 from __future__ import annotations
 
 import pytest
 
-from ingest.limits import AcceptedIds, RateLimited, RateLimits, TokenBucket, check_backpressure
+from ingest.limits import (
+    AcceptedIds,
+    RateLimited,
+    RateLimits,
+    StreamRegistry,
+    TokenBucket,
+    check_backpressure,
+)
 from ingest.segments import TooLargeError
+from olp.errors import FeedError
+from olp.service_settings import FeedLimits
 
 
 def test_token_bucket_starts_full_refills_at_its_rate_and_says_how_long_to_wait() -> None:
@@ -19,16 +29,16 @@ def test_token_bucket_starts_full_refills_at_its_rate_and_says_how_long_to_wait(
 
 def test_rate_limits_are_per_feed_and_name_the_wait() -> None:
     limits = RateLimits()
-    limits.check("shop", 5, rate=1.0, burst=5, now=0.0)
-    limits.check("news", 5, rate=1.0, burst=5, now=0.0)  # its own bucket
+    limits.check("feed 'shop'", 5, rate=1.0, burst=5, now=0.0)
+    limits.check("feed 'news'", 5, rate=1.0, burst=5, now=0.0)  # its own bucket
     with pytest.raises(RateLimited, match="feed 'shop' is over its rate of 1 segments/s") as caught:
-        limits.check("shop", 3, rate=1.0, burst=5, now=0.5)
+        limits.check("feed 'shop'", 3, rate=1.0, burst=5, now=0.5)
     assert caught.value.retry_after_s == pytest.approx(2.5)
     assert caught.value.retry_after_header == "3"
     with pytest.raises(
         TooLargeError, match=r"6 segments in one request exceed the burst of feed 'shop' \(5\)"
     ):
-        limits.check("shop", 6, rate=1.0, burst=5, now=10.0)
+        limits.check("feed 'shop'", 6, rate=1.0, burst=5, now=10.0)
 
 
 def test_backpressure_refuses_only_beyond_the_limit_and_never_a_lone_batch() -> None:
@@ -59,3 +69,45 @@ def test_accepted_ids_answer_re_sends_and_let_an_end_mark_through() -> None:
     ids.record([seg("c", 1)])  # capacity 2: "a" (least recently used) is forgotten
     assert ids.highest("a") is None and ids.highest("c") == 1
     assert AcceptedIds(0).fresh([seg("a", 1)])[1] == 0
+
+
+def test_a_stream_belongs_to_the_feed_it_was_first_written_on() -> None:
+    streams = StreamRegistry(capacity=100)
+    streams.check("shop", [seg("live-1", 1)], FeedLimits(), now=0.0, idle_s=60)
+    streams.record("shop", [seg("live-1", 1)], now=0.0)
+    streams.check("shop", [seg("live-1", 2)], FeedLimits(), now=1.0, idle_s=60)
+    with pytest.raises(FeedError, match="stream 'live-1' belongs to another feed"):
+        streams.check("wire", [seg("live-1", 2)], FeedLimits(), now=1.0, idle_s=60)
+    streams.bind("news-1", "wire")
+    with pytest.raises(FeedError, match="stream 'news-1' belongs to another feed"):
+        streams.check("shop", [seg("news-1", 1)], FeedLimits(), now=1.0, idle_s=60)
+
+
+def test_segment_ids_may_not_jump_past_the_feeds_cap() -> None:
+    streams = StreamRegistry(capacity=100)
+    limits = FeedLimits(max_segment_id_jump=1000)
+    with pytest.raises(FeedError, match=r"segment_id 9223372036854775807 of stream 's' jumps"):
+        streams.check("shop", [seg("s", 2**63 - 1)], limits, now=0.0, idle_s=60)
+    streams.check("shop", [seg("s", 1000)], limits, now=0.0, idle_s=60)
+    streams.record("shop", [seg("s", 1000)], now=0.0)
+    streams.check("shop", [seg("s", 2000)], limits, now=0.0, idle_s=60)
+    with pytest.raises(FeedError, match="jumps 1001 past 1000; feed 'shop' allows at most 1000"):
+        streams.check("shop", [seg("s", 2001)], limits, now=0.0, idle_s=60)
+    with pytest.raises(FeedError, match="jumps 1001 past 1500"):  # within one request too
+        streams.check("shop", [seg("s", 1500), seg("s", 2501)], limits, now=0.0, idle_s=60)
+
+
+def test_a_feed_holds_at_most_max_streams_open_streams() -> None:
+    streams = StreamRegistry(capacity=100)
+    limits = FeedLimits(max_streams=2)
+    streams.record("shop", [seg("a", 1), seg("b", 1)], now=0.0)
+    streams.check("wire", [seg("c", 1)], limits, now=1.0, idle_s=60)  # other feeds count apart
+    with pytest.raises(RateLimited, match="feed 'shop' has 2 open streams, its limit"):
+        streams.check("shop", [seg("c", 1)], limits, now=1.0, idle_s=60)
+    streams.check("shop", [seg("a", 2)], limits, now=1.0, idle_s=60)  # a known stream goes on
+    streams.record("shop", [seg("a", 2, eos=True)], now=1.0)  # an ended stream frees its place
+    streams.check("shop", [seg("c", 1)], limits, now=2.0, idle_s=60)
+    streams.record("shop", [seg("c", 1)], now=2.0)
+    with pytest.raises(RateLimited):
+        streams.check("shop", [seg("d", 1)], limits, now=3.0, idle_s=60)
+    streams.check("shop", [seg("d", 1)], limits, now=100.0, idle_s=60)  # idle ones do too
