@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -47,7 +48,9 @@ async def _read_token(request: web.Request, handler: Handler) -> web.StreamRespo
     return await handler(request)
 
 
-middlewares = [error_middleware(), _read_token]
+def middlewares(secrets: list[str]) -> list[Any]:
+    """Errors as JSON with `secrets` masked in every text, then the read-token check."""
+    return [error_middleware(secrets=secrets), _read_token]
 
 
 def _not_found(what: str) -> web.HTTPException:

@@ -130,7 +130,10 @@ def create_app(
     """The read service. `read_kafka=False` leaves the view to be fed by `apply_document` (tests)."""
     documents = documents or documents_settings(settings)
     check_config(documents)
-    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
+    webhook = documents.webhook
+    held = (documents.read_token, *((webhook.token, webhook.secret) if webhook else ()))
+    secrets = [*settings.secret_values(), *(s.get_secret_value() for s in held if s)]
+    app = web.Application(middlewares=middlewares(secrets), client_max_size=64 * 1024)
     app[SETTINGS] = settings
     app[DOCUMENTS] = documents
     app[STORE] = DocumentStore(documents.history_per_topic, documents.event_log)

@@ -81,7 +81,9 @@ def _require_sender(request: web.Request, feed_name: str) -> str:
     return matched
 
 
-error_middleware = http_errors(classify)
+def error_middleware(secrets: list[str]) -> Any:
+    """Errors as JSON with the status `classify` gives, `secrets` masked in every text."""
+    return http_errors(classify, secrets)
 
 
 def _feed_name(request: web.Request) -> str:

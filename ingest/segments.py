@@ -14,12 +14,12 @@ so a sender can fix and re-send it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from olp.errors import FeedError
 from olp.feeds.formats import row_from_object
+from olp.http import loads_json
 from olp.service_settings import FeedLimits, check_stream_id
 from olp.settings import FeedSettings
 
@@ -37,7 +37,7 @@ def parse_body(body: bytes) -> list[Any]:
     stripped = text.lstrip("\ufeff \t\r\n")
     if stripped.startswith("["):
         try:
-            values = json.loads(stripped)
+            values = loads_json(stripped)
         except ValueError as exc:
             raise FeedError(f"body is not a JSON array: {exc}") from exc
         return list(values)
@@ -46,7 +46,7 @@ def parse_body(body: bytes) -> list[Any]:
         if not line.strip():
             continue
         try:
-            values.append(json.loads(line))
+            values.append(loads_json(line))
         except ValueError as exc:
             raise FeedError(f"line {line_no}: not JSON: {exc}") from exc
     return values

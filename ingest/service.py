@@ -124,7 +124,9 @@ def create_app(
     ingest = ingest or ingest_settings(settings)
     check_config(settings, ingest)
     largest = max([limits.max_request_bytes for limits in ingest.limits.values()] or [1_048_576])
-    app = web.Application(middlewares=[error_middleware], client_max_size=largest + 1024)
+    tokens = [sender.token.get_secret_value() for sender in ingest.senders.values()]
+    secrets = [*settings.secret_values(), *tokens]
+    app = web.Application(middlewares=[error_middleware(secrets)], client_max_size=largest + 1024)
     app[SETTINGS] = settings
     app[INGEST] = ingest
     app[LIMITS] = RateLimits()

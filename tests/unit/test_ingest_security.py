@@ -200,3 +200,17 @@ def test_public_addresses() -> None:
     assert is_public_address("93.184.216.34") and is_public_address("2606:2800:220:1::1")
     for address in ("127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1", "fe80::1", "0.0.0.0"):
         assert not is_public_address(address), address
+
+
+async def test_deeply_nested_json_is_a_400_over_http_and_keeps_the_websocket(aiohttp_client: Client) -> None:
+    client = await make_client(aiohttp_client, MemorySink())
+    deep = "[" * 100_000 + "]" * 100_000
+    resp = await client.post("/v1/feeds/shop/segments", data=deep, headers=auth(SHOP))
+    assert resp.status == 400
+    assert "nest" in (await resp.json())["error"]
+    async with client.ws_connect("/v1/feeds/shop/ws?stream_id=ws-deep", headers=auth(SHOP)) as ws:
+        await ws.send_str(deep)
+        refused = await ws.receive_json()
+        assert refused["ok"] is False and refused["status"] == 400
+        await ws.send_str(json.dumps(seg("ws-deep", 1)))  # the socket is still open
+        assert (await ws.receive_json())["accepted"] == 1
