@@ -223,10 +223,10 @@ def _print_policy(data: Mapping[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _stack(run_dir: Path) -> Iterator[Any]:
+def _stack(run_dir: Path, secure: bool = False) -> Iterator[Any]:
     from launcher.stack import EmbeddedStack
 
-    stack = EmbeddedStack(run_dir=run_dir, log=lambda line: console.print(f"[dim]{line}[/]"))
+    stack = EmbeddedStack(run_dir=run_dir, secure=secure, log=lambda line: console.print(f"[dim]{line}[/]"))
     # SIGTERM (e.g. from a supervisor) should tear down like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
@@ -242,15 +242,25 @@ def _run_dir() -> Path:
 
 
 @main.command()
-def up() -> None:
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="Serve the broker over mutual TLS (a TLS proxy in front of Tansu, a throwaway CA), so "
+    "clients connect as to a secured cluster.",
+)
+def up(secure: bool) -> None:
     """Start the embedded stack and keep it running until Ctrl-C."""
     from launcher.stack import write_private
 
-    with _stack(_run_dir()) as stack, contextlib.suppress(KeyboardInterrupt):
+    with _stack(_run_dir(), secure) as stack, contextlib.suppress(KeyboardInterrupt):
         console.print("[bold]stack is up[/]; point clients at it with:")
         for key, value in stack.env.items():
-            if key != "OLP_API_TOKEN":
-                console.print(f"  export {key}={value}")
+            if key != "OLP_API_TOKEN" and "PASSWORD" not in key:
+                console.print(f"  export {key}={value}", markup=False, soft_wrap=True)
+        if stack.secure_broker is not None:  # the key's password by its file, never shown
+            for line in stack.secure_broker.client_instructions().splitlines():
+                if "PASSWORD" in line:
+                    console.print(f"  {line}", markup=False, soft_wrap=True)
         console.print(f"  (API token in {stack.run_dir}/.api-token)  Ctrl-C stops everything.")
         write_private(stack.run_dir / ".api-token", stack.env["OLP_API_TOKEN"])
         while True:

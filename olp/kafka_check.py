@@ -16,7 +16,7 @@ import ssl
 import time
 from typing import Any
 
-from olp.errors import OlpError, UnavailableError
+from olp.errors import ConfigError, OlpError, UnavailableError
 from olp.kafka_security import KafkaConnection
 
 _CLIENT_CERT_REFUSED = ("alert unknown ca", "alert bad certificate", "alert certificate required")
@@ -46,7 +46,10 @@ def check_connection(conn: KafkaConnection, timeout_s: float = 10.0) -> None:
 
     errors: list[Any] = []
     conf: dict[str, Any] = {**conn.confluent_config(), "error_cb": errors.append}
-    admin = AdminClient(conf)
+    try:
+        admin = AdminClient(conf)
+    except KafkaException as exc:  # a CA, certificate or key file librdkafka cannot load
+        raise ConfigError(f"the Kafka client settings cannot be used: {exc.args[0].str()}") from exc
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while True:

@@ -399,3 +399,14 @@ def test_the_embedded_broker_values_are_one_constant(monkeypatch: pytest.MonkeyP
     # The environment and a caller's own kafka fields merge (the test fixtures rely on it).
     loaded = load_settings(kafka={"bootstrap_servers": "127.0.0.1:2"}).kafka
     assert loaded == KafkaSettings.embedded_broker(bootstrap_servers="127.0.0.1:2")
+
+
+def test_a_ca_file_librdkafka_cannot_load_is_a_config_error(tmp_path: Path) -> None:
+    from olp.errors import ConfigError
+    from olp.kafka_check import check_connection
+
+    empty = tmp_path / "ca.crt"
+    empty.write_text("not a certificate\n")
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:9", security_protocol="SSL", ssl_cafile=empty)
+    with pytest.raises(ConfigError, match="ssl.ca.location"):
+        check_connection(kafka, timeout_s=2)
