@@ -28,7 +28,7 @@ from processors.domain import (
     sentences_from_avro,
 )
 from processors.evidence import evidence_outcome, is_canary
-from processors.gold import organizer_score
+from processors.gold import LabelledStream, organizer_score
 from processors.role_agent import register_role
 from processors.role_call import CallContext, RoleFailed
 from processors.worker import Record, WorkerContext
@@ -252,6 +252,9 @@ async def organize_topics(worker: WorkerContext, checked: Record) -> None:
             def parse(text: str, ids: list[int] = part_ids) -> dict[str, list[int]]:
                 return parse_answer(text, ids, aspects)
 
+            def score(gold: LabelledStream, value: Any, ids: list[int] = part_ids) -> float:
+                return organizer_score(value, ids, gold)
+
             try:
                 answer = await caller.ask(
                     build_prompt(sentences, part, topic["name"], aspects, chunk["domain"], chunk["lang"]),
@@ -259,7 +262,7 @@ async def organize_topics(worker: WorkerContext, checked: Record) -> None:
                     CallContext.for_chunk(chunk, f"{index}" if number == 0 else f"{index}.{number}"),
                     answer_schema(aspects, part_ids),
                     feed.models,
-                    grade=grade_with(reference, lambda gold, v, ids=part_ids: organizer_score(v, ids, gold)),
+                    grade=grade_with(reference, score),
                 )
             except RoleFailed:
                 continue  # unorganised: the Format Checker files these sentences under the fallback aspect
