@@ -1,6 +1,7 @@
 """The board of judges: strong models score a sample of the roles' answers (spec section 4).
 
-For a sampled role call, every judge of the board (`JudgeSettings.models`) is shown the role's own
+The board is `JudgeSettings.models`, or, unset, every catalog model flagged `judge: true`
+(`board_models`). For a sampled role call, every judge allowed to judge it is shown the role's own
 prompt (so the server's cached prefix, system prompt + chunk transcript, is reused) followed by the
 answer, and replies "correct" or a correction in the role's own answer form. A correction is
 parsed with the role's own parser, so its ids are checked against the chunk like any answer.
@@ -17,13 +18,27 @@ Each judge's verdict becomes a score k in [-1, 1] (the k of the paper's reward r
 - a judge that says "incorrect" without a usable correction: k = -1.
 
 The board's score is the weighted mean of its judges' scores (`JudgeSettings.weights`, default
-equal; the policy store's board election can set them). Judge calls are sampled
-(`JudgeSettings.sample_rate` of role calls), since judging everything costs more than the work.
+equal; the policy store's board election can set them).
+
+Who judges (`JudgeBoard.judges_for`): never the model that answered (a board whose only judge
+answered skips the call: the canaries are the signal then); for a feed with
+`external_judges: false`, only judges served on this machine (`ModelSpec.is_local`: a loopback
+base_url), since a judge sees the transcript; nobody on a gold canary (scored exactly,
+processors/canaries.py).
+
+How often (`role_uncertainty`, `sample_rate_for`): judging everything costs more than the work,
+so calls are sampled, and more where the learner's choice is open. From the role's current
+Assignment: uncertainty 1 before any assignment, while untried models warm up or while a candidate
+has no Q-value; 0 when pinned or with one candidate; else 1 - gap / settled_gap, where gap is the
+best minus the second-best candidate's Q-value over the larger magnitude of the two. The rate
+moves linearly from `JudgeSettings.settled_rate` (uncertainty 0) to `sample_rate` (uncertainty 1).
 
 Writes, per judged call: one `JudgeVerdict` per judge to `olp.verdicts`
 (schemas/judge_verdict.avsc: the judge, its score, its correction, what the judge call cost) and
 one `RoleOutcome` with `source = "judge"` and `quality` = the board's score to `olp.feedback`, so
-the policy store learns from it. With `apply_corrections`, the board is awaited and the best-
+the policy store learns from it. That outcome keeps the judged call's cost and latency (its reward
+is about that call) and carries what the judges' own calls cost in `judge_cost_usd`: judge spend,
+for the feed's budget and every reported cost. With `apply_corrections`, the board is awaited and the best-
 weighted judge's correction replaces the answer downstream (the paper's board); otherwise judging
 runs beside the pipeline and never delays it.
 
