@@ -152,8 +152,9 @@ class FeedSettings(BaseModel):
     canaries: Path | None = Field(
         None,
         description=(
-            "A labelled stream (processors/gold.py) whose chunks are replayed as gold canaries "
-            "under stream ids `canary:...`, scored exactly and never published as documents."
+            "A labelled stream (processors/gold.py; a bare name such as canaries_news_en.json is "
+            "one bundled with olp) whose chunks are replayed as gold canaries under stream ids "
+            "`canary:...`, scored exactly and never published as documents."
         ),
     )
     canary_rate: float = Field(

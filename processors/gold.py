@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import olp
 from olp.errors import ConfigError
 from olp.settings import DEFAULT_ASPECTS
 from processors.domain import Sentence, TopicSpan, name_key, span_iou
@@ -63,9 +64,15 @@ class LabelledStream:
         return next((t for t in self.topics if t.named_by(name)), None)
 
 
+BUNDLED = Path(olp.__file__).parent / "data"
+"""Where the project's labelled streams live: a bare file name not found as given names one."""
+
+
 def load_labelled(path: Path) -> LabelledStream:
     """Read a labelled stream (module docstring); ConfigError on a file that breaks its rules."""
     path = Path(path)
+    if not path.exists() and path.parent == Path() and (BUNDLED / path).exists():
+        path = BUNDLED / path
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         if "transcript" in raw:

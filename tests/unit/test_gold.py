@@ -65,6 +65,12 @@ def test_the_news_and_chinese_sets_are_labelled_completely(name: str, domain: st
     assert label_problems(stream) == [] and len(stream.topics) == 2
 
 
+def test_a_bundled_set_is_found_by_its_file_name() -> None:
+    assert load_labelled(Path("canaries_ecommerce_zh.json")) == load_labelled(
+        DATA / "canaries_ecommerce_zh.json"
+    )
+
+
 def test_a_sentence_labelled_twice_or_not_at_all_is_refused(tmp_path: Path) -> None:
     bad = {
         "domain": "news",
