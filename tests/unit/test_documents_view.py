@@ -112,27 +112,15 @@ def test_dead_lettered_sentences_count_as_accounted_for_in_the_cli_view() -> Non
 
     codec = AvroCodec()
     chunk = {
-        "stream_id": "s1",
-        "chunk_id": "s1:1",
-        "seq": 1,
-        "feed": "default",
-        "domain": "ecommerce",
-        "lang": "en",
-        "sentences": [{"id": i, "text": f"t{i}"} for i in range(11, 21)],
-        "is_last": True,
-        "created_ms": 0,
+        "stream_id": "s1", "chunk_id": "s1:1", "seq": 1, "feed": "default", "domain": "ecommerce",
+        "lang": "en", "sentences": [{"id": i, "text": f"t{i}"} for i in range(11, 21)],
+        "is_last": True, "created_ms": 0,
     }
     found = {"chunk": chunk, "stage": "topic_finder", "topics": [], "trail": []}
     letter = {
-        "source_topic": "olp.found",
-        "partition": 0,
-        "offset": 3,
-        "key": b"s1",
-        "value": codec.encode("RoleResult", found),
-        "stage": "topic_locator",
-        "error_type": "RoleFailed",
-        "error": "no usable answer",
-        "ts_ms": 0,
+        "source_topic": "olp.found", "partition": 0, "offset": 3, "key": b"s1",
+        "value": codec.encode("RoleResult", found), "stage": "topic_locator",
+        "error_type": "RoleFailed", "error": "no usable answer", "ts_ms": 0,
     }
     summary = DeadLetterSummary.from_record(letter, codec)
     expected = DeadLetterSummary("s1", tuple(range(11, 21)), "topic_locator", "RoleFailed: no usable answer")

@@ -94,3 +94,4 @@ async def test_flush_when_stopping_sends_what_is_still_queued(app: faust.App) ->
         buffer.put(fut)
     await asyncio.wait_for(buffer.flush(), 5)
     assert all(f.done() for f in writes) and broker.sent == 2
+

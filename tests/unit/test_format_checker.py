@@ -37,13 +37,8 @@ CHUNK: dict[str, Any] = {
 }
 
 
-def topic(
-    name: str = "Curly lace front wig",
-    first: int | None = 100,
-    last: int | None = 107,
-    final: bool = True,
-    aspects: dict[str, list[int]] | None = None,
-) -> dict[str, Any]:
+def topic(name: str = "Curly lace front wig", first: int | None = 100, last: int | None = 107,
+          final: bool = True, aspects: dict[str, list[int]] | None = None) -> dict[str, Any]:
     return {"name": name, "first_id": first, "last_id": last, "final": final, "aspects": aspects or {}}
 
 
@@ -52,9 +47,8 @@ def doc_aspects(doc: dict[str, Any]) -> dict[str, list[int]]:
 
 
 def test_a_clean_answer_becomes_the_document_unchanged() -> None:
-    draft = topic(
-        aspects={"Opening": [100], "Order Urging": [107], "Price": [106], "Product Description": [101, 103]}
-    )
+    draft = topic(aspects={"Opening": [100], "Order Urging": [107], "Price": [106],
+                           "Product Description": [101, 103]})
     doc = check_document(CHUNK, draft, ECOMMERCE, version=3, now_ms=1_700_000_000_500)
     assert doc == {
         "stream_id": "live-1",
@@ -70,10 +64,8 @@ def test_a_clean_answer_becomes_the_document_unchanged() -> None:
             {"name": "Opening", "sentences": [{"id": 100, "text": TEXT[100]}]},
             {"name": "Order Urging", "sentences": [{"id": 107, "text": TEXT[107]}]},
             {"name": "Price", "sentences": [{"id": 106, "text": TEXT[106]}]},
-            {
-                "name": "Product Description",
-                "sentences": [{"id": 101, "text": TEXT[101]}, {"id": 103, "text": TEXT[103]}],
-            },
+            {"name": "Product Description",
+             "sentences": [{"id": 101, "text": TEXT[101]}, {"id": 103, "text": TEXT[103]}]},
         ],
         "repairs": [],
         "updated_ms": 1_700_000_000_500,
@@ -114,21 +106,16 @@ def test_span_is_clipped_to_the_chunk_and_snapped_to_sentence_ids() -> None:
     clipped = check_document(CHUNK, draft, ECOMMERCE, 3, 0)
     assert (clipped["topic_id"], clipped["first_id"], clipped["last_id"]) == ("100", 100, 101)
     assert clipped["repairs"] == ["span 50-101 clipped to the chunk: 100-101"]
-    snapped = check_document(
-        CHUNK, topic(first=102, last=109, aspects={"Price": [103, 106, 107]}), ECOMMERCE, 3, 0
-    )
+    snapped = check_document(CHUNK, topic(first=102, last=109, aspects={"Price": [103, 106, 107]}),
+                             ECOMMERCE, 3, 0)
     assert (snapped["topic_id"], snapped["first_id"], snapped["last_id"]) == ("103", 103, 107)
     assert snapped["repairs"] == ["span 102-109 snapped to sentence ids: 103-107"]
 
 
 def test_an_unorganised_topic_goes_whole_into_the_fallback_aspect() -> None:
     doc = check_document(CHUNK, topic(name="White running sneakers", first=110, last=115), ECOMMERCE, 3, 0)
-    assert doc_aspects(doc) == {
-        "Opening": [],
-        "Order Urging": [],
-        "Price": [],
-        "Product Description": [110, 111, 115],
-    }
+    assert doc_aspects(doc) == {"Opening": [], "Order Urging": [], "Price": [],
+                                "Product Description": [110, 111, 115]}
     assert doc["repairs"] == ["placed unassigned ids into 'Product Description': [110, 111, 115]"]
 
 
@@ -136,13 +123,8 @@ def test_fallback_is_the_last_configured_aspect() -> None:
     assert format_checker.fallback_aspect(DEFAULT_ASPECTS["ecommerce"]) == "Product Description"
     assert format_checker.fallback_aspect(DEFAULT_ASPECTS["news"]) == "Facts"
     news_chunk = {**CHUNK, "domain": "news", "lang": "zh"}
-    doc = check_document(
-        news_chunk,
-        topic(name="台风登陆", first=110, last=111, aspects={"Opinions": [111]}),
-        DEFAULT_ASPECTS["news"],
-        3,
-        0,
-    )
+    doc = check_document(news_chunk, topic(name="台风登陆", first=110, last=111,
+                                           aspects={"Opinions": [111]}), DEFAULT_ASPECTS["news"], 3, 0)
     assert doc_aspects(doc) == {"Future Plans": [], "Assumptions": [], "Opinions": [111], "Facts": [110]}
     assert (doc["domain"], doc["lang"], doc["name"]) == ("news", "zh", "台风登陆")
 
@@ -188,10 +170,7 @@ def test_chunk_done_points_at_the_unfinished_topic() -> None:
     open_topic = topic(name="Sneakers", first=110, last=115, final=False)
     sneakers = check_document(CHUNK, open_topic, ECOMMERCE, 3, 0)
     assert chunk_done(CHUNK, [wig, sneakers]) == {
-        "stream_id": "live-1",
-        "chunk_id": "live-1:3",
-        "seq": 3,
-        "next_start_id": 110,
+        "stream_id": "live-1", "chunk_id": "live-1:3", "seq": 3, "next_start_id": 110
     }
     assert chunk_done(CHUNK, [wig])["next_start_id"] is None
     assert chunk_done({**CHUNK, "is_last": True}, [wig, sneakers])["next_start_id"] is None
