@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import olp
 from launcher.embedded import (
     DEFAULT_LOCAL_MODEL,
     LOCAL_MODELS,
@@ -42,6 +43,8 @@ from olp.settings import EMBEDDED_BROKER_ENV, EMBEDDED_BROKER_KAFKA, Settings, l
 from olp.topics import TopicNames, ensure_topics
 
 LOCAL_MODEL = DEFAULT_LOCAL_MODEL
+SAMPLE_GOLD = Path(olp.__file__).parent / "data" / "sample_livestream.gold.json"
+"""Gold labels of the bundled sample stream: the embedded default's canaries and the demo's yardstick."""
 LOCAL_CONTEXT = 8192
 """KV cache size the embedded servers give every model (memory and prompt time grow with it)."""
 
@@ -106,9 +109,17 @@ def local_catalog(
     else:
         urls = {alias: base_url[alias] for alias in (aliases or tuple(base_url))}
     speeds = measured or {}
-    return Catalog(
-        models=tuple(local_model_spec(alias, url, measured=speeds.get(alias)) for alias, url in urls.items())
-    )
+    models = [local_model_spec(alias, url, measured=speeds.get(alias)) for alias, url in urls.items()]
+    judge = strongest_local(list(urls))
+    return Catalog(models=tuple(m.model_copy(update={"judge": m.name == judge}) for m in models))
+
+
+def strongest_local(aliases: Sequence[str]) -> str | None:
+    """The pool's judge: its strongest model (the last in `LOCAL_MODELS` order), when the pool
+    has another model for it to judge; a model never judges itself, so SmolLM2 alone has none
+    and the canaries are the quality signal."""
+    known = [a for a in LOCAL_MODELS if a in aliases]
+    return known[-1] if len(set(aliases)) > 1 and known else None
 
 
 @dataclass
@@ -245,10 +256,17 @@ class EmbeddedStack:
     the Qwen models after `make models-extra`)."""
     pool_mode: PoolMode = "shared"
     """One llama.cpp server swapping models (least memory) or one server per model."""
-    judges: Sequence[str] = ()
-    """Catalog models on the board of judges (processors/judge.py); empty: no judging."""
-    judge_sample_rate: float = 0.05
-    """Share of role calls the board judges."""
+    judges: Sequence[str] | None = None
+    """Catalog models on the board of judges (processors/judge.py); None: the catalog's judges
+    (the strongest local model when the pool has several); empty: no judging."""
+    judge_sample_rate: float | None = None
+    """Share of an uncertain role's calls the board judges; None: the settings' default."""
+    canaries: Path | None = SAMPLE_GOLD
+    """Gold canaries of the default feed (processors/canaries.py): chunks of the sample stream
+    with its gold labels; None: none. Left to the user when they configure feeds (OLP_FEEDS*)."""
+    canary_rate: float = 0.5
+    """Canary chunks per real chunk: the demo's sample is short, and the canaries are what
+    measures quality on a pool with no judge."""
     calibrate: bool = False
     """Measure each local model's speed at start-up and price it from that (cost rule in
     launcher/embedded.py); otherwise the speeds recorded on the reference machine price it."""
@@ -287,15 +305,12 @@ class EmbeddedStack:
             self.log(f"broker      Tansu on {bootstrap} ({time.monotonic() - started:.1f}s)")
         catalog = self.catalog or self._start_models()
 
-        judges = {
-            "OLP_JUDGES": json.dumps({"models": list(self.judges), "sample_rate": self.judge_sample_rate})
-        }
         self.services = ServiceStack(
             bootstrap,
             "",
             self.run_dir,
             catalog,
-            {**(judges if self.judges else {}), **(self.secure_broker.env() if self.secure_broker else {})},
+            {**self._quality_env(), **(self.secure_broker.env() if self.secure_broker else {})},
             partitions=self.partitions,
             inherit_olp_env=True,
         )
@@ -322,6 +337,21 @@ class EmbeddedStack:
             f"({time.monotonic() - started:.1f}s in all)"
         )
         return settings
+
+    def _quality_env(self) -> dict[str, str]:
+        """The board and the canaries, as OLP_* variables for the services."""
+        env: dict[str, str] = {}
+        judges: dict[str, object] = {}
+        if self.judges is not None:
+            judges["models"] = list(self.judges)
+        if self.judge_sample_rate is not None:
+            judges["sample_rate"] = self.judge_sample_rate
+        if judges:
+            env["OLP_JUDGES"] = json.dumps(judges)
+        if self.canaries is not None and not any(k.startswith("OLP_FEEDS") for k in os.environ):
+            env["OLP_FEEDS__DEFAULT__CANARIES"] = str(self.canaries)
+            env["OLP_FEEDS__DEFAULT__CANARY_RATE"] = str(self.canary_rate)
+        return env
 
     def _start_models(self) -> Catalog:
         """Serve the local pool with llama.cpp and return its catalog."""

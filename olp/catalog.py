@@ -7,8 +7,10 @@ resolved by the model gateway when it calls.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -70,6 +72,11 @@ class ModelSpec(BaseModel):
         " only for servers that accept it (OpenAI chat models, llama.cpp's llama-server).",
     )
 
+    judge: bool = Field(
+        False,
+        description="May sit on the board of judges (processors/judge.py) when `judges.models` is unset.",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _no_retired_fields(cls, data: Any) -> Any:
@@ -87,6 +94,17 @@ class ModelSpec(BaseModel):
         """`gen_ai.provider.name` of its calls: the API flavour spoken, which for every
         OpenAI-compatible server is OpenAI's unless it is an Azure deployment."""
         return "azure.ai.openai" if self.azure is not None else "openai"
+
+    @property
+    def is_local(self) -> bool:
+        """Served on this machine (a loopback host): what it is sent never leaves it."""
+        host = urlsplit(self.base_url).hostname or ""
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     @property
     def request_model(self) -> str:

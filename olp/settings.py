@@ -153,6 +153,27 @@ class FeedSettings(BaseModel):
             "are asked one by one); for feeds whose models answer the batched prompt well."
         ),
     )
+    external_judges: bool = Field(
+        True,
+        description=(
+            "Let judges outside this machine (a catalog base_url that is not loopback) see this "
+            "feed's transcripts; false: only local judges judge its calls."
+        ),
+    )
+    canaries: Path | None = Field(
+        None,
+        description=(
+            "A labelled stream (processors/gold.py; a bare name such as canaries_news_en.json is "
+            "one bundled with olp) whose chunks are replayed as gold canaries under stream ids "
+            "`canary:...`, scored exactly and never published as documents."
+        ),
+    )
+    canary_rate: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Canary chunks each worker's Topic Finder sends per real chunk of this feed.",
+    )
 
     def aspect_names(self) -> tuple[str, ...]:
         if self.aspects:
@@ -199,9 +220,34 @@ class JudgeSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    models: tuple[str, ...] = Field((), description="Catalog models on the board; empty: no judging.")
+    models: tuple[str, ...] | None = Field(
+        None,
+        description=(
+            "Catalog models on the board; unset: every catalog model flagged `judge: true`; "
+            "empty: no judging. A judge never judges its own answers."
+        ),
+    )
     sample_rate: float = Field(
-        0.05, ge=0, le=1, description="Share of successful role calls the board judges (judging costs)."
+        0.1,
+        ge=0,
+        le=1,
+        description="Share of successful role calls the board judges while a role's choice is uncertain.",
+    )
+    settled_rate: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description=(
+            "Share judged once a role's choice is settled; the rate moves linearly between the two "
+            "with the role's uncertainty (processors/judge.py, `role_uncertainty`)."
+        ),
+    )
+    settled_gap: float = Field(
+        0.5,
+        gt=0,
+        description=(
+            "Relative gap between the best and second-best Q-value at which a role counts as settled."
+        ),
     )
     roles: tuple[str, ...] = Field(ROLES, description="Roles whose answers are judged.")
     weights: dict[str, float] = Field(

@@ -219,8 +219,11 @@ class DashboardFeed:
         self.feedback_records += 1
         feed = str(outcome.get("feed") or "default")
         self.feeds.add(feed)
-        self.spend.add(feed, int(outcome["ts_ms"]), float(outcome.get("cost_usd") or 0.0))
-        if outcome.get("source", "processor") == "processor":
+        call = outcome.get("source", "processor") == "processor"
+        # Evidence outcomes repeat their call's cost; what was spent is each call once, plus judging.
+        spent = float(outcome.get("cost_usd") or 0.0) if call else 0.0
+        self.spend.add(feed, int(outcome["ts_ms"]), spent + float(outcome.get("judge_cost_usd") or 0.0))
+        if call:
             self.llm.setdefault(str(outcome["model"]), LlmStats()).add(outcome)
 
     def apply_document(self, document: Mapping[str, Any]) -> None:

@@ -38,7 +38,7 @@ from processors import (
     topic_finder,
     topic_locator,
 )
-from processors.judge import JudgeBoard
+from processors.judge import JudgeBoard, board_models, feed_judges
 from processors.model_gateway import ModelGateway
 from processors.policy_view import PolicyView
 from processors.worker import WorkerContext
@@ -60,24 +60,30 @@ STAGES: tuple[str, ...] = tuple(REGISTER)
 
 
 def make_board(worker: WorkerContext) -> JudgeBoard | None:
-    """The worker's board of judges from `settings.judges`; None when it names no model."""
+    """The worker's board of judges from `settings.judges` (processors/judge.py, `board_models`);
+    None when it has no model."""
     judges = worker.settings.judges
-    if not judges.models or worker.gateway is None:
+    models = board_models(judges, worker.catalog)
+    if not models or worker.gateway is None:
         return None
-    for model in judges.models:
+    for model in models:
         worker.catalog.model(model)  # ConfigError at start-up for a judge not in the catalog
     return JudgeBoard(
         worker.gateway,
-        judges.models,
+        models,
         worker.send,
         worker.topics.verdicts,
         worker.topics.feedback,
         random.Random(worker.rng.random()),
         sample_rate=judges.sample_rate,
+        settled_rate=judges.settled_rate,
+        settled_gap=judges.settled_gap,
         roles=judges.roles,
         weights=judges.weights,
         apply_corrections=judges.apply_corrections,
         max_pending=judges.max_pending,
+        permitted=feed_judges(worker.settings, worker.catalog, models),
+        assignment_of=worker.policy.assignments.get,
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from olp.errors import ParseError
+from processors.canaries import grade_with
 from processors.domain import (
     JsonSchema,
     Prompt,
@@ -26,6 +27,8 @@ from processors.domain import (
     render_transcript,
     sentences_from_avro,
 )
+from processors.evidence import evidence_outcome, is_canary
+from processors.gold import LabelledStream, organizer_score
 from processors.role_agent import register_role
 from processors.role_call import CallContext, RoleFailed
 from processors.worker import Record, WorkerContext
@@ -154,6 +157,15 @@ def parse_answer(text: str | None, valid_ids: Sequence[int], aspects: Sequence[s
     return {a: sorted(ids) for a, ids in result.items()}
 
 
+def assigned_share(answer: Mapping[str, Sequence[int]], asked_ids: Sequence[int]) -> float:
+    """Share of the sentences asked about that the answer files under an aspect; the rest the
+    Format Checker must place under the fallback aspect."""
+    if not asked_ids:
+        return 1.0
+    given = {sid for ids in answer.values() for sid in ids}
+    return sum(1 for sid in asked_ids if sid in given) / len(asked_ids)
+
+
 def merge_parts(
     results: Sequence[Mapping[str, Sequence[int]]], aspects: Sequence[str]
 ) -> dict[str, list[int]]:
@@ -228,6 +240,7 @@ async def organize_topics(worker: WorkerContext, checked: Record) -> None:
     feed = worker.settings.feed(chunk["feed"])
     aspects = feed.aspect_names()
     caller = worker.caller(ROLE)
+    reference = worker.canaries.reference(chunk["stream_id"])
     used: set[str] = set()
 
     async def organize(index: int, topic: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +252,9 @@ async def organize_topics(worker: WorkerContext, checked: Record) -> None:
             def parse(text: str, ids: list[int] = part_ids) -> dict[str, list[int]]:
                 return parse_answer(text, ids, aspects)
 
+            def score(gold: LabelledStream, value: Any, ids: list[int] = part_ids) -> float:
+                return organizer_score(value, ids, gold)
+
             try:
                 answer = await caller.ask(
                     build_prompt(sentences, part, topic["name"], aspects, chunk["domain"], chunk["lang"]),
@@ -246,9 +262,11 @@ async def organize_topics(worker: WorkerContext, checked: Record) -> None:
                     CallContext.for_chunk(chunk, f"{index}" if number == 0 else f"{index}.{number}"),
                     answer_schema(aspects, part_ids),
                     feed.models,
+                    grade=grade_with(reference, score),
                 )
             except RoleFailed:
                 continue  # unorganised: the Format Checker files these sentences under the fallback aspect
+            await _count_repairs(worker, chunk, answer.value, part_ids, answer.outcome)
             used.add(answer.model)
             results.append(answer.value)
         return {**topic, "aspects": merge_parts(results, aspects)} if results else topic
@@ -257,6 +275,22 @@ async def organize_topics(worker: WorkerContext, checked: Record) -> None:
     trail = [*checked["trail"], f"{ROLE}={'+'.join(sorted(used)) or 'none'}"]
     result = {"chunk": chunk, "stage": ROLE, "topics": list(topics), "trail": trail}
     await worker.send(worker.topics.organized, chunk["stream_id"], "RoleResult", result)
+
+
+async def _count_repairs(
+    worker: WorkerContext,
+    chunk: Record,
+    value: Mapping[str, Sequence[int]],
+    asked_ids: Sequence[int],
+    call: Mapping[str, Any] | None,
+) -> None:
+    """Downstream evidence (processors/evidence.py): an answer that leaves sentences for the
+    Format Checker to file counts against its call, quality = 2 * assigned share - 1 (an upper
+    bound of the judge's similarity score; sent only when a repair is needed)."""
+    share = assigned_share(value, asked_ids)
+    if share >= 1.0 or call is None or is_canary(chunk["stream_id"]):
+        return
+    await worker.emit_feedback(evidence_outcome(call, "downstream", 2.0 * share - 1.0, "downstream"))
 
 
 def register(worker: WorkerContext) -> None:

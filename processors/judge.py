@@ -1,6 +1,7 @@
 """The board of judges: strong models score a sample of the roles' answers (spec section 4).
 
-For a sampled role call, every judge of the board (`JudgeSettings.models`) is shown the role's own
+The board is `JudgeSettings.models`, or, unset, every catalog model flagged `judge: true`
+(`board_models`). For a sampled role call, every judge allowed to judge it is shown the role's own
 prompt (so the server's cached prefix, system prompt + chunk transcript, is reused) followed by the
 answer, and replies "correct" or a correction in the role's own answer form. A correction is
 parsed with the role's own parser, so its ids are checked against the chunk like any answer.
@@ -17,13 +18,27 @@ Each judge's verdict becomes a score k in [-1, 1] (the k of the paper's reward r
 - a judge that says "incorrect" without a usable correction: k = -1.
 
 The board's score is the weighted mean of its judges' scores (`JudgeSettings.weights`, default
-equal; the policy store's board election can set them). Judge calls are sampled
-(`JudgeSettings.sample_rate` of role calls), since judging everything costs more than the work.
+equal; the policy store's board election can set them).
+
+Who judges (`JudgeBoard.judges_for`): never the model that answered (a board whose only judge
+answered skips the call: the canaries are the signal then); for a feed with
+`external_judges: false`, only judges served on this machine (`ModelSpec.is_local`: a loopback
+base_url), since a judge sees the transcript; nobody on a gold canary (scored exactly,
+processors/canaries.py).
+
+How often (`role_uncertainty`, `sample_rate_for`): judging everything costs more than the work,
+so calls are sampled, and more where the learner's choice is open. From the role's current
+Assignment: uncertainty 1 before any assignment, while untried models warm up or while a candidate
+has no Q-value; 0 when pinned or with one candidate; else 1 - gap / settled_gap, where gap is the
+best minus the second-best candidate's Q-value over the larger magnitude of the two. The rate
+moves linearly from `JudgeSettings.settled_rate` (uncertainty 0) to `sample_rate` (uncertainty 1).
 
 Writes, per judged call: one `JudgeVerdict` per judge to `olp.verdicts`
 (schemas/judge_verdict.avsc: the judge, its score, its correction, what the judge call cost) and
 one `RoleOutcome` with `source = "judge"` and `quality` = the board's score to `olp.feedback`, so
-the policy store learns from it. With `apply_corrections`, the board is awaited and the best-
+the policy store learns from it. That outcome keeps the judged call's cost and latency (its reward
+is about that call) and carries what the judges' own calls cost in `judge_cost_usd`: judge spend,
+for the feed's budget and every reported cost. With `apply_corrections`, the board is awaited and the best-
 weighted judge's correction replaces the answer downstream (the paper's board); otherwise judging
 runs beside the pipeline and never delays it.
 
@@ -42,7 +57,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
+from olp.catalog import Catalog
 from olp.errors import ModelCallError, ParseError
+from olp.settings import JudgeSettings, Settings
 from processors.domain import (
     NO,
     YES,
@@ -54,6 +71,7 @@ from processors.domain import (
     name_key,
     span_iou,
 )
+from processors.evidence import CANARY_PREFIX
 
 log = logging.getLogger("olp.processors.judge")
 
@@ -171,6 +189,25 @@ def score(role: str, answer: Any, verdict: Verdict) -> float:
     return 1.0 if _same(answer, correction) else -1.0
 
 
+def agreement(role: str, a: Any, b: Any) -> float:
+    """How far two answers to the same input agree, in [0, 1], by the judge's rules: span IoU
+    (mean over the topics of `b` for batched spans), aspect similarity, and for topic names the
+    Jaccard overlap of their keys (names are free text: the judge's all-or-nothing rule would
+    make two nearly equal lists disagree completely); other answers: equal or not."""
+    if role == "topic_locator":
+        if isinstance(a, tuple) and isinstance(b, tuple):
+            return span_iou(a, b)
+        if isinstance(a, list) and isinstance(b, list):
+            return _mean_topic_iou(a, b)
+    if role == "content_organizer" and isinstance(a, Mapping) and isinstance(b, Mapping):
+        return aspect_similarity(a, b)
+    if role == "topic_finder" and isinstance(a, list) and isinstance(b, list):
+        keys_a, keys_b = {name_key(str(n)) for n in a}, {name_key(str(n)) for n in b}
+        union = keys_a | keys_b
+        return len(keys_a & keys_b) / len(union) if union else 1.0
+    return 1.0 if _same(a, b) else 0.0
+
+
 def _mean_topic_iou(answer: Sequence[Any], correction: Sequence[Any]) -> float:
     given = {name_key(s.name): (s.first_id, s.last_id) for s in answer if isinstance(s, TopicSpan)}
     right = [s for s in correction if isinstance(s, TopicSpan)]
@@ -227,6 +264,58 @@ def describe(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)[:4000]
 
 
+# --- who judges, and how often ------------------------------------------------------------------
+
+
+def board_models(judges: JudgeSettings, catalog: Catalog) -> tuple[str, ...]:
+    """The board: `judges.models` when set, else every catalog model flagged `judge: true`."""
+    if judges.models is not None:
+        return tuple(judges.models)
+    return tuple(m.name for m in catalog.models if m.judge)
+
+
+def feed_judges(
+    settings: Settings, catalog: Catalog, board: Sequence[str]
+) -> Callable[[str], tuple[str, ...]]:
+    """feed name -> the board members it allows: all, or only local ones (loopback base_url)
+    when the feed forbids external judges (they would see its transcripts)."""
+    local = tuple(j for j in board if catalog.model(j).is_local)
+
+    def permitted(feed: str) -> tuple[str, ...]:
+        return tuple(board) if settings.feed(feed).external_judges else local
+
+    return permitted
+
+
+def role_uncertainty(assignment: Mapping[str, Any] | None, settled_gap: float) -> float:
+    """How unsure a role's choice of model is, in [0, 1], from its Assignment.
+
+    1 before any assignment, while untried models warm up, or while a candidate has no Q-value;
+    0 when pinned or with one candidate (nothing to choose). Otherwise from the gap between the
+    best and the second-best candidate's Q-value relative to the larger magnitude of the two:
+    1 - gap / settled_gap, floored at 0 (a role whose leader is `settled_gap` ahead is settled).
+    """
+    if assignment is None or assignment.get("warmup"):
+        return 1.0
+    if assignment.get("pinned"):
+        return 0.0
+    candidates = list(assignment.get("candidates") or ())
+    if len(candidates) < 2:
+        return 0.0
+    q = assignment.get("q_values") or {}
+    if any(c not in q for c in candidates):
+        return 1.0
+    best, second = sorted((float(q[c]) for c in candidates), reverse=True)[:2]
+    gap = (best - second) / max(abs(best), abs(second), 1e-9)
+    return max(0.0, 1.0 - gap / settled_gap) if settled_gap > 0 else 0.0
+
+
+def sample_rate_for(uncertainty: float, uncertain_rate: float, settled_rate: float) -> float:
+    """The judging rate: `uncertain_rate` at uncertainty 1, `settled_rate` at 0, linear between."""
+    u = max(0.0, min(1.0, uncertainty))
+    return settled_rate + (uncertain_rate - settled_rate) * u
+
+
 # --- shell: the board the role-call shell invokes --------------------------------------------
 
 Emit = Callable[[str, str, str, dict[str, Any]], Awaitable[None]]
@@ -250,9 +339,13 @@ class JudgedCall:
 
 
 class JudgeBoard:
-    """Samples role calls, asks every judge, publishes verdicts and the board's score.
+    """Samples role calls, asks the judges allowed to judge each, publishes verdicts and the
+    board's score.
 
     `gateway` is the worker's ModelGateway; `emit` sends a record (the pipeline's `send`).
+    `permitted(feed)` names the judges a feed allows (`feed_judges`); `assignment_of(role)` is the
+    role's current Assignment, from which the sample rate adapts (`sample_rate_for`): from
+    `sample_rate` while the role's choice is uncertain down to `settled_rate` once it is settled.
     """
 
     def __init__(
@@ -265,10 +358,14 @@ class JudgeBoard:
         rng: random.Random,
         *,
         sample_rate: float,
+        settled_rate: float | None = None,
+        settled_gap: float = 0.5,
         roles: Sequence[str] | None = None,
         weights: Mapping[str, float] | None = None,
         apply_corrections: bool = False,
         max_pending: int = 4,
+        permitted: Callable[[str], Sequence[str]] | None = None,
+        assignment_of: Callable[[str], Mapping[str, Any] | None] | None = None,
     ) -> None:
         self._gateway = gateway
         self.models = tuple(models)
@@ -277,22 +374,43 @@ class JudgeBoard:
         self._feedback_topic = feedback_topic
         self._rng = rng
         self.sample_rate = sample_rate
+        self.settled_rate = sample_rate if settled_rate is None else settled_rate
+        self.settled_gap = settled_gap
         self.roles = set(roles) if roles else None
         self.weights = dict(weights or {})
         self.apply_corrections = apply_corrections
         self._pending: set[asyncio.Task[Any]] = set()
         self._max_pending = max_pending
+        self._permitted = permitted
+        self._assignment_of = assignment_of
         self.skipped = 0
+
+    def rate(self, role: str) -> float:
+        """The share of `role`'s calls judged now."""
+        assignment = self._assignment_of(role) if self._assignment_of is not None else None
+        if self._assignment_of is None:
+            return self.sample_rate
+        u = role_uncertainty(assignment, self.settled_gap)
+        return sample_rate_for(u, self.sample_rate, self.settled_rate)
 
     def wants(self, role: str) -> bool:
         """Sample this call? (Drawn once per successful call.)"""
         if not self.models or (self.roles is not None and role not in self.roles):
             return False
-        return self._rng.random() < self.sample_rate
+        return self._rng.random() < self.rate(role)
+
+    def judges_for(self, call: JudgedCall) -> tuple[str, ...]:
+        """The judges that may judge `call`: never the model that answered, only those its feed
+        allows, none on a canary (scored exactly against its labels)."""
+        if str(call.outcome.get("stream_id") or "").startswith(CANARY_PREFIX):
+            return ()
+        feed = str(call.outcome.get("feed") or "default")
+        allowed = self._permitted(feed) if self._permitted is not None else self.models
+        return tuple(j for j in self.models if j != call.model and j in allowed)
 
     async def review(self, call: JudgedCall) -> Any:
         """Judge `call` if sampled; returns the value to pass downstream (maybe a correction)."""
-        if not self.wants(call.role):
+        if not self.judges_for(call) or not self.wants(call.role):
             return call.value
         if self.apply_corrections:
             correction = await self.judge(call)
@@ -311,7 +429,8 @@ class JudgeBoard:
         schema = answer_schema(call.schema)
         verdicts: dict[str, Verdict] = {}
         scores: dict[str, float] = {}
-        for judge in self.models:
+        spent = 0.0
+        for judge in self.judges_for(call):
             started = time.monotonic()
             record: dict[str, Any] = {
                 "event_id": f"{call.event_id}:judge:{judge}",
@@ -340,6 +459,7 @@ class JudgeBoard:
                     tokens_out=completion.tokens_out,
                     cost_usd=completion.cost_usd,
                 )
+                spent += completion.cost_usd
                 verdict = parse_verdict(completion.text, call.parse)
             except (ModelCallError, ParseError) as exc:
                 record.update(error=f"{type(exc).__name__}: {exc}"[:500])
@@ -361,6 +481,7 @@ class JudgeBoard:
                 "event_id": f"{call.event_id}:board",
                 "quality": max(-1.0, min(1.0, k)),
                 "source": "judge",
+                "judge_cost_usd": spent,
                 "ts_ms": int(time.time() * 1000),
             }
             await self._safe_emit(self._feedback_topic, call.role, "RoleOutcome", feedback)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from olp.errors import ParseError
+from processors.canaries import grade_with
 from processors.domain import (
     NO,
     YES,
@@ -41,6 +42,7 @@ from processors.domain import (
     span_iou,
     topic_draft,
 )
+from processors.gold import checker_score
 from processors.role_agent import register_role
 from processors.role_call import CallContext, RoleFailed
 from processors.worker import Record, WorkerContext
@@ -253,6 +255,7 @@ async def check_relationships(worker: WorkerContext, located: Record) -> None:
     spans = sorted((span_from_draft(t) for t in located["topics"]), key=lambda s: (s.first_id, s.last_id))
     caller = worker.caller(ROLE)
     models = worker.settings.feed(chunk["feed"]).models
+    reference = worker.canaries.reference(chunk["stream_id"])
     used: set[str] = set()
 
     async def ask(index: int, a: TopicSpan, b: TopicSpan) -> RelationVerdict | None:
@@ -263,6 +266,7 @@ async def check_relationships(worker: WorkerContext, located: Record) -> None:
                 CallContext.for_chunk(chunk, f"{index}"),
                 answer_schema(),
                 models,
+                grade=grade_with(reference, lambda gold, v: checker_score(v.related, [a.name, b.name], gold)),
             )
         except RoleFailed:
             return None  # no verdict: the IoU rule alone decides this pair

@@ -10,7 +10,11 @@ when every other model failed). Cascade: when the primary's answer has a confide
 logprobs) below the plan's threshold, the stronger model is asked and its answer delivered if it
 parses; no confidence counts as not low.
 Every attempt becomes a RoleOutcome for `olp.feedback` (schemas/role_outcome.avsc) with measured
-latency, token counts, cost and confidence, and a span with the GenAI semantic-convention attributes.
+latency, token counts, cost and confidence, and a span with the GenAI semantic-convention attributes;
+a parsed answer carries no quality (`source = processor`, `quality` null). Quality evidence
+(processors/evidence.py): models that answered the same input (extras, cascade) are compared with
+the judge's rules (`source = agreement`, both sides); on a gold canary chunk every usable answer
+is scored by the role's `grade` (`source = canary`) and none is judged.
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ from olp import telemetry
 from olp.call_plan import CallPlan
 from olp.catalog import ModelSpec
 from olp.errors import ModelCallError, OlpError, ParseError
-from processors.judge import JudgedCall
+from processors.evidence import evidence_outcome, is_canary
+from processors.judge import JudgedCall, agreement
 from processors.model_gateway import Completion, InputRejected, ModelGateway
 from processors.policy_view import PolicyView
 
 T = TypeVar("T")
 FeedbackSink = Callable[[dict[str, Any]], Awaitable[None]]
 JudgeHook = Callable[[JudgedCall], Awaitable[Any]]
+Grade = Callable[[Any], float | None]
+"""A canary's exact score of one parsed answer, k in [-1, 1]; None: this answer cannot be scored."""
 
 
 class RoleFailed(OlpError):
@@ -74,6 +81,8 @@ class CallContext:
 class Answer(Generic[T]):
     value: T
     model: str
+    outcome: Mapping[str, Any] | None = None
+    """The RoleOutcome recorded for the delivered call (for evidence about it later)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +140,10 @@ class RoleCaller:
         ctx: CallContext,
         json_schema: Mapping[str, Any] | None = None,
         allowed_models: Sequence[str] | None = None,
+        grade: Grade | None = None,
     ) -> Answer[T]:
-        """Run the call plan drawn from the policy; deliver one parsed answer or raise RoleFailed."""
+        """Run the call plan drawn from the policy; deliver one parsed answer or raise RoleFailed.
+        `grade` scores the answers to a canary chunk (processors/canaries.py)."""
         version = self._policy.version(self.role)  # the version the plan is drawn from: no await between
         plan = self._policy.choose(self.role, self._rng, allowed_models)
         call = _Call(messages, parse, ctx, json_schema, plan, version)
@@ -150,6 +161,7 @@ class RoleCaller:
             *(self._try(call, m, p, errors, prev) for m, p in plan.extras if m != plan.primary),
         )
         got = primary
+        escalated: _Got[T] | None = None
         if (
             got is not None
             and got.model == plan.primary
@@ -159,13 +171,16 @@ class RoleCaller:
             and confidence < plan.escalate_below
         ):
             # Confidence cascade: the cheap answer is unsure; the stronger model's answer wins if usable.
-            got = await self._try(call, plan.escalate_to, 1.0, errors) or got
+            escalated = await self._try(call, plan.escalate_to, 1.0, errors)
+            got = escalated or got
         if got is None:  # the primary and every fallback failed: an extra's answer is not lost
             got = next((r for r in others if r is not None), None)
         if got is None:
             raise RoleFailed(f"{self.role}: no model gave a usable answer: {'; '.join(errors)[:1000]}")
+        answered = [g for g in (primary, escalated, *others) if g is not None]
+        await self._evidence(got, answered, ctx, grade)
         value = got.value
-        if self._judge is not None:
+        if self._judge is not None and not is_canary(ctx.stream_id):
             value = await self._judge(
                 JudgedCall(
                     self.role,
@@ -179,7 +194,25 @@ class RoleCaller:
                     got.outcome,
                 )
             )
-        return Answer(value, got.model)
+        return Answer(value, got.model, got.outcome)
+
+    async def _evidence(
+        self, got: _Got[T], answered: Sequence[_Got[T]], ctx: CallContext, grade: Grade | None
+    ) -> None:
+        """Canary scores of every usable answer; else agreement of each other answer with the
+        delivered one."""
+        if is_canary(ctx.stream_id):
+            for each in answered:
+                quality = grade(each.value) if grade is not None else None
+                if quality is not None:
+                    await self._emit(evidence_outcome(each.outcome, "canary", quality, "canary"))
+            return
+        for other in answered:
+            if other.model == got.model:
+                continue
+            k = 2.0 * agreement(self.role, got.value, other.value) - 1.0
+            await self._emit(evidence_outcome(got.outcome, "agreement", k, f"agree:{other.model}"))
+            await self._emit(evidence_outcome(other.outcome, "agreement", k, f"agree:{got.model}"))
 
     async def _first_usable(self, call: _Call[T], order: Sequence[str], errors: list[str]) -> _Got[T] | None:
         """The first model in `order` that gives a usable answer (the primary with its propensity)."""
@@ -329,6 +362,7 @@ class RoleCaller:
             "chunk_id": ctx.chunk_id,
             "ts_ms": int(time.time() * 1000),
             "confidence": _confidence(completion),
+            "judge_cost_usd": 0.0,
         }
         if prev is None:  # calls beside the primary do not move the paper's state
             self._last_model, self._last_success = model, error is None

@@ -8,10 +8,12 @@ a defensive parser of the answer.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from olp.errors import ParseError
+from processors.canaries import grade_with, send_due
 from processors.domain import (
     JsonSchema,
     Prompt,
@@ -25,6 +27,7 @@ from processors.domain import (
     sentences_from_avro,
     topic_draft,
 )
+from processors.gold import finder_score
 from processors.role_agent import register_role
 from processors.role_call import CallContext
 from processors.worker import Record, WorkerContext
@@ -192,18 +195,27 @@ ROLE = "topic_finder"
 
 
 async def find_topics(worker: WorkerContext, chunk: Record) -> None:
+    """Name the chunk's topics; then send the gold canaries due after it (processors/canaries.py)
+    to this role's own input."""
     sentences = sentences_from_avro(chunk["sentences"])
     feed = worker.settings.feed(chunk["feed"])
+    reference = worker.canaries.reference(chunk["stream_id"])
     answer = await worker.caller(ROLE).ask(
         build_prompt(sentences, chunk["domain"], chunk["lang"]),
         lambda text: parse_answer(text, sentences, feed.max_topics),
         CallContext.for_chunk(chunk),
         answer_schema(chunk["domain"], feed.max_topics),
         feed.models,
+        grade=grade_with(reference, lambda gold, names: finder_score(names, gold)),
     )
     topics = [topic_draft(name) for name in answer.value]
     result = {"chunk": chunk, "stage": ROLE, "topics": topics, "trail": [f"{ROLE}={answer.model}"]}
     await worker.send(worker.topics.found, chunk["stream_id"], "RoleResult", result)
+
+    async def send_canary(record: dict[str, Any]) -> None:
+        await worker.send(worker.topics.chunks, record["stream_id"], "Chunk", record)
+
+    await send_due(worker.canaries, chunk, int(time.time() * 1000), send_canary)
 
 
 def register(worker: WorkerContext) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from olp.errors import ParseError
+from processors.canaries import grade_with
 from processors.domain import (
     JsonSchema,
     Prompt,
@@ -33,6 +34,8 @@ from processors.domain import (
     sentences_from_avro,
     topic_draft,
 )
+from processors.evidence import call_outcome, evidence_outcome, is_canary, model_of
+from processors.gold import LabelledStream, locator_score
 from processors.role_agent import register_role
 from processors.role_call import CallContext, RoleCaller, RoleFailed
 from processors.worker import Record, WorkerContext
@@ -218,10 +221,13 @@ async def locate_topics(worker: WorkerContext, found: Record) -> None:
     ids = [s["id"] for s in chunk["sentences"]]
     names = [t["name"] for t in found["topics"]]
     feed = worker.settings.feed(chunk["feed"])
+    reference = worker.canaries.reference(chunk["stream_id"])
+    caller = worker.caller(ROLE)
     if feed.locator_batch and len(names) > 1:
-        located = await _locate_together(worker.caller(ROLE), chunk, names, feed.models)
+        located = await _locate_together(caller, chunk, names, feed.models, reference)
     else:
-        located = await _locate_each(worker.caller(ROLE), chunk, names, range(len(names)), feed.models)
+        located = await _locate_each(caller, chunk, names, range(len(names)), feed.models, reference)
+    await _count_against_finder(worker, found, located)
     topics = [topic_draft(name, *span) for name, span, _ in located if span is not None]
     models = sorted({m for _, _, m in located if m})
     if not topics and names and ids:
@@ -239,12 +245,33 @@ async def locate_topics(worker: WorkerContext, found: Record) -> None:
     await worker.send(worker.topics.located, chunk["stream_id"], "RoleResult", result)
 
 
+def placed_share(located: Sequence[Located]) -> float | None:
+    """Share of the named topics the locator could place; None when none was named."""
+    if not located:
+        return None
+    return sum(1 for _, span, _ in located if span is not None) / len(located)
+
+
+async def _count_against_finder(worker: WorkerContext, found: Record, located: Sequence[Located]) -> None:
+    """Downstream evidence (processors/evidence.py): topics nobody could place count against the
+    Topic Finder's call that named them, quality = 2 * placed share - 1 (sent only when some
+    topic was left unplaced; canaries are scored exactly instead)."""
+    chunk = found["chunk"]
+    share = placed_share(located)
+    finder = model_of(list(found["trail"]), "topic_finder")
+    if share is None or share >= 1.0 or finder is None or is_canary(chunk["stream_id"]):
+        return
+    call = call_outcome(chunk, "topic_finder", finder, worker.policy.version("topic_finder"))
+    await worker.emit_feedback(evidence_outcome(call, "downstream", 2.0 * share - 1.0, "downstream"))
+
+
 async def _locate_each(
     caller: RoleCaller,
     chunk: Record,
     names: Sequence[str],
     which: Sequence[int],
     models: Sequence[str] | None,
+    reference: LabelledStream | None = None,
 ) -> list[Located]:
     """One call per topic `names[i]` for i in `which`; a topic nobody could place is left out
     (its sentences tile to the neighbouring topics)."""
@@ -260,6 +287,7 @@ async def _locate_each(
                 CallContext.for_chunk(chunk, f"{index}"),
                 answer_schema(ids),
                 models,
+                grade=grade_with(reference, lambda gold, span: locator_score([name], span, gold)),
             )
         except RoleFailed:
             return name, None, None
@@ -269,7 +297,11 @@ async def _locate_each(
 
 
 async def _locate_together(
-    caller: RoleCaller, chunk: Record, names: Sequence[str], models: Sequence[str] | None
+    caller: RoleCaller,
+    chunk: Record,
+    names: Sequence[str],
+    models: Sequence[str] | None,
+    reference: LabelledStream | None = None,
 ) -> list[Located]:
     """One call for every topic (feed setting `locator_batch`); the ones it misses, one by one."""
     sentences = sentences_from_avro(chunk["sentences"])
@@ -281,13 +313,15 @@ async def _locate_together(
             CallContext.for_chunk(chunk, "batch"),
             batch_answer_schema(names, ids),
             models,
+            grade=grade_with(reference, lambda gold, spans: locator_score(names, spans, gold)),
         )
         spans = {name_key(s.name): ((s.first_id, s.last_id), answer.model) for s in answer.value}
     except RoleFailed:
         spans = {}
     located: list[Located] = [(n, *spans.get(name_key(n), (None, None))) for n in names]
     missing = [i for i, (_, span, _) in enumerate(located) if span is None]
-    for i, again in zip(missing, await _locate_each(caller, chunk, names, missing, models), strict=True):
+    again_located = await _locate_each(caller, chunk, names, missing, models, reference)
+    for i, again in zip(missing, again_located, strict=True):
         located[i] = again
     return located
 

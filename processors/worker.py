@@ -25,6 +25,7 @@ from olp.catalog import Catalog
 from olp.errors import CodecError, OlpError, ValidationError
 from olp.settings import Settings
 from olp.topics import TopicNames
+from processors.canaries import CanaryBook
 from processors.judge import JudgeBoard
 from processors.model_gateway import ModelGateway
 from processors.policy_view import PolicyView
@@ -52,13 +53,19 @@ class WorkerContext:
     rng: random.Random = field(default_factory=random.Random)
     gateway: ModelGateway | None = None
     board: JudgeBoard | None = None
-    """The board of judges (processors/judge.py), when `settings.judges.models` names any."""
+    """The board of judges (processors/judge.py), when it has any judge."""
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     stats: dict[str, int] = field(default_factory=dict)
     traces: telemetry.SegmentTraces = field(default_factory=telemetry.SegmentTraces)
     """Which trace each segment started, so its chunk continues one (olp/telemetry.py)."""
+    canaries: CanaryBook = field(init=False)
+    """The feeds' gold canaries (processors/canaries.py), loaded with the worker: a bad file
+    stops the start, not a chunk."""
     _faust_topics: dict[str, Any] = field(default_factory=dict)
     _callers: dict[str, RoleCaller] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.canaries = CanaryBook.from_settings(self.settings, random.Random(self.rng.random()))
 
     def topic(self, name: str) -> Any:
         """The Faust topic object for a topic name (bytes in, bytes out: we encode ourselves)."""
@@ -135,6 +142,7 @@ class WorkerContext:
         expected: str,
         process: Process,
         on_failure: Process | None = None,
+        quiet: Callable[[Record], bool] | None = None,
     ) -> None:
         """Decode one event and run the role on it under the error policy.
 
@@ -142,7 +150,9 @@ class WorkerContext:
         and the stream goes on; a bug in our code is dead-lettered too, but logged with its
         traceback so it is not mistaken for bad input. After a dead letter, `on_failure` gets the
         decoded record (when it decoded): a role uses it to release the chunk the record carried,
-        so the splitter never waits for it forever. `process` runs inside the record's span.
+        so the splitter never waits for it forever. A decoded record for which `quiet` is true
+        (a gold canary: no user's data) is logged and counted instead, with no dead letter and
+        no `on_failure`. `process` runs inside the record's span.
         """
         message = event.message
         token = otel_context.attach(telemetry.extract_context(message.headers))
@@ -155,13 +165,20 @@ class WorkerContext:
                 span.set_attribute("messaging.destination.name", message.topic)
                 span.set_attribute("messaging.kafka.offset", int(message.offset))
                 span.set_attribute("olp.stage", role)
-                error_type = await self._run(event, role, expected, process, on_failure, span)
+                error_type = await self._run(event, role, expected, process, on_failure, span, quiet)
         finally:
             otel_context.detach(token)
             telemetry.record_consumed(role, message.topic, time.monotonic() - started, error_type)
 
     async def _run(
-        self, event: Any, role: str, expected: str, process: Process, on_failure: Process | None, span: Any
+        self,
+        event: Any,
+        role: str,
+        expected: str,
+        process: Process,
+        on_failure: Process | None,
+        span: Any,
+        quiet: Callable[[Record], bool] | None = None,
     ) -> str | None:
         """`handle`'s body inside the span: the error type of a dead-lettered record, else None."""
         message = event.message
@@ -184,6 +201,10 @@ class WorkerContext:
             log.exception("bug in stage %s at %s/%s", role, message.partition, message.offset)
             span.record_exception(exc)
             failure = exc
+        if record is not None and quiet is not None and quiet(record):
+            self.count(f"quiet_failure.{role}")
+            log.warning("stage %s dropped a canary record: %s: %s", role, type(failure).__name__, failure)
+            return type(failure).__name__
         await self.dead_letter(event, role, failure)
         if record is not None and on_failure is not None:
             await on_failure(record)
@@ -203,6 +224,10 @@ class WorkerContext:
                 judge=self.board.review if self.board is not None else None,
             )
         return self._callers[role]
+
+    async def emit_feedback(self, outcome: dict[str, Any]) -> None:
+        """Send one RoleOutcome (evidence about a call, processors/evidence.py) to `olp.feedback`."""
+        await self._emit_feedback(outcome)
 
     async def _emit_feedback(self, outcome: dict[str, Any]) -> None:
         await self.send(self.topics.feedback, outcome["role"], "RoleOutcome", outcome)

@@ -53,6 +53,7 @@ SCHEMA_FILES: Mapping[str, str] = {
 HISTORY_FILES: tuple[str, ...] = (
     "history/transcript_segment.v1.avsc",
     "history/role_outcome.v1.avsc",
+    "history/role_outcome.v2.avsc",
     "history/assignment.v1.avsc",
 )
 RECORD_TYPES: tuple[str, ...] = tuple(SCHEMA_FILES)

@@ -1,6 +1,6 @@
 """The board of judges on the real broker (issue 4; spec section 4): a worker whose Topic Locator
 model misplaces where a product starts, and a judge that corrects it. Every role call is judged
-(sample rate 1); the verdicts go to olp.verdicts, the board's scores to olp.feedback (source
+(sample rate 1, settled or not); the verdicts go to olp.verdicts, the board's scores to olp.feedback (source
 "judge"), and with `apply_corrections` the correction replaces the answer downstream, so the
 documents come out right although the worker's model was wrong."""
 
@@ -62,7 +62,7 @@ def test_board_judges_role_calls_and_its_correction_wins(
     broker: str, topic_prefix: str, run_dir: Path
 ) -> None:
     server = ScriptedLLM(responder).start()
-    judges = {"models": ["judge"], "sample_rate": 1.0, "apply_corrections": True}
+    judges = {"models": ["judge"], "sample_rate": 1.0, "settled_rate": 1.0, "apply_corrections": True}
     stack = ServiceStack(
         broker,
         topic_prefix,

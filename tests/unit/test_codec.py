@@ -103,6 +103,7 @@ RECORDS: dict[str, dict[str, Any]] = {
         "chunk_id": "live-42:3",
         "ts_ms": 1_732_280_001_000,
         "confidence": 0.93,
+        "judge_cost_usd": 0.0002,
     },
     "Assignment": {
         "role": "topic_finder",
@@ -255,7 +256,8 @@ def test_history_v1_transcript_segment_decodes_with_current_reader(codec: AvroCo
 
 #: Fields added after each history schema, with the defaults old records decode with.
 HISTORY_ADDED: dict[str, tuple[str, dict[str, Any]]] = {
-    "history/role_outcome.v1.avsc": ("RoleOutcome", {"confidence": None}),
+    "history/role_outcome.v1.avsc": ("RoleOutcome", {"confidence": None, "judge_cost_usd": 0.0}),
+    "history/role_outcome.v2.avsc": ("RoleOutcome", {"judge_cost_usd": 0.0}),
     "history/assignment.v1.avsc": (
         "Assignment",
         {

@@ -115,15 +115,26 @@ def test_snapshot_shows_every_role_and_budgets(tmp_path: Path) -> None:
     feed.apply_feedback(
         {"feed": "shop", "ts_ms": T0, "cost_usd": 0.5, "model": "a", "success": True, "latency_ms": 5}
     )
+    # a judge's verdict on that call: the call is not paid twice, the judging is paid
+    feed.apply_feedback(
+        {
+            "feed": "shop",
+            "ts_ms": T0,
+            "cost_usd": 0.5,
+            "model": "a",
+            "source": "judge",
+            "judge_cost_usd": 0.25,
+        }
+    )
     snap = dashboard.snapshot(app, now_ms=T0 + MINUTE_MS)
     json.dumps(snap)  # JSON-friendly
     assert [r["role"] for r in snap["policy"]["roles"]] == list(ROLES)
     assert all(r["model"] in ("a", "b") and set(r["q_values"]) <= {"a", "b"} for r in snap["policy"]["roles"])
     budgets = {b["feed"]: b for b in snap["budgets"]}
-    assert budgets["shop"]["limit_usd"] == 2.0 and budgets["shop"]["spent_usd"] == 0.5
+    assert budgets["shop"]["limit_usd"] == 2.0 and budgets["shop"]["spent_usd"] == 0.75
     assert budgets["default"]["limit_usd"] is None
     assert snap["throughput"][0]["stage"] == "chunk_splitter"
-    assert snap["llm"]["a"]["calls"] == 1 and snap["spend_total_usd"] == 0.5
+    assert snap["llm"]["a"]["calls"] == 1 and snap["spend_total_usd"] == 0.75
 
 
 def test_page_never_injects_server_text_as_html() -> None:

@@ -284,6 +284,7 @@ async def test_board_publishes_each_verdict_and_the_board_score() -> None:
     assert sent[-1][:2] == ("t.feedback", "topic_locator")
     assert feedback["source"] == "judge" and feedback["quality"] == pytest.approx((1.0 + 0.0) / 2)
     assert feedback["event_id"] == "s:0:topic_locator:0:small:0:board"
+    assert feedback["judge_cost_usd"] == pytest.approx(2 * 0.0004)  # both judges' own calls
     # the judged call's own measurements travel with the score, so its reward is complete
     assert (feedback["model"], feedback["cost_usd"], feedback["latency_ms"]) == ("small", 0.0001, 800.0)
     # every judge saw the role's prompt as its prefix and the wrapped schema
@@ -406,3 +407,109 @@ async def test_role_caller_hands_parsed_answers_to_the_board() -> None:
     assert verdict["answer"] == "[10, 16]" and verdict["score"] == pytest.approx(2 * (4 / 7) - 1)
     judge_messages = gateway.calls[1][1]
     assert judge_messages[1]["content"].startswith(prompt[1]["content"])
+
+
+# --- who judges: never itself, only what the feed allows; how often ------------------------------
+
+
+async def test_a_judge_never_judges_its_own_model() -> None:
+    sent: list[tuple[str, str, str, dict[str, Any]]] = []
+    gateway = FakeGateway({"small": '{"correct": true}', "judge-a": '{"correct": true}'})
+    board = _board(gateway, sent)
+    await board.review(_call())  # answered by "small"
+    await board.close()
+    assert [model for model, _, _ in gateway.calls] == ["judge-a"]
+    alone = FakeGateway({"small": '{"correct": true}'})
+    lone_sent: list[tuple[str, str, str, dict[str, Any]]] = []
+    lone = _board(alone, lone_sent)
+    assert lone.judges_for(_call()) == ()
+    assert await lone.review(_call()) == (10, 13)
+    assert alone.calls == [] and lone_sent == []  # nobody else may judge: canaries are the signal
+
+
+async def test_a_feed_that_forbids_external_judges_is_judged_locally_only() -> None:
+    from olp.catalog import Catalog, ModelSpec
+    from olp.settings import FeedSettings, Settings
+    from processors.judge import feed_judges
+
+    catalog = Catalog(
+        models=(
+            ModelSpec(name="small", base_url="http://127.0.0.1:8088/v1"),
+            ModelSpec(name="local-judge", base_url="http://localhost:8089/v1", judge=True),
+            ModelSpec(name="gpt-4o", base_url="https://api.openai.com/v1", judge=True),
+        )
+    )
+    settings = Settings(
+        feeds={"default": FeedSettings(), "private": FeedSettings(external_judges=False)},
+    )
+    permitted = feed_judges(settings, catalog, ("local-judge", "gpt-4o"))
+    assert permitted("private") == ("local-judge",) and permitted("default") == ("local-judge", "gpt-4o")
+    gateway = FakeGateway({"local-judge": '{"correct": true}', "gpt-4o": '{"correct": true}'})
+    sent: list[tuple[str, str, str, dict[str, Any]]] = []
+    board = _board(gateway, sent, permitted=permitted)
+    private = _call()
+    private = JudgedCall(
+        *[getattr(private, f) for f in private.__dataclass_fields__][:-1],
+        {**private.outcome, "feed": "private"},
+    )
+    await board.judge(private)
+    assert [model for model, _, _ in gateway.calls] == ["local-judge"]
+    await board.judge(_call())
+    assert [model for model, _, _ in gateway.calls] == ["local-judge", "local-judge", "gpt-4o"]
+
+
+def test_the_board_is_the_catalogs_judges_unless_named() -> None:
+    from olp.catalog import Catalog, ModelSpec
+    from olp.settings import JudgeSettings
+    from processors.judge import board_models
+
+    catalog = Catalog(
+        models=(
+            ModelSpec(name="small", base_url="http://127.0.0.1:1/v1"),
+            ModelSpec(name="big", base_url="http://127.0.0.1:2/v1", judge=True),
+        )
+    )
+    assert board_models(JudgeSettings(), catalog) == ("big",)
+    assert board_models(JudgeSettings(models=("small",)), catalog) == ("small",)
+    assert board_models(JudgeSettings(models=()), catalog) == ()
+    assert ModelSpec(name="x", base_url="http://[::1]:8/v1").is_local
+    assert not ModelSpec(name="x", base_url="http://10.0.0.5:8/v1").is_local
+
+
+def test_the_sample_rate_follows_the_roles_uncertainty() -> None:
+    from processors.judge import role_uncertainty, sample_rate_for
+
+    settled = {"candidates": ["a", "b"], "q_values": {"a": 0.9, "b": 0.3}}
+    close = {"candidates": ["a", "b"], "q_values": {"a": 0.9, "b": 0.8}}
+    assert role_uncertainty(None, 0.5) == 1.0  # no assignment yet
+    assert role_uncertainty({**settled, "warmup": ["b"]}, 0.5) == 1.0  # warming up
+    assert role_uncertainty({"candidates": ["a", "b"], "q_values": {"a": 1.0}}, 0.5) == 1.0  # b untried
+    assert role_uncertainty({**close, "pinned": True}, 0.5) == 0.0
+    assert role_uncertainty({"candidates": ["a"], "q_values": {"a": 1.0}}, 0.5) == 0.0
+    assert role_uncertainty(settled, 0.5) == 0.0  # gap 0.6/0.9 beyond 0.5
+    assert role_uncertainty(close, 0.5) == pytest.approx(1 - (0.1 / 0.9) / 0.5)
+    assert sample_rate_for(1.0, 0.2, 0.01) == 0.2 and sample_rate_for(0.0, 0.2, 0.01) == 0.01
+    assigned: dict[str, Any] = {"topic_locator": settled}
+    sent: list[tuple[str, str, str, dict[str, Any]]] = []
+    board = _board(
+        FakeGateway({"judge": '{"correct": true}'}),
+        sent,
+        sample_rate=0.5,
+        settled_rate=0.02,
+        assignment_of=assigned.get,
+    )
+    assert board.rate("topic_locator") == 0.02 and board.rate("topic_finder") == 0.5
+    draws = [board.wants("topic_locator") for _ in range(4000)]
+    assert 0.01 < sum(draws) / len(draws) < 0.03
+
+
+async def test_a_canary_call_is_never_judged() -> None:
+    sent: list[tuple[str, str, str, dict[str, Any]]] = []
+    gateway = FakeGateway({"judge": '{"correct": true}'})
+    board = _board(gateway, sent)
+    call = _call()
+    canary = JudgedCall(
+        *[getattr(call, f) for f in call.__dataclass_fields__][:-1],
+        {**call.outcome, "stream_id": "canary:default:0:1"},
+    )
+    assert await board.review(canary) == (10, 13) and gateway.calls == []

@@ -408,5 +408,5 @@ def test_a_ca_file_librdkafka_cannot_load_is_a_config_error(tmp_path: Path) -> N
     empty = tmp_path / "ca.crt"
     empty.write_text("not a certificate\n")
     kafka = KafkaSettings(bootstrap_servers="127.0.0.1:9", security_protocol="SSL", ssl_cafile=empty)
-    with pytest.raises(ConfigError, match="ssl.ca.location"):
+    with pytest.raises(ConfigError, match=r"ssl\.ca\.location"):
         check_connection(kafka, timeout_s=2)

@@ -154,7 +154,10 @@ def topics(name: str) -> str:
     return json.dumps({"topics": [name]})
 
 
-async def run_plan(gateway: ScriptedGateway, **plan: Any) -> tuple[Any, list[dict[str, Any]]]:
+async def run_plan(
+    gateway: ScriptedGateway, sources: tuple[str, ...] = ("processor",), **plan: Any
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The answer, and the feedback of `sources` the call emitted."""
     policy = PolicyView({"topic_finder": ["a", "b", "c"]})
     policy.apply(
         {
@@ -175,7 +178,7 @@ async def run_plan(gateway: ScriptedGateway, **plan: Any) -> tuple[Any, list[dic
         answer: Any = await caller.ask([{"role": "user", "content": "go"}], parse, CTX)
     except RoleFailed as exc:
         answer = exc
-    return answer, outcomes
+    return answer, [o for o in outcomes if o["source"] in sources]
 
 
 async def test_extras_run_on_the_same_input_and_are_recorded_but_the_primary_answers() -> None:

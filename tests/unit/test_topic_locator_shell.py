@@ -13,6 +13,8 @@ import pytest
 from olp.settings import FeedSettings
 from olp.topics import TopicNames
 from processors import topic_locator
+from processors.canaries import CanaryBook
+from processors.policy_view import PolicyView
 from processors.role_call import Answer, RoleFailed
 
 CHUNK = {
@@ -50,6 +52,7 @@ class FakeCaller:
         ctx: Any,
         json_schema: Mapping[str, Any] | None = None,
         allowed_models: Sequence[str] | None = None,
+        grade: Any = None,
     ) -> Answer[Any]:
         task = messages[-1]["content"].split("</transcript>")[-1]
         if "spans" in (json_schema or {}).get("properties", {}):
@@ -79,6 +82,12 @@ class FakeWorker:
     caller_: FakeCaller
     topics: TopicNames = field(default_factory=TopicNames.with_prefix)
     sent: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
+    canaries: CanaryBook = field(default_factory=CanaryBook)
+    policy: PolicyView = field(default_factory=lambda: PolicyView({}))
+    feedback: list[dict[str, Any]] = field(default_factory=list)
+
+    async def emit_feedback(self, outcome: dict[str, Any]) -> None:
+        self.feedback.append(outcome)
 
     def caller(self, role: str) -> FakeCaller:
         assert role == topic_locator.ROLE
@@ -116,6 +125,7 @@ async def test_locator_batches_when_the_feed_asks(
     assert sorted(worker.caller_.calls) == sorted(calls)
     assert _spans(worker) == SPANS
     assert worker.sent[0][0] == worker.topics.located
+    assert worker.feedback == []  # every topic placed: no downstream evidence
 
 
 class NobodyLocates(FakeCaller):
@@ -129,3 +139,31 @@ async def test_a_chunk_nobody_can_locate_keeps_its_sentences_under_its_first_top
     await topic_locator.locate_topics(worker, FOUND)  # type: ignore[arg-type]
     assert _spans(worker) == {"Wig": (1, 10)}
     assert worker.sent[0][3]["trail"][-1] == "topic_locator=fallback(whole chunk)"
+    # downstream evidence: the finder's call named two topics and neither could be placed
+    ((outcome),) = worker.feedback
+    assert (outcome["role"], outcome["model"], outcome["source"]) == ("topic_finder", "m", "downstream")
+    assert outcome["quality"] == -1.0 and outcome["cost_usd"] == 0.0
+    assert outcome["event_id"] == "s1:0:topic_finder:0:m:downstream"
+
+
+class LocatesWigOnly(FakeCaller):
+    async def ask(self, messages: Sequence[Mapping[str, str]], *args: Any, **kwargs: Any) -> Answer[Any]:
+        if '"Shoes"' in messages[-1]["content"].split("</transcript>")[-1].split("Other")[0]:
+            raise RoleFailed("scripted failure")
+        return await super().ask(messages, *args, **kwargs)
+
+
+async def test_a_topic_the_locator_cannot_place_counts_against_the_finder() -> None:
+    worker = FakeWorker(FakeSettings(FeedSettings()), LocatesWigOnly(lambda names: None))
+    await topic_locator.locate_topics(worker, FOUND)  # type: ignore[arg-type]
+    assert _spans(worker) == {"Wig": (1, 4)}
+    ((outcome),) = worker.feedback
+    assert (outcome["role"], outcome["source"], outcome["quality"]) == ("topic_finder", "downstream", 0.0)
+    assert outcome["feed"] == "default" and outcome["chunk_id"] == "s1:0"
+
+
+async def test_a_canary_chunk_gives_the_finder_no_downstream_evidence() -> None:
+    worker = FakeWorker(FakeSettings(FeedSettings()), NobodyLocates(lambda names: None))
+    found = {**FOUND, "chunk": {**CHUNK, "stream_id": "canary:default:0:1"}}
+    await topic_locator.locate_topics(worker, found)  # type: ignore[arg-type]
+    assert worker.feedback == []
