@@ -34,13 +34,13 @@ from launcher.cli_feeds import COMMANDS as FEED_COMMANDS
 from launcher.console import (
     check_kafka,
     cli_settings,
-    configure_service_logging,
     console,
     friendly_errors,
     print_document,
     progress_bar,
     safe,
     secret_values,
+    serve_http,
 )
 from olp.settings import Settings
 
@@ -98,18 +98,16 @@ def worker(roles: str) -> None:
 @main.command("policy-store")
 def policy_store() -> None:
     """Run the Role-RL policy store: learns from olp.feedback, publishes olp.policy, serves HTTP."""
-    from aiohttp import web
-
-    from olp.telemetry import configure_telemetry
     from policy_store.service import create_app
 
     settings = cli_settings()
-    configure_service_logging(settings)
-    check_kafka(settings)
-    configure_telemetry("olp-policy-store")
-    with friendly_errors():
-        app = create_app(settings)
-    web.run_app(app, host=settings.policy_store_host, port=settings.policy_store_port, print=None)
+    serve_http(
+        settings,
+        "olp-policy-store",
+        lambda: create_app(settings),
+        settings.policy_store_host,
+        settings.policy_store_port,
+    )
 
 
 @main.group()

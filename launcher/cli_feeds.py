@@ -27,11 +27,11 @@ import click
 
 from launcher.console import (
     cli_settings,
-    configure_service_logging,
     console,
     friendly_errors,
     print_document,
     progress_bar,
+    serve_http,
 )
 from olp.errors import OlpError
 from olp.feeds.formats import FORMATS
@@ -299,35 +299,21 @@ def tail_cmd(stream_id: str | None, url: str | None, as_json: bool) -> None:
 @click.command("ingest-server")
 def ingest_server_cmd() -> None:
     """Run the ingest service: segments over HTTP and WebSocket, and the configured news pollers."""
-    from aiohttp import web
-
     from ingest.service import create_app
-    from olp.telemetry import configure_telemetry
 
     settings: Settings = cli_settings()
-    configure_service_logging(settings)
-    configure_telemetry("olp-ingest")
     ingest = ingest_settings(settings)
-    with friendly_errors():
-        app = create_app(settings, ingest)
-    web.run_app(app, host=ingest.host, port=ingest.port, print=None)
+    serve_http(settings, "olp-ingest", lambda: create_app(settings, ingest), ingest.host, ingest.port)
 
 
 @click.command("documents-server")
 def documents_server_cmd() -> None:
     """Run the document read API: materialised view of olp.documents, SSE and the webhook sink."""
-    from aiohttp import web
-
     from documents.service import create_app
-    from olp.telemetry import configure_telemetry
 
     settings: Settings = cli_settings()
-    configure_service_logging(settings)
-    configure_telemetry("olp-documents")
     docs = documents_settings(settings)
-    with friendly_errors():
-        app = create_app(settings, docs)
-    web.run_app(app, host=docs.host, port=docs.port, print=None)
+    serve_http(settings, "olp-documents", lambda: create_app(settings, docs), docs.host, docs.port)
 
 
 COMMANDS: tuple[click.Command, ...] = (ingest_cmd, doc_cmd, tail_cmd, ingest_server_cmd, documents_server_cmd)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -18,6 +18,9 @@ from olp.catalog import load_catalog
 from olp.errors import OlpError
 from olp.service_settings import documents_settings, ingest_settings
 from olp.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 console = Console(highlight=False)
 
@@ -52,6 +55,23 @@ def check_kafka(settings: Settings) -> None:
         console.print(f"[yellow]warning:[/] {escape(str(exc))}; starting anyway, the clients keep retrying")
     except OlpError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def serve_http(
+    settings: Settings, service: str, build: Callable[[], web.Application], host: str, port: int
+) -> None:
+    """Run one of the HTTP services the way each of them runs: redacted logs, the Kafka settings
+    checked before anything starts, telemetry, a one-line error instead of a traceback."""
+    from aiohttp import web
+
+    from olp.telemetry import configure_telemetry
+
+    configure_service_logging(settings)
+    check_kafka(settings)
+    configure_telemetry(service)
+    with friendly_errors():
+        app = build()
+    web.run_app(app, host=host, port=port, print=None)
 
 
 def configure_service_logging(settings: Settings) -> None:

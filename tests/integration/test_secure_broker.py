@@ -360,7 +360,7 @@ def test_pipeline_end_to_end_over_mtls(secure: SecureBroker, tmp_path: Path) -> 
         scripted.stop()
 
 
-@pytest.mark.parametrize("command", [["worker"], ["policy-store"]])
+@pytest.mark.parametrize("command", [["worker"], ["policy-store"], ["ingest-server"], ["documents-server"]])
 def test_a_service_with_a_wrong_ca_stops_at_once_naming_the_setting(
     secure: SecureBroker, foreign: Certificates, command: list[str], tmp_path: Path
 ) -> None:
