@@ -34,7 +34,7 @@ class LearnerParams(BaseModel):
     latency_weight: float = 0.1
     """k2: reward points per second of latency."""
     failure_quality: float = Field(-1.0, lt=1)
-    """k of a wrong or failed, unjudged answer (paper: -10; -1 keeps k in [-1, 1])."""
+    """k of a failed call (parse failure, error) or wrong answer (paper: -10; -1 keeps k in [-1, 1])."""
     board_step: float = 0.01
     """Board weight moved toward the elected LLM per election."""
     board_warmup: int = 100
@@ -45,6 +45,25 @@ class LearnerParams(BaseModel):
     """Markov-chain steps before the election gives up (paper: 10)."""
     mode: Literal["role_rl", "paper"] = "role_rl"
     """"paper": decide with the paper's tables only; "role_rl": with our extensions."""
+
+    # --- Ours: quality evidence by source (deviation 2) -------------------------------------
+    evidence: tuple[tuple[str, float, float], ...] = (
+        ("processor", 1.0, 0.0),
+        ("judge", 1.0, 0.1),
+        ("canary", 1.0, 0.0),
+        ("agreement", 1.0, 0.25),
+        ("downstream", 1.0, 0.2),
+        ("human", 1.0, 0.05),
+    )
+    """Per source of a quality label, (source, weight, noise): noise is the probability that the
+    label is wrong (a judge disagreeing with the truth ~10% of the time; a gold canary, scored
+    exactly, never; two models agreeing share errors; a processor labels only its own failures,
+    which are certain). A label moves the quality estimate with weight x (1 - 2 noise)^2, the
+    share of an exact label's information a label flipped with that probability carries. A source
+    not listed counts as an exact label of weight 1."""
+    label_aware_exploration: bool = True
+    """Scale a challenger's expected improvement by the role's measured label rate: a paired run
+    teaches the quality estimate only when the call gets a label (judge, canary, ...)."""
 
     # --- Ours: estimates and context (deviation 4) -----------------------------------------
     min_step: float = Field(0.01, gt=0, le=1)
