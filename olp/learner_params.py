@@ -72,6 +72,10 @@ class LearnerParams(BaseModel):
     """Pseudo-count of a model's all-roles mean in a role's quality estimate."""
     contextual: bool = True
     """Decide per context (domain, language, chunk-size bucket); False: one table per role."""
+    cost_prior: bool = False
+    """A model's prior quality follows its measured cost (a line fitted over the labelled models)
+    instead of the neutral (1 + failure_quality) / 2: labels are sparse, costs are not. Off by
+    default: on the routing file's tune part with a 10% judge it did not help on balance."""
     context_prior: float = Field(5.0, ge=0)
     """Pseudo-count of the role-level estimate in a context's estimate."""
     use_state: bool = True

@@ -133,19 +133,61 @@ def score_models(
     if state is not None and params.use_state:
         levels.append((estimates.get(state_context_key(state, ctx), {}), params.state_prior, False))
     role_level = estimates.get(ROLE_LEVEL, {})
+    priors = cost_prior(pooled, params) if params.cost_prior else {}
+    neutral = (1.0 + params.failure_quality) / 2.0
     return {
-        m: _score(m, role_level.get(m, Estimate()), pooled.get(m, Estimate()), levels, cost_weight, params)
+        m: _score(
+            m,
+            role_level.get(m, Estimate()),
+            pooled.get(m, Estimate()),
+            levels,
+            cost_weight,
+            params,
+            priors.get(m, neutral),
+        )
         for m in models
     }
 
 
+def cost_prior(pooled: Mapping[str, Estimate], params: RoleRLParams) -> dict[str, float]:
+    """Each priced model's prior quality from its measured cost (deviation 4): a weighted
+    least-squares line of the labelled models' mean quality over log cost, not falling with cost,
+    clipped to [failure_quality, 1]. Cost is measured on every call, labels are sparse: until a
+    model has labels of its own, its price says more about it than nothing. Empty while fewer than
+    two models with distinct costs have labels."""
+    points = [
+        (math.log(e.cost), e.quality, e.n_quality / (e.n_quality + 1.0))
+        for e in pooled.values()
+        if e.cost > 0 and e.n_quality > 0
+    ]
+    total = sum(w for _, _, w in points)
+    if len(points) < 2 or total <= 0:
+        return {}
+    mx = sum(w * x for x, _, w in points) / total
+    my = sum(w * y for _, y, w in points) / total
+    sxx = sum(w * (x - mx) ** 2 for x, _, w in points)
+    if sxx <= 1e-12:
+        return {}
+    slope = max(0.0, sum(w * (x - mx) * (y - my) for x, y, w in points) / sxx)
+    f = params.failure_quality
+    return {
+        m: min(1.0, max(f, my + slope * (math.log(e.cost) - mx))) for m, e in pooled.items() if e.cost > 0
+    }
+
+
 def _score(
-    model: str, er: Estimate, pooled: Estimate, levels: Sequence[Level], cost_weight: float, p: RoleRLParams
+    model: str,
+    er: Estimate,
+    pooled: Estimate,
+    levels: Sequence[Level],
+    cost_weight: float,
+    p: RoleRLParams,
+    prior: float,
 ) -> ModelScore:
     f = p.failure_quality
     prior_var = ((1.0 - f) / 2.0) ** 2
     n_cap = (2.0 - p.min_step) / p.min_step
-    k_pool = shrink(pooled.quality, min(pooled.n_quality, n_cap), (1.0 + f) / 2.0, 1.0)
+    k_pool = shrink(pooled.quality, min(pooled.n_quality, n_cap), prior, 1.0)
     n_role = min(er.n_quality, n_cap)
     k = shrink(er.quality, n_role, k_pool, p.pool_prior)
     n_eff = n_role + p.pool_prior

@@ -57,9 +57,11 @@ Deviations from the paper (Role-RL's released code, `main_Role_RL.py`), numbered
      on the paper's state (LLM kept last, success) through hierarchical shrinkage: state in
      context -> context -> role -> the model's mean over all roles; counts are capped at the
      tracking average's effective sample size; the state shifts the mean but not the
-     uncertainty that drives exploration. The paper's cross updates also feed the (state,
-     context) estimates. The paper's Q-tables are still kept (board election, `mode="paper"`,
-     which decides with them exactly as the paper does).
+     uncertainty that drives exploration. A model's all-roles mean is shrunk toward a neutral
+     prior, or with `cost_prior` toward a line of quality over log cost fitted on the labelled
+     models (labels are sparse, costs are measured on every call). The paper's cross updates
+     also feed the (state, context) estimates. The paper's Q-tables are still kept (board
+     election, `mode="paper"`, which decides with them exactly as the paper does).
   5. Exploration: the paper explores a uniform challenger with epsilon = 0.03 and runs it beside
      the incumbent. We keep the paired run but choose the challenger by expected improvement: a
      model is worth a paired run when E[max(0, Q_m - Q_incumbent)] * explore_horizon (times the
