@@ -66,9 +66,9 @@ Deviations from the paper (Role-RL's released code, `main_Role_RL.py`), numbered
      the incumbent. We keep the paired run but choose the challenger by expected improvement: a
      model is worth a paired run when E[max(0, Q_m - Q_incumbent)] * explore_horizon (times the
      role's measured label rate with `label_aware_exploration`: an unlabelled run teaches nothing
-     about quality) exceeds the
-     run's expected cost in reward points plus explore_overhead (Q_incumbent: the assigned plan's
-     expected reward, the cascade's when one is assigned), so exploration stops once the
+     about quality) exceeds the run's expected cost in reward points plus explore_overhead
+     (Q_incumbent: the assigned plan's expected reward, the cascade's when one is assigned), so
+     exploration stops once the
      estimates are sure and costly challengers run only when they may pay back. Cheap models that
      report confidences are also probed until they can be judged as a cascade's first stage;
      `explore_floor` adds the paper's uniform exploration (off by default). The paired run's
