@@ -162,8 +162,8 @@ class RunResult:
     cost_usd: float  # every call, judge calls included
     calls_per_input: float
     window_spend: tuple[float, ...] = ()
-    by_role: Mapping[str, tuple[int, int, float]] = field(default_factory=dict)
-    """role -> (inputs answered correctly, inputs, USD spent: calls and judge)"""
+    by_role: Mapping[str, tuple[int, int, float, float]] = field(default_factory=dict)
+    """role -> (inputs answered correctly, inputs, USD spent: calls and judge, USD of the judge)"""
     judge_cost_usd: float = 0.0
 
 
@@ -230,7 +230,7 @@ def replay(
     rng.shuffle(order)
     correct, cost, calls, judge_cost = 0, 0.0, 0, 0.0
     windows: dict[int, float] = {}
-    by_role: dict[str, tuple[int, int, float]] = {}
+    by_role: dict[str, tuple[int, int, float, float]] = {}
     for step, item in enumerate(order):
         ts = step * interval_ms
         context: dict[str, Any] = {"role": item.role, "input_id": item.key, "ts_ms": ts, "feed": "default"}
@@ -239,13 +239,13 @@ def replay(
         model, propensity = policy.select(context, rng)
         delivered = model
         made: list[Call] = []
-        spent = 0.0
+        spent, judged = 0.0, 0.0
         while True:
             row = item.rows[model]
             made.append(Call(model, row.confidence))
             record, labelling = outcome_of(item, model, seed, ts, propensity, feedback)
             spent += row.cost_usd + labelling
-            judge_cost += labelling
+            judged += labelling
             policy.update(context, model, record)
             nxt = policy.follow_up(context, made, rng)
             if nxt is None or len(made) > len(item.rows):
@@ -256,9 +256,10 @@ def replay(
         ok = item.rows[delivered].correct
         correct += ok
         cost += spent
+        judge_cost += judged
         calls += len(made)
-        right, n, role_cost = by_role.get(item.role, (0, 0, 0.0))
-        by_role[item.role] = (right + ok, n + 1, role_cost + spent)
+        right, n, role_cost, role_judge = by_role.get(item.role, (0, 0, 0.0, 0.0))
+        by_role[item.role] = (right + ok, n + 1, role_cost + spent, role_judge + judged)
         if window_s is not None:
             start = ts - ts % int(window_s * 1000)
             windows[start] = windows.get(start, 0.0) + spent
@@ -279,6 +280,7 @@ class Point:
     accuracy_sd: float
     cost_fraction: float
     calls_per_input: float
+    judge_fraction: float = 0.0  # the judge's share of cost_fraction
 
 
 def average(policy: str, setting: str, results: Sequence[RunResult], reference_cost: float) -> Point:
@@ -299,18 +301,21 @@ def group_average(
     """`average` over the inputs of some roles only (a task type, the knowledge tasks); cost as a
     fraction of the reference model's cost on those inputs. Calls per input stay the run's."""
     wanted = set(roles)
-    accs, costs = [], []
+    accs, costs, judge = [], [], []
     for r in results:
         cells = [cell for role, cell in r.by_role.items() if role in wanted]
         accs.append(sum(c[0] for c in cells) / max(1, sum(c[1] for c in cells)))
         costs.append(sum(c[2] for c in cells))
+        judge.append(sum(c[3] for c in cells))
+    scale = 1.0 / reference_cost if reference_cost > 0 else 0.0
     return Point(
         policy,
         setting,
         statistics.fmean(accs),
         statistics.stdev(accs) if len(accs) > 1 else 0.0,
-        statistics.fmean(costs) / reference_cost if reference_cost > 0 else 0.0,
+        statistics.fmean(costs) * scale,
         statistics.fmean(r.calls_per_input for r in results),
+        statistics.fmean(judge) * scale,
     )
 
 
@@ -343,11 +348,12 @@ def hull_at(hull: Sequence[tuple[float, float]], cost: float) -> float | None:
 
 def print_table(points: Sequence[Point], title: str) -> None:
     print(f"\n{title}")
-    print(f"{'policy':<12} {'setting':<26} {'accuracy':>9} {'±sd':>6} {'cost/ref':>9} {'calls/in':>9}")
+    header = f"{'policy':<12} {'setting':<26} {'accuracy':>9} {'±sd':>6} {'cost/ref':>9} {'calls/in':>9}"
+    print(header + f" {'judge/ref':>9}")
     for p in points:
         print(
             f"{p.policy:<12} {p.setting:<26} {p.accuracy:>9.4f} {p.accuracy_sd:>6.3f}"
-            f" {p.cost_fraction:>9.3f} {p.calls_per_input:>9.2f}"
+            f" {p.cost_fraction:>9.3f} {p.calls_per_input:>9.2f} {p.judge_fraction:>9.3f}"
         )
 
 

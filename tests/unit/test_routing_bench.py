@@ -75,6 +75,7 @@ def test_the_judge_protocol_labels_a_share_of_calls_and_counts_the_judge(tmp_pat
     assert result.judge_cost_usd == pytest.approx(0.01 * len(labelled))
     assert result.cost_usd == pytest.approx(0.0001 * 400 + 0.01 * len(labelled))
     assert result.by_role["qa"][2] == pytest.approx(result.cost_usd)
+    assert result.by_role["qa"][3] == pytest.approx(result.judge_cost_usd)
     # Verdicts: exact where the judge (right on even queries) is right; where it is wrong it
     # accepts only answers as wrong as its own.
     by_index = {i.key: i for i in items}
