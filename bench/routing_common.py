@@ -145,14 +145,17 @@ class Feedback:
 ORACLE = Feedback()
 
 
-def verdict(item: Item, model: str, judge: str) -> bool:
+def verdict(item: Item, model: str, judge: str) -> bool | None:
     """The judge's verdict on `model`'s answer, from the judge model's own correctness on the query.
 
     A judge that answered the query right verifies exactly (verdict = the answer's correctness).
     One that answered it wrong cannot: it accepts an answer only when it agrees with its own, and
     we assume wrong answers agree (a wrong judge calls a right answer wrong and a wrong one
     right). The rule is the pessimistic end for multiple choice, where wrong answers often
-    coincide; the judge judging its own answer always accepts it."""
+    coincide. A judge never judges its own model's answers (it would always accept them): None,
+    no verdict, and nothing asked or paid."""
+    if model == judge:
+        return None
     return item.rows[model].correct == item.rows[judge].correct
 
 
@@ -202,9 +205,9 @@ def outcome_of(
     if feedback.mode == "oracle":
         record.update(quality=1.0 if row.correct else -1.0, source="canary")
         return record, 0.0
-    if not judged:
+    ok = verdict(item, model, feedback.judge) if judged else None
+    if ok is None:
         return record, 0.0
-    ok = verdict(item, model, feedback.judge)
     record.update(quality=1.0 if ok else -1.0, source="judge")
     return record, item.rows[feedback.judge].cost_usd
 

@@ -99,4 +99,8 @@ def test_the_oracle_labels_every_call_free_and_the_verdict_rule(tmp_path: Path) 
     assert verdict(items[0], "small", "gpt-4o") is True  # both right
     assert verdict(items[2], "small", "gpt-4o") is False  # judge right, small wrong
     assert verdict(items[3], "small", "gpt-4o") is False  # judge wrong, small right
-    assert verdict(items[1], "gpt-4o", "gpt-4o") is True  # the judge always accepts its own answer
+    assert verdict(items[1], "gpt-4o", "gpt-4o") is None  # a judge never judges its own model
+    judge = Feedback("judge", 1.0, "gpt-4o")
+    assert outcome_of(items[0], "gpt-4o", 0, 0, 1.0, judge)[0]["quality"] is None
+    assert outcome_of(items[0], "gpt-4o", 0, 0, 1.0, judge)[1] == 0.0
+    assert outcome_of(items[0], "small", 0, 0, 1.0, judge)[1] == 0.01
