@@ -450,14 +450,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if args.rate:
                     cases.append(
                         run_case(
-                            bootstrap,
-                            broker_pid,
-                            base_url,
-                            model_pid,
-                            work,
-                            rate=args.rate,
-                            profile=profile,
-                            **common,
+                            bootstrap, broker_pid, base_url, model_pid, work,
+                            rate=args.rate, profile=profile, **common,
                         )
                     )
                     continue
