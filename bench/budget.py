@@ -5,7 +5,9 @@
 
 Replays the routing CSV (see `bench/routing_common.py`) as a live feed, one input per second,
 through Role-RL from a cold start: first without a budget (the unconstrained spend per window),
-then with hard budgets per window set below that spend. Prints, per budget, the largest window
+then with hard budgets per window set below that spend. Feedback is the oracle's (every call
+labelled free): this benchmark measures whether the limit holds, not what labels cost; judge spend
+is booked by the running system, not by the learner's ledger. Prints, per budget, the largest window
 spend as a share of the limit, the windows over it, accuracy and cost, and one run's per-window
 series; writes a PNG plot if matplotlib is installed. Exits 0 with a message when the data file is
 absent; with `--check`, exits 3 when a budget is exceeded in some window. Writes only the plot
@@ -23,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from routing_common import RunResult, load_items, reference_model, replay, try_pyplot
+from routing_common import ORACLE, RunResult, load_items, reference_model, replay, try_pyplot
 from targets import Target, add_check_argument, report_targets
 
 from policy_store.learner import Budget, RoleRLParams
@@ -77,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     free_mean = statistics.fmean(full_windows)
     print(
         f"{len(items)} inputs, one per second, windows of {window:g}s; Role-RL k1={args.cost_weight:g}, "
-        f"{args.seeds} seeds, cold start"
+        f"{args.seeds} seeds, cold start; feedback: {ORACLE.describe()}"
     )
     print(
         f"unconstrained: mean ${free_mean:.5f} per window (max ${max(full_windows):.5f}),"

@@ -34,7 +34,7 @@ class LearnerParams(BaseModel):
     latency_weight: float = 0.1
     """k2: reward points per second of latency."""
     failure_quality: float = Field(-1.0, lt=1)
-    """k of a wrong or failed, unjudged answer (paper: -10; -1 keeps k in [-1, 1])."""
+    """k of a failed call (parse failure, error) or wrong answer (paper: -10; -1 keeps k in [-1, 1])."""
     board_step: float = 0.01
     """Board weight moved toward the elected LLM per election."""
     board_warmup: int = 100
@@ -46,6 +46,25 @@ class LearnerParams(BaseModel):
     mode: Literal["role_rl", "paper"] = "role_rl"
     """"paper": decide with the paper's tables only; "role_rl": with our extensions."""
 
+    # --- Ours: quality evidence by source (deviation 2) -------------------------------------
+    evidence: tuple[tuple[str, float, float], ...] = (
+        ("processor", 1.0, 0.0),
+        ("judge", 1.0, 0.1),
+        ("canary", 1.0, 0.0),
+        ("agreement", 1.0, 0.25),
+        ("downstream", 1.0, 0.2),
+        ("human", 1.0, 0.05),
+    )
+    """Per source of a quality label, (source, weight, noise): noise is the probability that the
+    label is wrong (a judge disagreeing with the truth ~10% of the time; a gold canary, scored
+    exactly, never; two models agreeing share errors; a processor labels only its own failures,
+    which are certain). A label moves the quality estimate with weight x (1 - 2 noise)^2, the
+    share of an exact label's information a label flipped with that probability carries. A source
+    not listed counts as an exact label of weight 1."""
+    label_aware_exploration: bool = True
+    """Scale a challenger's expected improvement by the role's measured label rate: a paired run
+    teaches the quality estimate only when the call gets a label (judge, canary, ...)."""
+
     # --- Ours: estimates and context (deviation 4) -----------------------------------------
     min_step: float = Field(0.01, gt=0, le=1)
     """Floor of the running-mean step: sample average first, then tracks the last ~1/min_step."""
@@ -53,6 +72,10 @@ class LearnerParams(BaseModel):
     """Pseudo-count of a model's all-roles mean in a role's quality estimate."""
     contextual: bool = True
     """Decide per context (domain, language, chunk-size bucket); False: one table per role."""
+    cost_prior: bool = False
+    """A model's prior quality follows its measured cost (a line fitted over the labelled models)
+    instead of the neutral (1 + failure_quality) / 2: labels are sparse, costs are not. Off by
+    default: on the routing file's tune part with a 10% judge it did not help on balance."""
     context_prior: float = Field(5.0, ge=0)
     """Pseudo-count of the role-level estimate in a context's estimate."""
     use_state: bool = True

@@ -108,11 +108,15 @@ class _Base:
             self.models.remove(model)
 
 
-def _succeeded(outcome: Mapping[str, Any]) -> bool:
+def _succeeded(outcome: Mapping[str, Any]) -> bool | None:
+    """Whether the call's answer was right: its quality label, a failure when it failed, None for
+    a success without a label (parsing is not quality)."""
     judged = outcome.get("quality")
     if judged is not None:
         return float(judged) > 0
-    return bool(outcome.get("success")) and outcome.get("error") is None
+    if bool(outcome.get("success")) and outcome.get("error") is None:
+        return None
+    return False
 
 
 # --- The paper's Q-learning and our Role-RL: both are the RoleRL learner ----------------------
@@ -236,8 +240,12 @@ class ThompsonPolicy(_Base):
         return best, 1.0  # the propensity of a Thompson draw is not computed (no closed form)
 
     def update(self, context: Mapping[str, Any], model: str, outcome: Mapping[str, Any]) -> None:
+        """Learns from labels only: an unlabelled success leaves the Beta posterior as it was."""
+        succeeded = _succeeded(outcome)
+        if succeeded is None:
+            return
         cell = self._table(str(context["role"]))[model]
-        cell[0 if _succeeded(outcome) else 1] += 1.0
+        cell[0 if succeeded else 1] += 1.0
         cell[2] += float(outcome.get("cost_usd") or 0.0)
 
     def scores(self, context: Mapping[str, Any]) -> dict[str, float]:

@@ -41,6 +41,8 @@ class Situation:
     pooled: Mapping[str, Estimate]
     """Each model's estimate over all roles: the cost bound of a model untried in this role."""
     notes: list[str] = field(default_factory=list)
+    label_rate: float = 1.0
+    """Share of the role's calls that get a quality label: what a paired run teaches (deviation 5)."""
 
     def q_values(self) -> dict[str, float]:
         return {m: round(self.scores[m].value, 6) for m in self.candidates}
@@ -233,7 +235,7 @@ def directed_challenger(s: Situation, plan: Plan, tried: Sequence[str]) -> str |
         score = s.scores[m]
         run_cost = s.cost_weight * score.cost + p.latency_weight * score.latency
         gain = expected_improvement(score.value, score.quality_sd, incumbent_value, ref.quality_sd)
-        gain = gain * p.explore_horizon - (run_cost + p.explore_overhead)
+        gain = gain * p.explore_horizon * s.label_rate - (run_cost + p.explore_overhead)
         if gain > best_gain and s.fits(call + s.bound(m)):
             best, best_gain = m, gain
     return best

@@ -22,7 +22,9 @@ ROLE_LEVEL = "*"
 
 @dataclass
 class Estimate:
-    """Importance-weighted running means of one (role, context, model)'s reward components."""
+    """Importance-weighted running means of one (role, context, model)'s reward components. Cost
+    and latency count every measured call (`n`); quality counts labels only (`n_quality`, each
+    label weighted by its source: deviation 2)."""
 
     n: float = 0.0
     quality: float = 0.0
@@ -30,16 +32,30 @@ class Estimate:
     cost: float = 0.0
     latency: float = 0.0
     cost_max: float = 0.0  # dearest call seen: the budget guard's per-call bound
+    n_quality: float = 0.0
 
-    def add(self, k: float, cost: float, latency_s: float, weight: float, min_step: float) -> None:
-        """One observation of weight `weight`: step max(w/n, min_step*w), a sample average first."""
+    def add(self, k: float | None, cost: float, latency_s: float, weight: float, min_step: float) -> None:
+        """One measured call of weight `weight` (and its label k, None when unlabelled)."""
+        self.add_call(cost, latency_s, weight, min_step)
+        if k is not None:
+            self.add_label(k, weight, min_step)
+
+    def add_call(self, cost: float, latency_s: float, weight: float, min_step: float) -> None:
+        """Cost and latency: step max(w/n, min_step*w), a sample average first."""
         self.n += weight
         self.cost_max = max(self.cost_max, cost)
         step = min(1.0, max(weight / self.n, min_step * weight))
-        self.quality += step * (k - self.quality)
-        self.quality_sq += step * (k * k - self.quality_sq)
         self.cost += step * (cost - self.cost)
         self.latency += step * (latency_s - self.latency)
+
+    def add_label(self, k: float, weight: float, min_step: float) -> None:
+        """One quality label of weight `weight` (importance weight x source weight)."""
+        if weight <= 0:
+            return
+        self.n_quality += weight
+        step = min(1.0, max(weight / self.n_quality, min_step * weight))
+        self.quality += step * (k - self.quality)
+        self.quality_sq += step * (k * k - self.quality_sq)
 
 
 def shrink(mean: float, n: float, prior_mean: float, prior_n: float) -> float:
@@ -90,8 +106,9 @@ class ModelScore:
     cost: float  # expected USD per call
     cost_max: float  # dearest call seen (USD): what the budget guard must allow for
     latency: float  # expected seconds per call
-    n: float  # weighted observations in this role
+    n: float  # weighted calls in this role
     value: float  # expected reward v*k - (k1 + lambda)*c - k2*t
+    n_quality: float = 0.0  # weighted quality labels in this role
 
 
 Level = tuple[Mapping[str, Estimate], float, bool]
@@ -116,20 +133,62 @@ def score_models(
     if state is not None and params.use_state:
         levels.append((estimates.get(state_context_key(state, ctx), {}), params.state_prior, False))
     role_level = estimates.get(ROLE_LEVEL, {})
+    priors = cost_prior(pooled, params) if params.cost_prior else {}
+    neutral = (1.0 + params.failure_quality) / 2.0
     return {
-        m: _score(m, role_level.get(m, Estimate()), pooled.get(m, Estimate()), levels, cost_weight, params)
+        m: _score(
+            m,
+            role_level.get(m, Estimate()),
+            pooled.get(m, Estimate()),
+            levels,
+            cost_weight,
+            params,
+            priors.get(m, neutral),
+        )
         for m in models
     }
 
 
+def cost_prior(pooled: Mapping[str, Estimate], params: RoleRLParams) -> dict[str, float]:
+    """Each priced model's prior quality from its measured cost (deviation 4): a weighted
+    least-squares line of the labelled models' mean quality over log cost, not falling with cost,
+    clipped to [failure_quality, 1]. Cost is measured on every call, labels are sparse: until a
+    model has labels of its own, its price says more about it than nothing. Empty while fewer than
+    two models with distinct costs have labels."""
+    points = [
+        (math.log(e.cost), e.quality, e.n_quality / (e.n_quality + 1.0))
+        for e in pooled.values()
+        if e.cost > 0 and e.n_quality > 0
+    ]
+    total = sum(w for _, _, w in points)
+    if len(points) < 2 or total <= 0:
+        return {}
+    mx = sum(w * x for x, _, w in points) / total
+    my = sum(w * y for _, y, w in points) / total
+    sxx = sum(w * (x - mx) ** 2 for x, _, w in points)
+    if sxx <= 1e-12:
+        return {}
+    slope = max(0.0, sum(w * (x - mx) * (y - my) for x, y, w in points) / sxx)
+    f = params.failure_quality
+    return {
+        m: min(1.0, max(f, my + slope * (math.log(e.cost) - mx))) for m, e in pooled.items() if e.cost > 0
+    }
+
+
 def _score(
-    model: str, er: Estimate, pooled: Estimate, levels: Sequence[Level], cost_weight: float, p: RoleRLParams
+    model: str,
+    er: Estimate,
+    pooled: Estimate,
+    levels: Sequence[Level],
+    cost_weight: float,
+    p: RoleRLParams,
+    prior: float,
 ) -> ModelScore:
     f = p.failure_quality
     prior_var = ((1.0 - f) / 2.0) ** 2
     n_cap = (2.0 - p.min_step) / p.min_step
-    k_pool = shrink(pooled.quality, min(pooled.n, n_cap), (1.0 + f) / 2.0, 1.0)
-    n_role = min(er.n, n_cap)
+    k_pool = shrink(pooled.quality, min(pooled.n_quality, n_cap), prior, 1.0)
+    n_role = min(er.n_quality, n_cap)
     k = shrink(er.quality, n_role, k_pool, p.pool_prior)
     n_eff = n_role + p.pool_prior
     cost = er.cost if er.n > 0 else pooled.cost
@@ -138,15 +197,18 @@ def _score(
     var = (n_role * max(0.0, er.quality_sq - er.quality**2) + prior_var) / (n_role + 1.0)
     for table, prior_n, sets_uncertainty in levels:
         e = table.get(model)
-        if e is not None and e.n > 0:
-            n_level = min(e.n, n_cap)
+        if e is None:
+            continue
+        if e.n_quality > 0:
+            n_level = min(e.n_quality, n_cap)
             k = shrink(e.quality, n_level, k, prior_n)
             if sets_uncertainty:
                 n_eff = n_level + min(prior_n, n_eff)
+        if e.n > 0:
             cost, latency = e.cost, e.latency
     sd = p.reward_value * math.sqrt(var / n_eff)
     value = p.reward_value * k - cost_weight * cost - p.latency_weight * latency
-    return ModelScore(model, k, sd, cost, cost_max, latency, er.n, value)
+    return ModelScore(model, k, sd, cost, cost_max, latency, er.n, value, er.n_quality)
 
 
 # --- Directed exploration (deviation 5): the expected improvement of a challenger ------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from policy_store.learner.budget import Budget, Budgets, BudgetStatus
@@ -26,7 +27,7 @@ from policy_store.learner.paper import (
 from policy_store.learner.params import PolicyError, RoleRLParams
 from policy_store.learner.safety import Breaker, DedupeWindow, importance_weight
 from policy_store.learner.snapshot import dump, load, params_of
-from policy_store.learner.state import InputGroups, RoleState
+from policy_store.learner.state import InputGroups, Member, RoleState
 from policy_store.learner.views import AssignmentView, CallPlan
 
 COUNTERS = ("accepted", "duplicate", "stale", "off_policy", "unknown", "elections")
@@ -180,13 +181,14 @@ class RoleRL:
             self.counters["unknown"] += 1
             return False
         before = rs.signature or self._signature(role)
-        if outcome.get("source", "processor") == "processor":
+        seen = self._seen_call(outcome)
+        if seen is None:  # a label on a call seen before was booked with that call
             self._book_call(role, rs, outcome, ts)
         weight = self._importance_weight(role, rs, outcome)
         if weight is None:
             self.counters["stale"] += 1
         elif weight > 0:
-            self._learn(role, rs, outcome, weight)
+            self._learn(role, rs, outcome, weight, seen)
             self.counters["accepted"] += 1
         else:
             self.counters["off_policy"] += 1  # the current policy would never run this model
@@ -196,9 +198,17 @@ class RoleRL:
             return True
         return False
 
+    def _seen_call(self, outcome: Mapping[str, Any]) -> Member | None:
+        """The call a label record (judge, canary, human, ...) is about, when it was seen on the
+        same input; None for a processor's record and for a labelled record that is the call itself."""
+        if str(outcome.get("source") or "processor") == "processor":
+            return None
+        group = self.groups.of(outcome, self.params.group_capacity)
+        model = str(outcome["model"])
+        return next((m for m in reversed(group or []) if m.model == model), None)
+
     def _book_call(self, role: str, rs: RoleState, outcome: Mapping[str, Any], ts: int) -> None:
-        """A processor's call spent money and showed the model's health, however stale its policy
-        (judge and human verdicts are about calls already counted)."""
+        """A call spent money and showed the model's health, however stale its policy."""
         ok = bool(outcome.get("success")) and outcome.get("error") is None
         feed = str(outcome.get("feed") or "default")
         self.budgets.spend(role, feed, float(outcome.get("cost_usd") or 0.0), ts, self.params)
@@ -213,14 +223,20 @@ class RoleRL:
         p = self.params
         return importance_weight(pi, propensity, lag, p.max_importance_weight, p.max_policy_lag)
 
-    def _learn(self, role: str, rs: RoleState, outcome: Mapping[str, Any], weight: float) -> None:
+    def _learn(
+        self, role: str, rs: RoleState, outcome: Mapping[str, Any], weight: float, seen: Member | None
+    ) -> None:
         obs = observation(outcome, weight, self.params)
+        if seen is not None:
+            obs = obs.completing(seen)
         group = self.groups.of(outcome, self.params.group_capacity)
         members = [m for m in group if m.model != obs.model] if group is not None else []
         learn_paper(rs, obs, members, self.params)
         learn_estimates(rs, self.pooled, obs, members, self.params)
         learn_calibration(rs, obs, members, self.params)
         if group is not None:
+            if seen is not None:
+                group.remove(seen)
             group.append(obs.member(self.params))
         rs.plan_age += 1
         if role == self.board_role:  # the paper: an election after each outcome of the board role
@@ -287,18 +303,21 @@ class RoleRL:
         rs = self._role(role)
         now = int((context or {}).get("ts_ms") or self.now_ms)
         candidates, open_ = rs.candidates(now, self.params.breaker_cooldown_s)
+        evidence = {m: dict(counts) for m, counts in rs.evidence.items()}
         if self.params.mode == "paper":
-            return decide_paper(role, rs, candidates, open_, self.params.epsilon)
+            view = decide_paper(role, rs, candidates, open_, self.params.epsilon)
+            return replace(view, evidence=evidence)
         s = self._situation(role, rs, context, candidates, now)
         if open_:
             s.notes.append(f"circuit open: {', '.join(open_)}")
-        return decide(
+        view = decide(
             s,
             rs.pinned,
             rs.calibration,
             lambda: self._cascade_plan(role, s.cost_weight),
             lambda m: self._scores(role, ROLE_LEVEL, s.cost_weight)[m].value,
         )
+        return replace(view, evidence=evidence)
 
     def _situation(
         self, role: str, rs: RoleState, context: Mapping[str, Any] | None, candidates: list[str], now: int
@@ -312,9 +331,36 @@ class RoleRL:
         statuses = self.budget_status(feed, now)
         cost_weight = self.params.cost_weight + sum(s.price for s in statuses)
         scores = self._scores(role, ctx, cost_weight, state)
+        label_rate = rs.label_rate() if self.params.label_aware_exploration else 1.0
         return Situation(
-            role, ctx, candidates, scores, statuses, cost_weight, rs.version, self.params, self.pooled
+            role,
+            ctx,
+            candidates,
+            scores,
+            statuses,
+            cost_weight,
+            rs.version,
+            self.params,
+            self.pooled,
+            label_rate=label_rate,
         )
+
+    def evidence(self, role: str) -> dict[str, dict[str, float]]:
+        """Per model of the role: where its estimates come from (weighted labels per source,
+        'failure', 'unlabelled' calls), and its role-level quality estimate, the estimate's
+        standard deviation (in k) and the weighted labels behind it (`n_quality`)."""
+        rs = self._role(role)
+        scores = self._scores(role, ROLE_LEVEL, self.params.cost_weight)
+        out: dict[str, dict[str, float]] = {}
+        for m in rs.pool:
+            s = scores[m]
+            out[m] = {
+                **{k: round(v, 6) for k, v in sorted(rs.evidence.get(m, {}).items())},
+                "quality": round(s.quality, 6),
+                "quality_sd": round(s.quality_sd / self.params.reward_value, 6),
+                "n_quality": round(s.n_quality, 6),
+            }
+        return out
 
     def select(self, role: str, context: Mapping[str, Any] | None = None) -> CallPlan:
         """Sample one call's plan with the learner's own generator (tests, benchmarks, in-process use)."""

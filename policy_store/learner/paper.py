@@ -25,24 +25,29 @@ QTable = dict[str, dict[str, float]]
 # --- Reward: r = k*v - k1*c - k2*t ------------------------------------------------------------
 
 
-def quality(outcome: Mapping[str, Any], params: RoleRLParams) -> float:
-    """k of the paper: the judge's score when judged, else +1 on success / failure_quality."""
+def quality(outcome: Mapping[str, Any], params: RoleRLParams) -> float | None:
+    """k of the paper, when the call has one: the label's score when labelled, `failure_quality`
+    when the call failed (parse failure, error), None for a success without a label (parsing is
+    not quality, deviation 2)."""
     judged = outcome.get("quality")
     if judged is not None:
         return float(judged)
     ok = bool(outcome.get("success")) and outcome.get("error") is None
-    return 1.0 if ok else params.failure_quality
+    return None if ok else params.failure_quality
 
 
-def reward(outcome: Mapping[str, Any], params: RoleRLParams) -> float:
-    """The paper's reward of one call: r = k*v - k1*c - k2*t (c in USD, t in seconds)."""
+def reward(outcome: Mapping[str, Any], params: RoleRLParams, unlabelled_quality: float = 0.0) -> float:
+    """The paper's reward of one call: r = k*v - k1*c - k2*t (c in USD, t in seconds); k of a
+    success without a label is `unlabelled_quality` (the caller's estimate; 0: no quality term)."""
+    k = quality(outcome, params)
     cost = float(outcome.get("cost_usd") or 0.0)
     latency_s = float(outcome.get("latency_ms") or 0.0) / 1000.0
-    return (
-        params.reward_value * quality(outcome, params)
-        - params.cost_weight * cost
-        - params.latency_weight * latency_s
-    )
+    return reward_of(k if k is not None else unlabelled_quality, cost, latency_s, params)
+
+
+def reward_of(k: float, cost: float, latency_s: float, params: RoleRLParams) -> float:
+    """r = k*v - k1*c - k2*t (c in USD, t in seconds)."""
+    return params.reward_value * k - params.cost_weight * cost - params.latency_weight * latency_s
 
 
 def organizer_quality(similarity: float, failure_quality: float = -10.0) -> float:

@@ -22,9 +22,28 @@ Deviations from the paper (Role-RL's released code, `main_Role_RL.py`), numbered
      arrives; a call without a previous state updates its own-state row, which reproduces the
      paper's start (every LLM once, then Q[(i, ok_i), j] <- r_j for all i, j) exactly. Rewards of
      exactly 0 are not skipped (the paper skips them; with costs they do not occur).
-  2. Reward: t is the measured latency (the paper fixed t = 1) and c the measured dollar cost of the
-     call. An unjudged call has k = +1 on success and `failure_quality` otherwise; the default -1
-     keeps k in the schema's [-1, 1] (the paper used -10; `RoleRLParams.paper()` restores it).
+  2. Reward and evidence: t is the measured latency (the paper fixed t = 1) and c the measured
+     dollar cost of the call. Parsing is not quality: a failed call (parse failure, error) has
+     k = `failure_quality` (the default -1 keeps k in the schema's [-1, 1]; the paper used -10,
+     `RoleRLParams.paper()` restores it), but a call that merely parsed carries no quality label.
+     Labels have sources (`RoleOutcome.source`: judge, canary, agreement, downstream, human; a
+     processor labels only its own failures), each with a weight and a noise (`evidence`): a
+     label moves our quality estimates with weight x (1 - 2 noise)^2. What an unlabelled success
+     does:
+     a. Our estimates (deviation 4): it updates the model's cost, latency and call count, never
+        its quality estimate, whose count and uncertainty are those of the labels alone.
+     b. The paper's Q-update is skipped: Q[s, a] estimates r, and r of an unlabelled call is not
+        observed; filling k with the current estimate would pull Q toward what it already believes
+        and shrink alpha's memory of real labels. The paper's state (LLM used last, success) moves
+        only on calls whose success is known, so it is the last judged outcome. With a label on
+        every call (the paper's board judges every answer) this is the paper's loop unchanged.
+     c. A label arriving as its own record (a judge's verdict on a call the processor reported
+        before) completes that call: found among the calls on the same input, it is learned with
+        the call's measured cost, latency and state, and cost and latency are not counted twice.
+        A labelled record whose call was not seen (a replay that sends one record per call) is
+        the call itself.
+     The learner counts, per role and model, the evidence of each source (`RoleRL.evidence`,
+     shown in the views and the snapshot).
   3. Board: the price added to the summed Q-tables before the election is each LLM's mean
      measured cost per call times the number of roles (the paper: catalog price at 25k tokens in and
      out, times 4 roles; identical on its cached data). `combine_verdicts` weights the judges'
@@ -38,14 +57,18 @@ Deviations from the paper (Role-RL's released code, `main_Role_RL.py`), numbered
      on the paper's state (LLM kept last, success) through hierarchical shrinkage: state in
      context -> context -> role -> the model's mean over all roles; counts are capped at the
      tracking average's effective sample size; the state shifts the mean but not the
-     uncertainty that drives exploration. The paper's cross updates also feed the (state,
-     context) estimates. The paper's Q-tables are still kept (board election, `mode="paper"`,
-     which decides with them exactly as the paper does).
+     uncertainty that drives exploration. A model's all-roles mean is shrunk toward a neutral
+     prior, or with `cost_prior` toward a line of quality over log cost fitted on the labelled
+     models (labels are sparse, costs are measured on every call). The paper's cross updates
+     also feed the (state, context) estimates. The paper's Q-tables are still kept (board
+     election, `mode="paper"`, which decides with them exactly as the paper does).
   5. Exploration: the paper explores a uniform challenger with epsilon = 0.03 and runs it beside
      the incumbent. We keep the paired run but choose the challenger by expected improvement: a
-     model is worth a paired run when E[max(0, Q_m - Q_incumbent)] * explore_horizon exceeds the
-     run's expected cost in reward points plus explore_overhead (Q_incumbent: the assigned plan's
-     expected reward, the cascade's when one is assigned), so exploration stops once the
+     model is worth a paired run when E[max(0, Q_m - Q_incumbent)] * explore_horizon (times the
+     role's measured label rate with `label_aware_exploration`: an unlabelled run teaches nothing
+     about quality) exceeds the run's expected cost in reward points plus explore_overhead
+     (Q_incumbent: the assigned plan's expected reward, the cascade's when one is assigned), so
+     exploration stops once the
      estimates are sure and costly challengers run only when they may pay back. Cheap models that
      report confidences are also probed until they can be judged as a cascade's first stage;
      `explore_floor` adds the paper's uniform exploration (off by default). The paired run's
@@ -118,6 +141,13 @@ class RoleRLParams(LearnerParams):
         }
         base.update(overrides)
         return cls(**base)
+
+    def evidence_weight(self, source: str) -> float:
+        """Weight of one label of `source` in the quality estimates: weight x (1 - 2 noise)^2."""
+        for name, weight, noise in self.evidence:
+            if name == source:
+                return weight * (1.0 - 2.0 * min(0.5, noise)) ** 2
+        return 1.0
 
     def slo(self, role: str) -> float | None:
         """The role's latency SLO in seconds, None when it has none."""

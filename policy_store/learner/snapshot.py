@@ -62,6 +62,8 @@ def dump(learner: RoleRL) -> dict[str, Any]:
         "ledgers": {f: asdict(ledger) for f, ledger in learner.budgets.ledgers.items()},
         "seen": [[e, t] for e, t in learner.dedupe.seen.items()],
         "signatures": {r: list(rs.signature) for r, rs in roles.items() if rs.signature is not None},
+        "evidence": {r: rs.evidence for r, rs in roles.items()},
+        "label_counts": {r: [rs.measured_calls, rs.labelled_calls] for r, rs in roles.items()},
         "now_ms": learner.now_ms,
         "counters": learner.counters,
     }
@@ -83,7 +85,7 @@ def load(learner: RoleRL, data: Mapping[str, Any]) -> None:
     learner.board_role = data["board_role"]
     learner.board_count = int(data["board_count"])
     learner.groups = InputGroups({k: [Member(**m) for m in g] for k, g in data["groups"]})
-    learner.pooled = {m: Estimate(**e) for m, e in data["pooled"].items()}
+    learner.pooled = {m: _estimate(e) for m, e in data["pooled"].items()}
     learner.budgets.limits = {f: Budget(**b) for f, b in data["budgets"].items()}
     learner.budgets.ledgers = {f: _ledger(raw) for f, raw in data["ledgers"].items()}
     learner.now_ms = int(data["now_ms"])
@@ -97,6 +99,7 @@ def load(learner: RoleRL, data: Mapping[str, Any]) -> None:
 def _role_state(data: Mapping[str, Any], role: str, window: int) -> RoleState:
     plan = data["plans"].get(role)
     signature = data["signatures"].get(role)
+    measured, labelled = data.get("label_counts", {}).get(role, (0.0, 0.0))
     return RoleState(
         pool=list(data["pools"][role]),
         banned=set(data["banned"][role]),
@@ -106,7 +109,7 @@ def _role_state(data: Mapping[str, Any], role: str, window: int) -> RoleState:
         q={s: dict(row) for s, row in data["q"][role].items()},
         calls=data["calls"][role],
         last_state=data["last_state"].get(role),
-        estimates={c: {m: Estimate(**e) for m, e in ms.items()} for c, ms in data["est"][role].items()},
+        estimates={c: {m: _estimate(e) for m, e in ms.items()} for c, ms in data["est"][role].items()},
         calibration={m: _calibration(points, window) for m, points in data["calib"][role].items()},
         coruns=CoRuns(
             {k: list(v) for k, v in data["corun"][role].items()},
@@ -116,7 +119,15 @@ def _role_state(data: Mapping[str, Any], role: str, window: int) -> RoleState:
         plan=CascadePlan(**plan) if plan else None,
         plan_cached=role in data["plans"],
         plan_age=int(data["plan_age"][role]),
+        evidence={m: dict(c) for m, c in data.get("evidence", {}).get(role, {}).items()},
+        measured_calls=float(measured),
+        labelled_calls=float(labelled),
     )
+
+
+def _estimate(raw: Mapping[str, Any]) -> Estimate:
+    """An estimate; one written before quality had its own count counted every call as labelled."""
+    return Estimate(**{"n_quality": raw["n"], **raw})
 
 
 def _calibration(points: Any, window: int) -> Calibration:

@@ -43,6 +43,12 @@ class RoleState:
     """`plan` holds the last cascade search (None: no cascade helps); False: search again."""
     plan_age: int = 0
     """Outcomes since the last cascade search."""
+    evidence: dict[str, dict[str, float]] = field(default_factory=dict)
+    """model -> where its estimates come from: weighted labels per source ('judge', 'canary', ...;
+    'failure' for a processor's failed call), and 'unlabelled' calls (cost and latency only)."""
+    measured_calls: float = 0.0
+    labelled_calls: float = 0.0
+    """Calls measured (cost, latency) and calls that got a label: the role's label rate."""
 
     def allowed(self) -> list[str]:
         """The pool without the banned models."""
@@ -59,6 +65,14 @@ class RoleState:
     def forget_plan(self) -> None:
         self.plan, self.plan_cached = None, False
 
+    def count_evidence(self, model: str, kind: str, weight: float) -> None:
+        counts = self.evidence.setdefault(model, {})
+        counts[kind] = counts.get(kind, 0.0) + weight
+
+    def label_rate(self) -> float:
+        """Share of the role's calls that got a quality label (1 before any call: one pseudo-call)."""
+        return min(1.0, (self.labelled_calls + 1.0) / (self.measured_calls + 1.0))
+
 
 @dataclass
 class Member:
@@ -73,6 +87,13 @@ class Member:
     quality: float = 0.0
     cost: float = 0.0
     latency: float = 0.0
+    labelled: bool = True
+    """False until a label arrives: the call's success and reward are unknown."""
+    before: str = ""
+    """The paper's state the call was made in (for a label arriving later)."""
+    ctx: str = "*"
+    label_weight: float = 1.0
+    """The label's source weight (`RoleRLParams.evidence_weight`)."""
 
 
 class InputGroups:

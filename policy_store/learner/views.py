@@ -35,6 +35,8 @@ class AssignmentView:
     cascade: CascadePlan | None = None
     budgets: tuple[BudgetStatus, ...] = ()
     pinned: bool = False
+    evidence: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    """model -> where its estimates come from: weighted labels per source, 'failure', 'unlabelled'."""
 
     def plan_spec(self) -> PlanSpec:
         """What a call acts on (olp/call_plan.py); equal to `PlanSpec.from_record(self.to_record(...))`."""

@@ -58,8 +58,8 @@ def test_run_all_passes_check_only_to_benchmarks_with_targets() -> None:
     assert run_all.status_of(1) == "failed (exit 1)"
 
 
-def _routing_csv(path: Path, small_model_correct: bool) -> Path:
-    """Forty inputs answered by gpt-4o (always right, 100x the price) and a small model."""
+def _routing_csv(path: Path, small_model_correct: bool, inputs: int = 200) -> Path:
+    """Inputs answered by gpt-4o (always right, 100x the price) and a small model."""
     with path.open("w", newline="") as fh:
         out = csv.writer(fh)
         out.writerow(
@@ -76,27 +76,34 @@ def _routing_csv(path: Path, small_model_correct: bool) -> Path:
                 "raw_confidence",
             ]
         )
-        for i in range(40):
+        for i in range(inputs):
             out.writerow(["qa", "train", i, "gpt-4o", True, 0.01, 500, 100, 10, ""])
             out.writerow(["qa", "train", i, "small", small_model_correct, 0.0001, 100, 100, 10, ""])
     return path
 
 
-@pytest.mark.parametrize(("small_model_correct", "code"), [(False, TARGET_MISSED), (True, 0)])
+@pytest.mark.parametrize("small_model_correct", [False, True])
 def test_routing_replay_check_fails_exactly_when_a_target_is_missed(
-    tmp_path: Path, small_model_correct: bool, code: int
+    tmp_path: Path, small_model_correct: bool
 ) -> None:
     """A small model that is always wrong leaves no way to gpt-4o's accuracy at half its cost;
-    one that is always right makes both targets easy."""
+    one that is always right makes both cost targets easy, and is itself a single model no
+    learner dominates (it pays for exploration and the judge): --check fails on that one alone."""
     data = _routing_csv(tmp_path / "routing.csv", small_model_correct)
     argv = [
         sys.executable,
         str(ROOT / "bench" / "routing_replay.py"),
-        *("--data", str(data), "--seeds", "1", "--quick", "--plot", str(tmp_path / "plot.png")),
+        *("--data", str(data), "--seeds", "1", "--quick", "--rates", ""),
+        *("--plot", str(tmp_path / "plot.png")),
     ]
     checked = subprocess.run([*argv, "--check"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert checked.returncode == code, checked.stdout[-2000:] + checked.stderr[-2000:]
-    assert ("NOT MET" in checked.stdout) == (code != 0)
+    assert checked.returncode == TARGET_MISSED, checked.stdout[-2000:] + checked.stderr[-2000:]
+    lines = [line for line in checked.stdout.splitlines() if line.startswith("target: [report]")]
+    cost_targets = [line for line in lines if "] 1." in line or "] 2." in line]
+    assert len(cost_targets) == 2
+    assert all(line.endswith("-> MET") == small_model_correct for line in cost_targets), cost_targets
+    single = [line for line in lines if "best single (small)" in line]
+    assert single == [] if not small_model_correct else single[0].endswith("NOT MET")
     report = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr[-2000:]
 
@@ -106,7 +113,17 @@ def test_run_all_check_reports_the_missed_target_and_plain_run_stays_a_report(tm
     bench = run_all.Benchmark(
         "routing_replay.py",
         "routing on a CSV no router can serve at half the cost",
-        args=("--data", str(data), "--seeds", "1", "--quick", "--plot", str(tmp_path / "plot.png")),
+        args=(
+            "--data",
+            str(data),
+            "--seeds",
+            "1",
+            "--quick",
+            "--rates",
+            "",
+            "--plot",
+            str(tmp_path / "p.png"),
+        ),
         timeout_s=120,
         targets=True,
     )

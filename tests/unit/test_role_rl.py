@@ -84,9 +84,12 @@ def outcome(
 
 def test_reward_is_k_v_minus_k1_c_minus_k2_t() -> None:
     p = RoleRLParams()
-    assert reward(outcome("e", "mid", cost=0.002, latency_ms=1500), p) == pytest.approx(
+    assert reward(outcome("e", "mid", quality=1.0, cost=0.002, latency_ms=1500), p) == pytest.approx(
         10 - 0.2 - 0.15, abs=1e-12
     )
+    # Parsing is not quality: a success without a label has no quality term (or the caller's estimate).
+    assert reward(outcome("e", "mid", cost=0.002, latency_ms=1500), p) == pytest.approx(-0.35, abs=1e-12)
+    assert reward(outcome("e", "mid", cost=0.002, latency_ms=1500), p, 0.5) == pytest.approx(4.65)
     assert reward(outcome("e", "mid", ok=False, cost=0.0, latency_ms=0), p) == -10.0
     assert reward(outcome("e", "mid", error="timeout", cost=0.0, latency_ms=0), p) == -10.0
     assert reward(outcome("e", "mid", quality=0.5, cost=0.0, latency_ms=0), p) == 5.0
@@ -95,7 +98,7 @@ def test_reward_is_k_v_minus_k1_c_minus_k2_t() -> None:
         -100.102
     )
     # The paper's cached data: claude-3-opus as topic finder, judged correct, $1.125 a call, t = 1 s.
-    assert reward(outcome("e", "claude", cost=1.125, latency_ms=1000), paper) == pytest.approx(
+    assert reward(outcome("e", "claude", quality=1.0, cost=1.125, latency_ms=1000), paper) == pytest.approx(
         8.775, abs=1e-12
     )
 
@@ -543,7 +546,7 @@ def test_regret_on_a_seeded_synthetic_replay_stays_low() -> None:
                     f"{i}.{j}",
                     model,
                     role="qa",
-                    ok=rng.random() < accuracy,
+                    quality=1.0 if rng.random() < accuracy else -1.0,  # labelled: judged on every call
                     cost=cost,
                     stream_id="s",
                     chunk_id=str(i),
