@@ -117,8 +117,11 @@ class Budgets:
         self.limits = dict(limits)
         self.ledgers = {feed: ledger for feed, ledger in self.ledgers.items() if feed in self.limits}
 
-    def spend(self, role: str, feed: str, cost: float, ts: int, params: RoleRLParams) -> None:
-        """Book one call of `role` on `feed` (and on the global budget), and step the price."""
+    def spend(
+        self, role: str, feed: str, cost: float, ts: int, params: RoleRLParams, call: bool = True
+    ) -> None:
+        """Book one call of `role` on `feed` (and on the global budget), and step the price;
+        `call=False` books money spent about a call (judging it) without counting another call."""
         for name in (feed, ALL_FEEDS):
             budget = self.limits.get(name)
             if budget is None:
@@ -129,7 +132,8 @@ class Budgets:
             width = int(budget.window_s * 1000)
             ledger.roll(window_start_ms(ts, budget.window_s), width)
             ledger.spent_usd += cost
-            ledger.calls[role] = ledger.calls.get(role, 0) + 1
+            if call:
+                ledger.calls[role] = ledger.calls.get(role, 0) + 1
             elapsed = (ts - ledger.window_start_ms) / width
             ledger.mu = budget_price_step(
                 ledger.mu,

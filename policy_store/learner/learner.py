@@ -184,6 +184,10 @@ class RoleRL:
         seen = self._seen_call(outcome)
         if seen is None:  # a label on a call seen before was booked with that call
             self._book_call(role, rs, outcome, ts)
+        judging = float(outcome.get("judge_cost_usd") or 0.0)
+        if judging > 0:  # the board's own calls: the feed pays for them like for any call
+            feed = str(outcome.get("feed") or "default")
+            self.budgets.spend(role, feed, judging, ts, self.params, call=False)
         weight = self._importance_weight(role, rs, outcome)
         if weight is None:
             self.counters["stale"] += 1

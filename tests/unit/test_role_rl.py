@@ -698,3 +698,14 @@ def test_learner_matches_the_naive_paper_loop_on_a_replay() -> None:
     for key, row in expected.items():  # cells never updated are 0 in both (missing in ours)
         ours = {m: table.get(key, {}).get(m, 0.0) for m in models}
         assert ours == pytest.approx({m: row.get(m, 0.0) for m in models}, abs=1e-12), key
+
+
+def test_judge_spend_is_booked_against_the_feeds_budget_without_counting_a_call() -> None:
+    learner = RoleRL({"finder": ["cheap", "strong"]}, RoleRLParams(), budgets={"default": Budget(1.0, 60.0)})
+    chunk = {"stream_id": "s", "chunk_id": "s:0"}
+    learner.observe(outcome("c1", "cheap", cost=0.002, ts_ms=1_000, **chunk))
+    verdict = outcome("c1:judge", "cheap", cost=0.002, ts_ms=1_500, source="judge", quality=1.0, **chunk)
+    learner.observe({**verdict, "judge_cost_usd": 0.03})
+    [status] = learner.budget_status("default", now_ms=2_000)
+    assert status.spent_usd == pytest.approx(0.032)  # the call once, and what judging it cost
+    assert learner.snapshot()["ledgers"]["default"]["calls"] == {"finder": 1}
