@@ -160,7 +160,7 @@ def learn_estimates(
 
 def _count(rs: RoleState, obs: Observation) -> None:
     """The evidence counts per source and the role's label rate."""
-    rs.count_evidence(obs.model, obs.kind, obs.weight)
+    rs.count_evidence(obs.model, obs.kind, obs.weight, obs.label)
     if obs.measured:
         rs.measured_calls += 1.0
     if obs.label is not None:

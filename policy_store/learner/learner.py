@@ -27,7 +27,7 @@ from policy_store.learner.paper import (
 from policy_store.learner.params import PolicyError, RoleRLParams
 from policy_store.learner.safety import Breaker, DedupeWindow, importance_weight
 from policy_store.learner.snapshot import dump, load, params_of
-from policy_store.learner.state import InputGroups, Member, RoleState
+from policy_store.learner.state import LABEL_SUM, InputGroups, Member, RoleState
 from policy_store.learner.views import AssignmentView, CallPlan
 
 COUNTERS = ("accepted", "duplicate", "stale", "off_policy", "unknown", "elections")
@@ -307,7 +307,10 @@ class RoleRL:
         rs = self._role(role)
         now = int((context or {}).get("ts_ms") or self.now_ms)
         candidates, open_ = rs.candidates(now, self.params.breaker_cooldown_s)
-        evidence = {m: dict(counts) for m, counts in rs.evidence.items()}
+        evidence = {
+            m: {k: v for k, v in counts.items() if not k.endswith(LABEL_SUM)}
+            for m, counts in rs.evidence.items()
+        }
         if self.params.mode == "paper":
             view = decide_paper(role, rs, candidates, open_, self.params.epsilon)
             return replace(view, evidence=evidence)
@@ -358,8 +361,15 @@ class RoleRL:
         out: dict[str, dict[str, float]] = {}
         for m in rs.pool:
             s = scores[m]
+            counts = rs.evidence.get(m, {})
+            means = {
+                f"{k[: -len(LABEL_SUM)]}_mean": round(v / counts[k[: -len(LABEL_SUM)]], 6)
+                for k, v in counts.items()
+                if k.endswith(LABEL_SUM) and counts.get(k[: -len(LABEL_SUM)])
+            }
             out[m] = {
-                **{k: round(v, 6) for k, v in sorted(rs.evidence.get(m, {}).items())},
+                **{k: round(v, 6) for k, v in sorted(counts.items()) if not k.endswith(LABEL_SUM)},
+                **means,
                 "quality": round(s.quality, 6),
                 "quality_sd": round(s.quality_sd / self.params.reward_value, 6),
                 "n_quality": round(s.n_quality, 6),

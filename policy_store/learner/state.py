@@ -65,13 +65,21 @@ class RoleState:
     def forget_plan(self) -> None:
         self.plan, self.plan_cached = None, False
 
-    def count_evidence(self, model: str, kind: str, weight: float) -> None:
+    def count_evidence(self, model: str, kind: str, weight: float, label: float | None = None) -> None:
+        """Count a call's evidence; a label's weighted k is summed beside its count (`kind` +
+        LABEL_SUM), so what each source says of the model can be shown against the estimate."""
         counts = self.evidence.setdefault(model, {})
         counts[kind] = counts.get(kind, 0.0) + weight
+        if label is not None:
+            counts[kind + LABEL_SUM] = counts.get(kind + LABEL_SUM, 0.0) + weight * label
 
     def label_rate(self) -> float:
         """Share of the role's calls that got a quality label (1 before any call: one pseudo-call)."""
         return min(1.0, (self.labelled_calls + 1.0) / (self.measured_calls + 1.0))
+
+
+LABEL_SUM = ".k_sum"
+"""Suffix of an evidence key holding the weighted sum of that source's labels (k)."""
 
 
 @dataclass

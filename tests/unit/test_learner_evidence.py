@@ -129,3 +129,15 @@ def test_evidence_survives_a_snapshot() -> None:
     restored = RoleRL.restore(learner.snapshot())
     assert restored.evidence("qa") == learner.evidence("qa")
     assert restored.snapshot() == learner.snapshot()
+
+
+def test_evidence_shows_what_each_source_says_beside_the_estimate() -> None:
+    learner = RoleRL({"qa": ["a", "b"]}, PARAMS)
+    for i, k in enumerate((1.0, 0.0, 0.5)):
+        learner.observe(record(f"c{i}", "a", quality=k, source="canary"))
+    learner.observe(record("j", "a", quality=-1.0, source="judge"))
+    shown = learner.evidence("qa")["a"]
+    assert shown["canary"] == 3.0 and shown["canary_mean"] == pytest.approx(0.5)
+    assert shown["judge"] == 1.0 and shown["judge_mean"] == pytest.approx(-1.0)
+    assert not any(key.endswith(".k_sum") for key in shown)
+    assert RoleRL.restore(learner.snapshot()).evidence("qa") == learner.evidence("qa")
