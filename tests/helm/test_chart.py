@@ -67,6 +67,12 @@ ROLE_INPUTS = {
     "format_checker": ["organized"],
 }
 UID = 10001
+READ_TOKEN_SECRET = "olp-policy-store-read-token"
+REQUIRED = ["--set", f"policyStore.readToken.existingSecret={READ_TOKEN_SECRET}"]
+"""The one value without a working default: the policy store's read token (or an explicit
+policyStore.allowUnauthenticatedReads). Every render below starts from it; the value files name
+the same Secret."""
+REQUIRED_VALUES: dict[str, Any] = {"policyStore": {"readToken": {"existingSecret": READ_TOKEN_SECRET}}}
 Docs = list[dict[str, Any]]
 Rendered = tuple[str, Docs, dict[str, Any]]  # (name, rendered objects, the values file's overrides)
 
@@ -93,7 +99,7 @@ def helm(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 def render(*args: str | Path) -> Docs:
-    result = helm("template", "olp", CHART, "--namespace", "olp", *args)
+    result = helm("template", "olp", CHART, "--namespace", "olp", *REQUIRED, *args)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -162,7 +168,7 @@ def production_docs() -> Docs:
 def rendered(request: pytest.FixtureRequest) -> tuple[str, Docs, dict[str, Any]]:
     """(name, rendered objects, the values file's overrides) for both value sets."""
     if request.param == "default":
-        return "default", request.getfixturevalue("default_docs"), {}
+        return "default", request.getfixturevalue("default_docs"), REQUIRED_VALUES
     return "production", request.getfixturevalue("production_docs"), PROD_VALUES
 
 
@@ -171,7 +177,7 @@ def rendered(request: pytest.FixtureRequest) -> tuple[str, Docs, dict[str, Any]]
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["-f", str(PRODUCTION)], ["-f", str(CHART / "examples" / "values-strimzi.yaml")]],
+    [REQUIRED, ["-f", str(PRODUCTION)], ["-f", str(CHART / "examples" / "values-strimzi.yaml")]],
     ids=["default", "production", "strimzi-example"],
 )
 def test_helm_lint_passes(extra: list[str]) -> None:
@@ -180,11 +186,13 @@ def test_helm_lint_passes(extra: list[str]) -> None:
     assert "0 chart(s) failed" in result.stdout
 
 
-@pytest.mark.parametrize("extra", [[], ["-f", str(PRODUCTION)]], ids=["default", "production"])
+@pytest.mark.parametrize("extra", [REQUIRED, ["-f", str(PRODUCTION)]], ids=["default", "production"])
 def test_notes_render(extra: list[str]) -> None:
     result = helm("install", "olp", CHART, "--dry-run=client", "--namespace", "olp", *extra)
     assert result.returncode == 0, result.stderr
     assert "port-forward svc/olp-policy-store" in result.stdout
+    # The dashboard is opened with the read token in the fragment, read from its Secret.
+    assert f"/dashboard#token=$(kubectl -n olp get secret {READ_TOKEN_SECRET} " in result.stdout
 
 
 def test_default_render_has_the_expected_objects(default_docs: Docs) -> None:
@@ -298,6 +306,12 @@ def test_commands(default_docs: Docs) -> None:
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
 
 
+def test_topics_job_fixes_drift_only_when_asked(production_docs: Docs) -> None:
+    job = by_kind(production_docs, "Job")["olp-topics"]["spec"]["template"]["spec"]["containers"][0]
+    assert PROD_VALUES["topicsJob"]["fix"] is True
+    assert job["args"] == ["topics", "ensure", "--fix"]
+
+
 def test_service_accounts() -> None:
     """Long-running pods use the chart's ServiceAccount; the pre-install hook runs before it exists,
     so it uses the namespace's default one, or the one you manage."""
@@ -343,7 +357,8 @@ def test_pdb_selects_its_group(default_docs: Docs) -> None:
 
 # --- secrets ---------------------------------------------------------------------------------
 
-SECRETISH = re.compile(r"PASSWORD|TOKEN|API_KEY|SECRET|HEADERS")
+SECRETISH = re.compile(r"PASSWORD|TOKEN(?!_ENDPOINT_URL)|API_KEY|SECRET|HEADERS")
+"""Variables holding secrets (an OAuth token endpoint's URL is none)."""
 
 
 def test_secrets_are_referenced_never_inlined(rendered: Rendered) -> None:
@@ -363,6 +378,7 @@ def test_production_secrets_come_from_the_named_existing_secrets(production_docs
         "OLP_KAFKA__SASL_USERNAME": (kafka["sasl"]["existingSecret"], kafka["sasl"]["usernameKey"]),
         "OLP_KAFKA__SASL_PASSWORD": (kafka["sasl"]["existingSecret"], kafka["sasl"]["passwordKey"]),
         "OTEL_EXPORTER_OTLP_HEADERS": (PROD_VALUES["otel"]["headers"]["existingSecret"], "headers"),
+        "OLP_KAFKA__SSL_KEY_PASSWORD": (kafka["tls"]["clientSecret"], kafka["tls"]["keyPasswordKey"]),
     }
     for doc, pod in pod_specs(production_docs):
         container = pod["containers"][0]
@@ -372,20 +388,39 @@ def test_production_secrets_come_from_the_named_existing_secrets(production_docs
         # The Kafka CA comes from its Secret through the read-only /etc/olp projected volume.
         assert env["OLP_KAFKA__SSL_CAFILE"]["value"] == "/etc/olp/kafka/ca.crt"
         etc = next(v for v in pod["volumes"] if v["name"] == "etc-olp")["projected"]["sources"]
-        assert {"name": kafka["tls"]["caSecret"], "items": [{"key": "ca.crt", "path": "kafka/ca.crt"}]} in [
-            s["secret"] for s in etc if "secret" in s
-        ]
+        secrets = [s["secret"] for s in etc if "secret" in s]
+        ca = {"name": kafka["tls"]["caSecret"], "items": [{"key": "ca.crt", "path": "kafka/ca.crt"}]}
+        assert ca in secrets
+        # The client certificate and key (mTLS) too, the key readable by the pod's group only.
+        client = {
+            "name": kafka["tls"]["clientSecret"],
+            "items": [
+                {"key": "tls.crt", "path": "kafka/client.crt"},
+                {"key": "tls.key", "path": "kafka/client.key", "mode": 0o440},
+            ],
+        }
+        assert client in secrets
+        assert env["OLP_KAFKA__SSL_CERTFILE"]["value"] == "/etc/olp/kafka/client.crt"
+        assert env["OLP_KAFKA__SSL_KEYFILE"]["value"] == "/etc/olp/kafka/client.key"
+        assert pod["securityContext"]["fsGroup"] == UID
         if doc["metadata"]["name"] in {*WORKERS, "olp-policy-store"}:  # the model callers
             for var in PROD_VALUES["modelApiKeys"]["envVars"]:
                 assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "olp-model-keys", "key": var}
     policy_store = by_kind(production_docs, "Deployment")["olp-policy-store"]["spec"]["template"]["spec"]
-    token = env_of(policy_store["containers"][0])["OLP_API_TOKEN"]
+    policy_env = env_of(policy_store["containers"][0])
+    token = policy_env["OLP_API_TOKEN"]
     assert token["valueFrom"]["secretKeyRef"] == {"name": "olp-policy-store-token", "key": "token"}
+    read_token = policy_env["OLP_READ_TOKEN"]
+    assert read_token["valueFrom"]["secretKeyRef"] == {"name": READ_TOKEN_SECRET, "key": "token"}
+    assert "OLP_ALLOW_UNAUTHENTICATED_READS" not in policy_env
     auth = by_kind(production_docs, "TriggerAuthentication")["olp-kafka"]["spec"]
     assert {(r["parameter"], r["name"], r["key"]) for r in auth["secretTargetRef"]} == {
         ("username", "olp-kafka-user", "username"),
         ("password", "olp-kafka-user", "password"),
         ("ca", "kafka-cluster-ca", "ca.crt"),
+        ("cert", "olp-kafka-client-cert", "tls.crt"),
+        ("key", "olp-kafka-client-cert", "tls.key"),
+        ("keyPassword", "olp-kafka-client-cert", "key-password"),
     }
 
 
@@ -399,6 +434,15 @@ PLANTED = "planted-s3cr3t-value-6a1f"
         f"policyStore.apiToken.value={PLANTED}",
         f"modelApiKeys.OPENAI_API_KEY={PLANTED}",
         f"otel.headers.value={PLANTED}",
+        f"policyStore.readToken.value={PLANTED}",
+        f"kafka.tls.keyPassword={PLANTED}",
+        f"kafka.sasl.oauthbearer.clientSecret={PLANTED}",
+        f"kafka.config.sasl_password={PLANTED}",
+        f"kafka.config.confluent_extra.sasl\\.password={PLANTED}",
+        f"kafka.config.confluent_extra.ssl\\.keystore\\.password={PLANTED}",
+        f"kafka.config.confluent_extra.sasl\\.jaas\\.config={PLANTED}",
+        f"kafka.config.aiokafka_extra.sasl_plain_password={PLANTED}",
+        f"kafka.config.aiokafka_extra.ssl_context={PLANTED}",
     ],
 )
 def test_values_cannot_carry_secrets(setting: str) -> None:
@@ -530,11 +574,21 @@ def test_rendered_configuration_loads(
             assert set(settings.feeds) == set(values["config"]["feeds"]), where
             catalog = load_catalog(settings.catalog_path)
             assert [m.name for m in catalog.models] == [m["name"] for m in values["catalog"]["models"]]
+        # Only the embedded stack re-creates lost topics; on a cluster they are the operator's.
+        assert settings.recreate_lost_topics is False, where
+        assert "OLP_RECREATE_LOST_TOPICS" not in env_of(pod["containers"][0]), where
         if where == "olp-policy-store":
             assert settings.policy_store_host == "0.0.0.0"
             assert settings.learner.snapshot_path == Path(values["policyStore"]["snapshotPath"])
+            # Not on loopback, so the store needs its read token (the chart refuses to render
+            # without one unless unauthenticated reads are asked for).
+            assert settings.read_token is not None
+            assert settings.read_token.get_secret_value() == "value-from-secret"
+            assert settings.allow_unauthenticated_reads is False
         elif where in WORKERS:
             assert settings.policy_store_host == "olp-policy-store"
+            # The probes and the metrics scrape reach the pod's address, not its loopback.
+            assert settings.worker_web_host == "0.0.0.0"
         elif where == "olp-ingest":
             assert (settings.ingest.host, settings.ingest.port) == ("0.0.0.0", values["ingest"]["port"])
             assert settings.ingest.token is not None
@@ -553,6 +607,10 @@ def test_rendered_configuration_loads(
         if values["kafka"]["securityProtocol"].startswith("SASL_"):
             assert settings.kafka.sasl_password is not None
             assert settings.kafka.sasl_password.get_secret_value() == "value-from-secret"
+        if values["kafka"]["tls"].get("clientSecret"):
+            assert settings.kafka.ssl_certfile == Path("/etc/olp/kafka/client.crt"), where
+            assert settings.kafka.ssl_keyfile == Path("/etc/olp/kafka/client.key"), where
+            assert settings.kafka.ssl_key_password is not None, where
 
 
 def test_otel_settings(production_docs: Docs, default_docs: Docs) -> None:
@@ -613,9 +671,16 @@ def test_strimzi_example_topics_match_the_application() -> None:
         # One partition count for every topic, the one `olp topics ensure` expects.
         assert topic["spec"]["partitions"] == VALUES["kafka"]["partitions"], topic["spec"]["topicName"]
         assert topic["spec"]["replicas"] == VALUES["kafka"]["replicationFactor"]
-        config = topic["spec"]["config"]
-        assert config["cleanup.policy"] in ("delete", "compact")
-        assert config["cleanup.policy"] == "compact" or int(config["retention.ms"]) >= 24 * 3600 * 1000
+    # The configs `olp topics ensure` wants (compaction for documents and policy, retention for
+    # the rest), so that it reports no drift; settings olp does not own (min.insync.replicas) may
+    # be added.
+    wanted = TopicNames.with_prefix(VALUES["topicPrefix"]).configs()
+    for topic in topics:
+        name = topic["spec"]["topicName"]
+        config = {key: str(value) for key, value in topic["spec"]["config"].items()}
+        assert {key: config.get(key) for key in wanted[name]} == wanted[name], name
+        if config["cleanup.policy"] == "compact":
+            assert "retention.ms" not in config, name
     values = yaml.safe_load((CHART / "examples" / "values-strimzi.yaml").read_text())
     assert values["topicsJob"]["enabled"] is False  # Strimzi owns the topics
     assert values["kafka"]["partitions"] == VALUES["kafka"]["partitions"]
@@ -664,7 +729,8 @@ def sets(*assignments: str) -> list[str]:
     ],
 )
 def test_schema_rejects_bad_values(setting: list[str], message: str) -> None:
-    for command in (["lint", CHART], ["template", "olp", CHART]):
+    commands: list[list[str | Path]] = [["lint", CHART], ["template", "olp", CHART]]
+    for command in commands:
         result = helm(*command, *setting)
         output = result.stdout + result.stderr
         assert result.returncode != 0, output
@@ -677,6 +743,19 @@ def test_schema_rejects_bad_values(setting: list[str], message: str) -> None:
         (sets("kafka.securityProtocol=SASL_SSL", "kafka.sasl.mechanism=PLAIN"), "existingSecret"),
         (sets("kafka.sasl.existingSecret=x"), "does not use SASL"),
         (sets("kafka.tls.caSecret=ca"), "does not use TLS"),
+        (sets("kafka.tls.clientSecret=cert"), "kafka.tls.clientSecret is set but"),
+        (
+            sets("kafka.securityProtocol=SSL", "kafka.tls.keyPasswordKey=password"),
+            "kafka.tls.keyPasswordKey needs kafka.tls.clientSecret",
+        ),
+        (
+            sets(
+                "kafka.securityProtocol=SASL_SSL",
+                "kafka.sasl.mechanism=OAUTHBEARER",
+                "kafka.sasl.existingSecret=oauth",
+            ),
+            "kafka.sasl.oauthbearer.tokenEndpointUrl",
+        ),
         (sets("otel.enabled=true"), "otel.endpoint"),
         (
             sets(
@@ -698,7 +777,7 @@ def test_schema_rejects_bad_values(setting: list[str], message: str) -> None:
     ],
 )
 def test_inconsistent_values_fail_with_a_reason(setting: list[str], message: str) -> None:
-    result = helm("template", "olp", CHART, *setting)
+    result = helm("template", "olp", CHART, *REQUIRED, *setting)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
 
@@ -801,6 +880,8 @@ def test_schema_mirrors_the_application_models() -> None:
     # The snapshot path is a chart value (an environment variable), not a config file entry.
     assert set(learner) == set(LearnerSettings.model_fields) - {"snapshot_path"}
     assert set(SCHEMA["properties"]["config"]["properties"]) <= set(Settings.model_fields)
+    # Nothing in the chart turns on the embedded broker's topic re-creation.
+    assert "recreate_lost_topics" not in SCHEMA["properties"]["config"]["properties"]
     assert set(defs["catalogModel"]["properties"]) == set(ModelSpec.model_fields)
     assert set(SCHEMA["properties"]["catalog"]["properties"]) == set(Catalog.model_fields)
     assert set(defs["role"]["enum"]) == ALL_ROLES
@@ -870,9 +951,28 @@ def test_feed_services(production_docs: Docs) -> None:
 def test_unprotected_services_do_not_render(setting: list[str], message: str) -> None:
     """A service on the pod's addresses without its token (or, for the policy store, without
     the NetworkPolicy in front of it) is refused, as is a half-configured option."""
-    result = helm("template", "olp", CHART, *setting)
+    result = helm("template", "olp", CHART, *REQUIRED, *setting)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+def test_policy_store_needs_a_read_token_or_an_explicit_opening() -> None:
+    """The store listens on the pod's addresses and its dashboard shows transcript text: without
+    a read token the chart refuses to render, unless unauthenticated reads are asked for."""
+    result = helm("template", "olp", CHART)
+    assert result.returncode != 0
+    assert "policyStore.readToken.existingSecret is required" in result.stderr
+    assert "allowUnauthenticatedReads" in result.stderr
+    opened = helm("template", "olp", CHART, "--set", "policyStore.allowUnauthenticatedReads=true")
+    assert opened.returncode == 0, opened.stderr
+    docs = [d for d in yaml.safe_load_all(opened.stdout) if d]
+    env = env_of(by_kind(docs, "Deployment")["olp-policy-store"]["spec"]["template"]["spec"]["containers"][0])
+    assert env["OLP_ALLOW_UNAUTHENTICATED_READS"]["value"] == "true"
+    assert "OLP_READ_TOKEN" not in env
+    notes = helm(
+        "install", "olp", CHART, "--dry-run=client", "--set", "policyStore.allowUnauthenticatedReads=true"
+    )
+    assert "WARNING: policyStore.allowUnauthenticatedReads is true" in notes.stdout
 
 
 def test_policy_store_without_network_policy_needs_its_token() -> None:
@@ -1001,23 +1101,97 @@ def test_kafka_volumes_reach_every_pod(production_docs: Docs) -> None:
     assert seen == {*WORKERS, *FEED_SERVICES, "olp-policy-store", "olp-topics"}
 
 
+DEDICATED_KAFKA_VALUES = {
+    "bootstrap_servers": "bootstrapServers",
+    "security_protocol": "securityProtocol",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_username": "sasl.username / sasl.usernameKey",
+    "sasl_password": "sasl.existingSecret + sasl.passwordKey",
+    "sasl_oauthbearer_token_endpoint_url": "sasl.oauthbearer.tokenEndpointUrl",
+    "sasl_oauthbearer_client_id": "sasl.oauthbearer.clientId",
+    "sasl_oauthbearer_client_secret": "sasl.existingSecret + sasl.oauthbearer.clientSecretKey",
+    "sasl_oauthbearer_scope": "sasl.oauthbearer.scope",
+    "ssl_cafile": "tls.caSecret",
+    "ssl_certfile": "tls.clientSecret + tls.certKey",
+    "ssl_keyfile": "tls.clientSecret + tls.keyKey",
+    "ssl_key_password": "tls.clientSecret + tls.keyPasswordKey",
+    "ssl_check_hostname": "tls.checkHostname",
+    "partitions": "partitions",
+    "replication_factor": "replicationFactor",
+    "producer_max_batch_size": "producerMaxBatchSize",
+}
+"""KafkaSettings fields with a value of their own under `kafka.` (connection, secrets, topics)."""
+
+
 def test_every_kafka_setting_is_reachable_from_the_values() -> None:
-    """Each KafkaSettings field has a value: a dedicated one (connection, secrets, topics) or a
-    key of kafka.config, which the schema lists exactly."""
-    dedicated = {
-        "bootstrap_servers",
-        "security_protocol",
-        "sasl_mechanism",
-        "sasl_username",
-        "sasl_password",
-        "ssl_cafile",
-        "partitions",
-        "replication_factor",
-        "producer_max_batch_size",
-    }
+    """Each KafkaSettings field has a value: a dedicated one or a key of kafka.config, which the
+    schema lists exactly."""
     config = set(SCHEMA["properties"]["kafka"]["properties"]["config"]["properties"])
-    assert config == set(KafkaSettings.model_fields) - dedicated
+    assert config == set(KafkaSettings.model_fields) - set(DEDICATED_KAFKA_VALUES)
     assert set(VALUES["kafka"]["config"]) <= config
+    # The chart's defaults are the application's (a real cluster's), in bytes where it says so.
+    fields = KafkaSettings.model_fields
+    assert VALUES["kafka"]["producerMaxBatchSize"] == fields["producer_max_batch_size"].default
+    for key, value in VALUES["kafka"]["config"].items():
+        field = fields[key]
+        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        assert value == default, key
+    assert VALUES["kafka"]["tls"]["checkHostname"] is fields["ssl_check_hostname"].default
+
+
+OAUTHBEARER = sets(
+    "kafka.securityProtocol=SASL_SSL",
+    "kafka.sasl.mechanism=OAUTHBEARER",
+    "kafka.sasl.existingSecret=olp-oauth",
+    "kafka.sasl.oauthbearer.tokenEndpointUrl=https://idp.example.com:8443/oauth2/token",
+    "kafka.sasl.oauthbearer.clientId=olp-client",
+    "kafka.sasl.oauthbearer.scope=kafka",
+    "kafka.tls.checkHostname=false",
+    "workers.defaults.keda.enabled=true",
+)
+
+
+def test_oauthbearer_reaches_every_pod_and_keda(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    docs = render(*OAUTHBEARER)
+    for doc, pod in pod_specs(docs):
+        env = env_of(pod["containers"][0])
+        secret = env["OLP_KAFKA__SASL_OAUTHBEARER_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"]
+        assert secret == {"name": "olp-oauth", "key": "clientSecret"}
+        assert "OLP_KAFKA__SASL_PASSWORD" not in env and "OLP_KAFKA__SASL_USERNAME" not in env
+        kafka = _settings_from(pod, docs, monkeypatch, tmp_path).kafka
+        where = doc["metadata"]["name"]
+        assert kafka.sasl_mechanism == "OAUTHBEARER", where
+        assert kafka.sasl_oauthbearer_token_endpoint_url == "https://idp.example.com:8443/oauth2/token", where
+        assert kafka.sasl_oauthbearer_client_id == "olp-client", where
+        assert kafka.sasl_oauthbearer_scope == "kafka", where
+        assert kafka.sasl_oauthbearer_client_secret is not None, where
+        assert kafka.ssl_check_hostname is False, where
+        assert kafka.confluent_config()["sasl.oauthbearer.method"] == "oidc"
+    auth = by_kind(docs, "TriggerAuthentication")["olp-kafka"]["spec"]
+    assert {(e["parameter"], e["name"]) for e in auth["env"]} == {
+        ("username", "OLP_KAFKA__SASL_OAUTHBEARER_CLIENT_ID"),
+        ("oauthTokenEndpointUri", "OLP_KAFKA__SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL"),
+        ("scopes", "OLP_KAFKA__SASL_OAUTHBEARER_SCOPE"),
+    }
+    assert [(r["parameter"], r["key"]) for r in auth["secretTargetRef"]] == [("password", "clientSecret")]
+    # The token endpoint's port is open for egress.
+    egress = by_kind(docs, "NetworkPolicy")["olp-egress"]["spec"]["egress"]
+    assert any({"port": 8443, "protocol": "TCP"} in rule.get("ports", []) for rule in egress)
+    for scaled in by_kind(docs, "ScaledObject").values():
+        assert {t["metadata"]["sasl"] for t in scaled["spec"]["triggers"] if t["type"] == "kafka"} == {
+            "oauthbearer"
+        }
+
+
+def test_client_pass_through_reaches_the_config_file(
+    production_docs: Docs, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    kafka_values = PROD_VALUES["kafka"]["config"]
+    for doc, pod in pod_specs(production_docs):
+        kafka = _settings_from(pod, production_docs, monkeypatch, tmp_path).kafka
+        assert kafka.confluent_extra == kafka_values["confluent_extra"], doc["metadata"]["name"]
+        assert kafka.aiokafka_extra == kafka_values["aiokafka_extra"], doc["metadata"]["name"]
+        assert kafka.confluent_config()["client.rack"] == "eu-west-1a"
 
 
 def test_config_file_service_sections_mirror_the_application() -> None:
@@ -1065,12 +1239,17 @@ def test_production_example_catalog_loads(tmp_path: Path) -> None:
     ]
 
 
-RENDERINGS = {"default": {}, "production": PROD_VALUES, "example": EXAMPLE_VALUES}
+RENDERINGS = {"default": REQUIRED_VALUES, "production": PROD_VALUES, "example": EXAMPLE_VALUES}
 """The value sets the scans render: name -> the values file's overrides."""
 
 
 def render_values(name: str) -> str:
-    args = {"default": [], "production": ["-f", PRODUCTION], "example": ["-f", EXAMPLE]}[name]
+    files: dict[str, list[str | Path]] = {
+        "default": [*REQUIRED],
+        "production": ["-f", PRODUCTION],
+        "example": ["-f", EXAMPLE],
+    }
+    args = files[name]
     result = helm("template", "olp", CHART, "--namespace", "olp", *args)
     assert result.returncode == 0, result.stderr
     return result.stdout

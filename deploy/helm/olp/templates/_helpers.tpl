@@ -135,14 +135,28 @@ Checks of values the schema cannot express; each fails the render with a readabl
 {{- if not $k.sasl.existingSecret }}
 {{- fail (printf "kafka.sasl.existingSecret (the Secret holding the SASL password) is required with kafka.securityProtocol=%s" $k.securityProtocol) }}
 {{- end }}
-{{- if not (or $k.sasl.username $k.sasl.usernameKey) }}
+{{- if eq $k.sasl.mechanism "OAUTHBEARER" }}
+{{- if not (and $k.sasl.oauthbearer.tokenEndpointUrl $k.sasl.oauthbearer.clientId) }}
+{{- fail "SASL OAUTHBEARER needs kafka.sasl.oauthbearer.tokenEndpointUrl and kafka.sasl.oauthbearer.clientId (the client secret comes from kafka.sasl.existingSecret)" }}
+{{- end }}
+{{- else if not (or $k.sasl.username $k.sasl.usernameKey) }}
 {{- fail "set kafka.sasl.username or kafka.sasl.usernameKey for SASL" }}
 {{- end }}
 {{- else if or $k.sasl.mechanism $k.sasl.existingSecret }}
 {{- fail (printf "kafka.sasl.* is set but kafka.securityProtocol=%s does not use SASL" $k.securityProtocol) }}
 {{- end }}
-{{- if and $k.tls.caSecret (not (has $k.securityProtocol (list "SSL" "SASL_SSL"))) }}
-{{- fail (printf "kafka.tls.caSecret is set but kafka.securityProtocol=%s does not use TLS" $k.securityProtocol) }}
+{{- if not (has $k.securityProtocol (list "SSL" "SASL_SSL")) }}
+{{- range $name := list "caSecret" "clientSecret" }}
+{{- if get $k.tls $name }}
+{{- fail (printf "kafka.tls.%s is set but kafka.securityProtocol=%s does not use TLS" $name $k.securityProtocol) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and $k.tls.keyPasswordKey (not $k.tls.clientSecret) }}
+{{- fail "kafka.tls.keyPasswordKey needs kafka.tls.clientSecret (the Secret with the client certificate, key and its password)" }}
+{{- end }}
+{{- if not (or .Values.policyStore.readToken.existingSecret .Values.policyStore.allowUnauthenticatedReads) }}
+{{- fail "policyStore.readToken.existingSecret is required: the policy store listens on the pod's addresses and its dashboard shows transcript text, which the NetworkPolicy does not hide from the pods it lets in. Name a Secret with the read token, or set policyStore.allowUnauthenticatedReads=true behind a proxy that authenticates readers" }}
 {{- end }}
 {{- if and .Values.schemaRegistryUrl .Values.schemaRegistry.existingSecret }}
 {{- fail "set schemaRegistryUrl or schemaRegistry.existingSecret (the URL with credentials), not both" }}
@@ -210,6 +224,22 @@ Kafka connection variables: every component needs them. Secrets only by referenc
 {{- if hasPrefix "SASL_" $k.securityProtocol }}
 - name: OLP_KAFKA__SASL_MECHANISM
   value: {{ $k.sasl.mechanism | quote }}
+{{- if eq $k.sasl.mechanism "OAUTHBEARER" }}
+{{- $o := $k.sasl.oauthbearer }}
+- name: OLP_KAFKA__SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL
+  value: {{ $o.tokenEndpointUrl | quote }}
+- name: OLP_KAFKA__SASL_OAUTHBEARER_CLIENT_ID
+  value: {{ $o.clientId | quote }}
+- name: OLP_KAFKA__SASL_OAUTHBEARER_CLIENT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ $k.sasl.existingSecret | quote }}
+      key: {{ $o.clientSecretKey | quote }}
+{{- with $o.scope }}
+- name: OLP_KAFKA__SASL_OAUTHBEARER_SCOPE
+  value: {{ . | quote }}
+{{- end }}
+{{- else }}
 {{- if $k.sasl.usernameKey }}
 - name: OLP_KAFKA__SASL_USERNAME
   valueFrom:
@@ -226,9 +256,27 @@ Kafka connection variables: every component needs them. Secrets only by referenc
       name: {{ $k.sasl.existingSecret | quote }}
       key: {{ $k.sasl.passwordKey | quote }}
 {{- end }}
+{{- end }}
+{{- if has $k.securityProtocol (list "SSL" "SASL_SSL") }}
 {{- if $k.tls.caSecret }}
 - name: OLP_KAFKA__SSL_CAFILE
   value: /etc/olp/kafka/ca.crt
+{{- end }}
+{{- if $k.tls.clientSecret }}
+- name: OLP_KAFKA__SSL_CERTFILE
+  value: /etc/olp/kafka/client.crt
+- name: OLP_KAFKA__SSL_KEYFILE
+  value: /etc/olp/kafka/client.key
+{{- with $k.tls.keyPasswordKey }}
+- name: OLP_KAFKA__SSL_KEY_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $k.tls.clientSecret | quote }}
+      key: {{ . | quote }}
+{{- end }}
+{{- end }}
+- name: OLP_KAFKA__SSL_CHECK_HOSTNAME
+  value: {{ $k.tls.checkHostname | quote }}
 {{- end }}
 - name: OLP_KAFKA__PARTITIONS
   value: {{ $k.partitions | quote }}
@@ -386,12 +434,14 @@ A feed service's name: call with (dict "root" $ "service" "ingest").
 {{- end }}
 
 {{/*
-/etc/olp: catalog.yaml, config.yaml and (with kafka.tls.caSecret) kafka/ca.crt in one read-only
-projected volume. Call with (dict "root" $ "files" true|false).
+/etc/olp: catalog.yaml, config.yaml, (with kafka.tls.caSecret) kafka/ca.crt and (with
+kafka.tls.clientSecret) kafka/client.crt and kafka/client.key, the key readable by the pod's group
+(fsGroup) only, in one read-only projected volume. Call with (dict "root" $ "files" true|false).
 */}}
 {{- define "olp.volumes.etc" -}}
 {{- $root := .root }}
-{{- if or .files $root.Values.kafka.tls.caSecret }}
+{{- $tls := $root.Values.kafka.tls }}
+{{- if or .files $tls.caSecret $tls.clientSecret }}
 - name: etc-olp
   projected:
     defaultMode: 0444
@@ -415,11 +465,22 @@ projected volume. Call with (dict "root" $ "files" true|false).
             - key: {{ $root.Values.kafka.tls.caKey | quote }}
               path: kafka/ca.crt
       {{- end }}
+      {{- with $tls.clientSecret }}
+      - secret:
+          name: {{ . | quote }}
+          items:
+            - key: {{ $tls.certKey | quote }}
+              path: kafka/client.crt
+            - key: {{ $tls.keyKey | quote }}
+              path: kafka/client.key
+              mode: 0440
+      {{- end }}
 {{- end }}
 {{- end }}
 
 {{- define "olp.volumeMounts.etc" -}}
-{{- if or .files .root.Values.kafka.tls.caSecret }}
+{{- $tls := .root.Values.kafka.tls }}
+{{- if or .files $tls.caSecret $tls.clientSecret }}
 - name: etc-olp
   mountPath: /etc/olp
   readOnly: true
