@@ -190,7 +190,13 @@ def replay_cmd(path: Path, stream_id: str | None, feed: str, domain: str, lang: 
 
 @main.command()
 @click.option("--url", default=None, help="Policy store URL (default: from settings).")
-def policy(url: str | None) -> None:
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Per role and model: the quality estimate, the evidence behind it by source, and how far "
+    "it is from what the gold canaries measured.",
+)
+def policy(url: str | None, explain: bool) -> None:
     """Show the current assignment per role, with Q-values and the reason."""
     settings = cli_settings()
     base = url or f"http://{settings.policy_store_host}:{settings.policy_store_port}"
@@ -210,6 +216,8 @@ def policy(url: str | None) -> None:
     except OSError as exc:
         raise click.ClickException(f"policy store at {base} is not reachable: {exc}") from exc
     _print_policy(data)
+    if explain:
+        _print_evidence(data)
 
 
 def _print_policy(data: Mapping[str, Any]) -> None:
@@ -326,6 +334,30 @@ def demo(transcript: Path, stream_id: str, timeout_s: int) -> None:
             + (f"({dead} sentences dead-lettered, see above) " if dead else "")
             + f"in {time.monotonic() - started:.0f}s; logs in {stack.run_dir}"
         )
+
+
+EVIDENCE_SOURCES = ("canary", "judge", "agreement", "downstream", "human", "failure", "unlabelled")
+
+
+def _print_evidence(data: Mapping[str, Any]) -> None:
+    """Where each quality estimate comes from; `|est-canary|` is its distance from the truth the
+    gold canaries measured (exact labels), the learner's calibration."""
+    from rich.table import Table
+
+    table = Table("role", "model", "quality (k)", *EVIDENCE_SOURCES, "canary k", "|est-canary|")
+    for role in data["roles"]:
+        for model, ev in sorted((role.get("evidence") or {}).items()):
+            canary = ev.get("canary_mean")
+            gap = "" if canary is None else f"{abs(ev['quality'] - canary):.2f}"
+            table.add_row(
+                safe(role["role"]),
+                safe(model),
+                f"{ev['quality']:+.2f} ± {ev['quality_sd']:.2f}",
+                *(f"{ev.get(source, 0):g}" for source in EVIDENCE_SOURCES),
+                "" if canary is None else f"{canary:+.2f}",
+                gap,
+            )
+    console.print(table)
 
 
 def _print_quality(

@@ -105,6 +105,7 @@ class PolicyState:
             "epsilon": view.epsilon,
             "candidates": list(view.candidates),
             "reason": view.reason,
+            "evidence": self.learner.evidence(role),
             "published_version": published.get("version"),
             "published_model": published.get("model"),
         }

@@ -14,7 +14,14 @@ from click.testing import CliRunner
 from launcher.cli import main
 
 TOKEN = "r3ad-only"
-ROLE = {"role": "topic_finder", "model": "m[/bold]", "q_values": {"m[/bold]": 1.5}, "reason": "[red]x"}
+EVIDENCE = {"canary": 4.0, "canary_mean": 0.25, "judge": 1.0, "unlabelled": 7.0, "quality": 0.5, "quality_sd": 0.3}
+ROLE = {
+    "role": "topic_finder",
+    "model": "m[/bold]",
+    "q_values": {"m[/bold]": 1.5},
+    "reason": "[red]x",
+    "evidence": {"m[/bold]": EVIDENCE},
+}
 POLICY = {"roles": [ROLE]}
 
 
@@ -54,3 +61,12 @@ def test_policy_without_a_token_names_the_setting(url: str) -> None:
     result = CliRunner().invoke(main, ["policy", "--url", url], env=no_token)
     assert result.exit_code == 1
     assert "OLP_READ_TOKEN" in result.output
+
+
+def test_explain_shows_the_evidence_by_source_and_the_gap_to_the_canaries(url: str) -> None:
+    result = CliRunner().invoke(
+        main, ["policy", "--url", url, "--explain"], env={"OLP_READ_TOKEN": TOKEN, "COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "topic_finder" in line and "0.30" in line)
+    assert "+0.50 ± 0.30" in row and "+0.25" in row and "| 0.25" in row.replace("│", "|")

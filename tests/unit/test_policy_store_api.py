@@ -73,6 +73,8 @@ async def test_a_leader_publishes_every_role_once_at_start(aiohttp_client: Clien
     body = await (await client.get("/v1/policy")).json()
     assert body["replica"] == "leader" and body["version"] == len(ROLES)
     assert [r["published_version"] for r in body["roles"]] == [1, 2, 3, 4]
+    # Where each estimate comes from (olp policy --explain): nothing measured yet.
+    assert body["roles"][0]["evidence"]["small"]["n_quality"] == 0.0
     ready = await client.get("/readyz")
     assert ready.status == 200 and (await ready.json())["replica"] == "leader"
 
