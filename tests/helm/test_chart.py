@@ -16,6 +16,7 @@ that need them skip with that reason when they are absent.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -23,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +35,14 @@ import yaml
 from pydantic import BaseModel
 
 from olp.catalog import Catalog, ModelSpec, load_catalog
-from olp.service_settings import DocumentsSettings, IngestSettings, WebhookSettings
+from olp.service_settings import (
+    DocumentsSettings,
+    FeedLimits,
+    IngestSettings,
+    NewsSource,
+    SenderSettings,
+    WebhookSettings,
+)
 from olp.settings import FeedSettings, KafkaSettings, LearnerSettings, Settings, load_settings
 from olp.topics import TopicNames
 
@@ -132,8 +141,10 @@ def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
-    """The settings model an annotation holds (`Model` or `Model | None`), if any."""
-    for candidate in (annotation, *typing.get_args(annotation)):
+    """The settings model an annotation holds (`Model` or `Model | None`), if any; not the entries
+    of a `dict[str, Model]`, which the environment reaches only by key."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    for candidate in (annotation, *(typing.get_args(annotation) if union else ())):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate
     return None
@@ -152,6 +163,27 @@ def settings_env_names() -> set[str]:
     """Every environment variable olp.settings reads (prefix OLP_, nesting with __)."""
     # OLP_CONFIG_FILE is read by the settings' YAML source, not a field.
     return _env_names(Settings, "OLP_") | {"OLP_CONFIG_FILE"}
+
+
+def _keyed_env_patterns(model: type[BaseModel], prefix: str) -> Iterator[str]:
+    """`<PREFIX>FIELD__<KEY>__<SUBFIELD>` for each field of `dict[str, Model]`: the environment
+    reaches one entry's field by its key (the settings merge it into the config file's entry)."""
+    for name, field in model.model_fields.items():
+        env = f"{prefix}{name}".upper()
+        nested = _model_of(field.annotation)
+        if nested:
+            yield from _keyed_env_patterns(nested, f"{env}__")
+        elif typing.get_origin(field.annotation) is dict:
+            entry = _model_of(typing.get_args(field.annotation)[1])
+            if entry:
+                subfields = "|".join(sorted(f.upper() for f in entry.model_fields))
+                yield rf"{env}__[A-Z0-9.-]+__({subfields})"
+
+
+def is_setting_env(name: str) -> bool:
+    return name in settings_env_names() or any(
+        re.fullmatch(p, name) for p in _keyed_env_patterns(Settings, "OLP_")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -435,6 +467,10 @@ PLANTED = "planted-s3cr3t-value-6a1f"
         f"modelApiKeys.OPENAI_API_KEY={PLANTED}",
         f"otel.headers.value={PLANTED}",
         f"policyStore.readToken.value={PLANTED}",
+        f"ingest.senders.studio-a.token.value={PLANTED}",
+        f"ingest.senders.studio-a.token={PLANTED}",
+        f"config.ingest.senders.studio-a.token={PLANTED}",
+        f"documents.webhookSecret.value={PLANTED}",
         f"kafka.tls.keyPassword={PLANTED}",
         f"kafka.sasl.oauthbearer.clientSecret={PLANTED}",
         f"kafka.config.sasl_password={PLANTED}",
@@ -488,14 +524,13 @@ def test_rendered_environment_is_known_to_the_application(
     rendered: Rendered,
 ) -> None:
     _, docs, overrides = rendered
-    known = settings_env_names()
     api_keys = set(overrides.get("modelApiKeys", {}).get("envVars", []))
     extra = {e["name"] for e in overrides.get("extraEnv", [])}
     for doc, pod in pod_specs(docs):
         for container in containers(pod):
             for name in env_of(container):
                 if name.startswith("OLP_"):
-                    assert name in known, f"{doc['metadata']['name']}: {name} is no setting"
+                    assert is_setting_env(name), f"{doc['metadata']['name']}: {name} is no setting"
                 else:
                     assert name.startswith("OTEL_") or name in api_keys | extra | {"K8S_POD_NAME"}, name
 
@@ -527,6 +562,12 @@ def mounted_configmap_files(pod: dict[str, Any], container: dict[str, Any], docs
     return files
 
 
+def secret_value(ref: dict[str, str]) -> str:
+    """What the test pretends a Secret's key holds: distinct per key, as tokens must be, and a
+    valid Standard Webhooks secret (`whsec_<base64 of at least 16 bytes>`), as a signing key must be."""
+    return "whsec_" + base64.b64encode(f"value-from-secret {ref['name']}/{ref['key']}".encode()).decode()
+
+
 def _settings_from(
     pod: dict[str, Any], docs: Docs, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Settings:
@@ -543,12 +584,36 @@ def _settings_from(
         if "value" in entry:
             value = files.get(entry["value"], entry["value"])
         elif "secretKeyRef" in entry["valueFrom"]:
-            value = "value-from-secret"
+            value = secret_value(entry["valueFrom"]["secretKeyRef"])
         else:
             value = "olp-pod-0"
         if name.startswith("OLP_"):
             monkeypatch.setenv(name, value)
     return load_settings()
+
+
+def _check_ingest(settings: Settings, values: dict[str, Any]) -> None:
+    """The ingest pod's senders (each token from its Secret), limits and news sources."""
+    assert (settings.ingest.host, settings.ingest.port) == ("0.0.0.0", values["ingest"]["port"])
+    senders = values["ingest"]["senders"]
+    assert set(settings.ingest.senders) == set(senders)
+    for name, sender in senders.items():
+        loaded = settings.ingest.senders[name]
+        token_ref = {"name": sender["token"]["existingSecret"], "key": sender["token"].get("key", "token")}
+        assert loaded.token.get_secret_value() == secret_value(token_ref), name
+        assert list(loaded.feeds) == sender["feeds"], name
+        assert loaded.rate_per_s == sender.get("rate_per_s", 50.0), name
+        assert loaded.burst == sender.get("burst", 500), name
+    config = values["config"]["ingest"]
+    limits = settings.ingest.limits_for("default")
+    for key, value in config["limits"]["default"].items():
+        assert getattr(limits, key) == value, key
+    assert settings.ingest.stream_idle_s == config.get("stream_idle_s", 3600)
+    assert settings.ingest.tracked_streams == config.get("tracked_streams", 100_000)
+    assert [s.url for s in settings.ingest.news] == [s["url"] for s in config["news"]]
+    assert [s.max_redirects for s in settings.ingest.news] == [
+        s.get("max_redirects", 3) for s in config["news"]
+    ]
 
 
 def test_rendered_configuration_loads(
@@ -583,20 +648,15 @@ def test_rendered_configuration_loads(
             # Not on loopback, so the store needs its read token (the chart refuses to render
             # without one unless unauthenticated reads are asked for).
             assert settings.read_token is not None
-            assert settings.read_token.get_secret_value() == "value-from-secret"
+            read_ref = {"name": values["policyStore"]["readToken"]["existingSecret"], "key": "token"}
+            assert settings.read_token.get_secret_value() == secret_value(read_ref)
             assert settings.allow_unauthenticated_reads is False
         elif where in WORKERS:
             assert settings.policy_store_host == "olp-policy-store"
             # The probes and the metrics scrape reach the pod's address, not its loopback.
             assert settings.worker_web_host == "0.0.0.0"
         elif where == "olp-ingest":
-            assert (settings.ingest.host, settings.ingest.port) == ("0.0.0.0", values["ingest"]["port"])
-            assert settings.ingest.token is not None
-            assert settings.ingest.token.get_secret_value() == "value-from-secret"
-            limits = values["config"]["ingest"]["limits"]["default"]
-            assert settings.ingest.limits_for("default").rate_per_s == limits["rate_per_s"]
-            news = values["config"]["ingest"]["news"]
-            assert [s.url for s in settings.ingest.news] == [s["url"] for s in news]
+            _check_ingest(settings, values)
         elif where == "olp-documents":
             documents = settings.documents
             assert (documents.host, documents.port) == ("0.0.0.0", values["documents"]["port"])
@@ -604,9 +664,15 @@ def test_rendered_configuration_loads(
             assert settings.documents.webhook is not None
             assert settings.documents.webhook.url == values["config"]["documents"]["webhook"]["url"]
             assert settings.documents.webhook.token is not None
+            assert settings.documents.webhook.secret is not None
+            assert settings.documents.open_reads is False
+        if where != "olp-ingest":  # the senders' tokens reach the ingest pods only
+            assert settings.ingest.senders == {}, where
         if values["kafka"]["securityProtocol"].startswith("SASL_"):
             assert settings.kafka.sasl_password is not None
-            assert settings.kafka.sasl_password.get_secret_value() == "value-from-secret"
+            sasl = values["kafka"]["sasl"]
+            password_ref = {"name": sasl["existingSecret"], "key": sasl["passwordKey"]}
+            assert settings.kafka.sasl_password.get_secret_value() == secret_value(password_ref)
         if values["kafka"]["tls"].get("clientSecret"):
             assert settings.kafka.ssl_certfile == Path("/etc/olp/kafka/client.crt"), where
             assert settings.kafka.ssl_keyfile == Path("/etc/olp/kafka/client.key"), where
@@ -726,6 +792,13 @@ def sets(*assignments: str) -> list[str]:
         (sets("workers.defaults.replicaz=2"), "replicaz"),
         (sets("config.kafka.bootstrap_servers=x:1"), "/config"),
         (sets("catalog.models[0].name=m", "catalog.models[0].base_url=ftp://x"), "base_url"),
+        # A sender's name is a segment of its (case-folded) environment variables.
+        (
+            sets("ingest.senders.Studio_A.feeds={a}", "ingest.senders.Studio_A.token.existingSecret=s"),
+            "Studio_A",
+        ),
+        (sets("ingest.senders.a.feeds={a}"), "token"),
+        (sets("config.ingest.limits.default.max_streams=0"), "max_streams"),
     ],
 )
 def test_schema_rejects_bad_values(setting: list[str], message: str) -> None:
@@ -774,6 +847,7 @@ def test_schema_rejects_bad_values(setting: list[str], message: str) -> None:
             ),
             "one group",
         ),
+        (sets("documents.webhookSecret.existingSecret=w"), "need config.documents.webhook.url"),
     ],
 )
 def test_inconsistent_values_fail_with_a_reason(setting: list[str], message: str) -> None:
@@ -906,10 +980,14 @@ def test_feed_services(production_docs: Docs) -> None:
     services = by_kind(production_docs, "Service")
     pdbs = by_kind(production_docs, "PodDisruptionBudget")
     tokens = {
-        "olp-ingest": {"OLP_INGEST__TOKEN": {"name": "olp-ingest-token", "key": "token"}},
+        "olp-ingest": {
+            "OLP_INGEST__SENDERS__STUDIO-A__TOKEN": {"name": "olp-ingest-senders", "key": "studio-a"},
+            "OLP_INGEST__SENDERS__NEWSDESK__TOKEN": {"name": "olp-ingest-newsdesk", "key": "token"},
+        },
         "olp-documents": {
             "OLP_DOCUMENTS__READ_TOKEN": {"name": "olp-documents-token", "key": "token"},
             "OLP_DOCUMENTS__WEBHOOK__TOKEN": {"name": "olp-webhook-token", "key": "token"},
+            "OLP_DOCUMENTS__WEBHOOK__SECRET": {"name": "olp-webhook-secret", "key": "secret"},
         },
     }
     for name, port in FEED_SERVICES.items():
@@ -941,7 +1019,7 @@ def test_feed_services(production_docs: Docs) -> None:
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        (sets("ingest.enabled=true"), "ingest.token.existingSecret"),
+        (sets("ingest.enabled=true"), "ingest.senders"),
         (sets("documents.enabled=true"), "documents.readToken.existingSecret"),
         (sets("networkPolicy.enabled=false"), "policyStore.apiToken.existingSecret"),
         (sets("metrics.serviceMonitor.enabled=true"), "needs metrics.enabled"),
@@ -1020,9 +1098,22 @@ def test_network_policies_admit_only_the_configured_peers(production_docs: Docs)
     } in scraped
 
 
+def test_documents_open_reads_renders_without_a_read_token(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """config.documents.open_reads (behind a proxy that authenticates readers) replaces the
+    read token; the service then starts off loopback without one."""
+    docs = render("--set", "documents.enabled=true", "--set", "config.documents.open_reads=true")
+    pod = by_kind(docs, "Deployment")["olp-documents"]["spec"]["template"]["spec"]
+    assert "OLP_DOCUMENTS__READ_TOKEN" not in env_of(pod["containers"][0])
+    documents = _settings_from(pod, docs, monkeypatch, tmp_path).documents
+    assert (documents.open_reads, documents.read_token, documents.host) == (True, None, "0.0.0.0")
+
+
 def test_feed_services_are_closed_until_clients_are_named() -> None:
     docs = render(
-        "--set", "ingest.enabled=true", "--set", "ingest.token.existingSecret=t",
+        "--set", "ingest.enabled=true", "--set", "ingest.senders.a.feeds={default}",
+        "--set", "ingest.senders.a.token.existingSecret=t",
         "--set", "documents.enabled=true", "--set", "documents.readToken.existingSecret=r",
     )  # fmt: skip
     policies = by_kind(docs, "NetworkPolicy")
@@ -1197,18 +1288,21 @@ def test_client_pass_through_reaches_the_config_file(
 def test_config_file_service_sections_mirror_the_application() -> None:
     """config.ingest / config.documents take every field but those the chart sets itself."""
     sections = SCHEMA["properties"]["config"]["properties"]
-    assert set(sections["ingest"]["properties"]) == set(IngestSettings.model_fields) - {
-        "host",
-        "port",
-        "token",
-    }
+    ingest = sections["ingest"]["properties"]
+    assert set(ingest) == set(IngestSettings.model_fields) - {"host", "port", "senders"}
+    # The senders are chart values (ingest.senders), their tokens references to Secrets.
+    sender = SCHEMA["properties"]["ingest"]["properties"]["senders"]["additionalProperties"]["properties"]
+    assert set(sender) == set(SenderSettings.model_fields)
+    assert set(sender["token"]["properties"]) == {"existingSecret", "key"}
+    assert set(ingest["limits"]["additionalProperties"]["properties"]) == set(FeedLimits.model_fields)
+    assert set(ingest["news"]["items"]["properties"]) == set(NewsSource.model_fields)
     assert set(sections["documents"]["properties"]) == set(DocumentsSettings.model_fields) - {
         "host",
         "port",
         "read_token",
     }
     webhook = sections["documents"]["properties"]["webhook"]["oneOf"][0]["properties"]
-    assert set(webhook) == set(WebhookSettings.model_fields) - {"token"}
+    assert set(webhook) == set(WebhookSettings.model_fields) - {"token", "secret"}
 
 
 # --- the production example, Kubernetes API schemas and a security scan ----------------------

@@ -161,11 +161,15 @@ Checks of values the schema cannot express; each fails the render with a readabl
 {{- if and .Values.schemaRegistryUrl .Values.schemaRegistry.existingSecret }}
 {{- fail "set schemaRegistryUrl or schemaRegistry.existingSecret (the URL with credentials), not both" }}
 {{- end }}
-{{- if and .Values.ingest.enabled (not .Values.ingest.token.existingSecret) }}
-{{- fail "ingest.token.existingSecret (the senders' bearer token) is required when ingest.enabled" }}
+{{- if and .Values.ingest.enabled (not (or .Values.ingest.senders (default dict .Values.config.ingest).news)) }}
+{{- fail "ingest.enabled needs ingest.senders (or config.ingest.news): without a sender the ingest service refuses every request" }}
 {{- end }}
-{{- if and .Values.documents.enabled (not .Values.documents.readToken.existingSecret) }}
-{{- fail "documents.readToken.existingSecret is required when documents.enabled: the read API listens on the pod's addresses, and transcript text needs a token there" }}
+{{- $documentsConfig := default dict .Values.config.documents }}
+{{- if and .Values.documents.enabled (not .Values.documents.readToken.existingSecret) (not $documentsConfig.open_reads) }}
+{{- fail "documents.readToken.existingSecret is required when documents.enabled: the read API listens on the pod's addresses, and transcript text needs a token there (or set config.documents.open_reads=true behind a proxy that authenticates readers)" }}
+{{- end }}
+{{- if and (or .Values.documents.webhookToken.existingSecret .Values.documents.webhookSecret.existingSecret) (not $documentsConfig.webhook) }}
+{{- fail "documents.webhookToken / documents.webhookSecret need config.documents.webhook.url" }}
 {{- end }}
 {{- if and (not .Values.networkPolicy.enabled) (not .Values.policyStore.apiToken.existingSecret) }}
 {{- fail "the policy store listens on the pod's addresses: keep networkPolicy.enabled or set policyStore.apiToken.existingSecret" }}
