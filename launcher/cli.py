@@ -63,22 +63,22 @@ def main() -> None:
     "--roles",
     default="all",
     show_default=True,
-    help="Comma-separated stages this worker runs (chunk_splitter,topic_finder,...).",
+    help="Comma-separated roles this worker runs (chunk_splitter,topic_finder,...).",
 )
 def worker(roles: str) -> None:
     """Run the processors: a Faust worker with one agent per OLP role."""
     import faust
 
     from olp.telemetry import configure_telemetry
-    from processors.app import STAGES, create_app
+    from processors.app import ROLE_AGENTS, create_app
 
     settings = cli_settings()
     check_kafka(settings)
     configure_telemetry("olp-processors")
-    stages = STAGES if roles == "all" else tuple(r.strip() for r in roles.split(",") if r.strip())
+    chosen = ROLE_AGENTS if roles == "all" else tuple(r.strip() for r in roles.split(",") if r.strip())
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with friendly_errors():
-        app, _ = create_app(settings, stages)
+        app, _ = create_app(settings, chosen)
     from olp.telemetry import install_log_redaction, logging_config
 
     install_log_redaction(secret_values(settings), settings.log_prompts)

@@ -4,10 +4,11 @@ Pure, no I/O, written once and shared by both sides of the policy topic (`olp.po
 `schemas/assignment.avsc`): the learner (`policy_store/learner/views.py`, `AssignmentView.sample`) and the
 processors (`processors/policy_view.py`), which must not import the policy store.
 
-A `PlanSpec` is the part of an Assignment a call acts on; `PlanSpec.sample(rng)` draws one call's
-`CallPlan`: the model whose answer is delivered (with the probability it runs), the extra models
-run on the same input (the paper's warm-up of untried models, incumbent-vs-challenger duels,
-directed exploration), when to escalate (confidence cascade) and the failover order.
+An `Assignment` is the decoded Assignment record, what a call acts on; `Assignment.sample(rng)`
+draws one call's `CallPlan`: the model whose answer is delivered (with the probability it runs),
+the extra models run on the same input (the paper's warm-up of untried models,
+incumbent-vs-challenger duels, directed exploration), when to escalate (confidence cascade) and
+the failover order.
 
 Modes:
   - "role_rl": our learner. The assigned model always runs; with probability `epsilon` one
@@ -60,8 +61,9 @@ def epsilon_greedy(
 
 
 @dataclass(frozen=True)
-class PlanSpec:
-    """The fields of an Assignment that decide a call (see the module docstring for the modes)."""
+class Assignment:
+    """An Assignment record as a call acts on it (see the module docstring for the modes); the
+    learner's `AssignmentView` is the same decision with its reasons and estimates."""
 
     model: str
     epsilon: float
@@ -77,7 +79,7 @@ class PlanSpec:
     pinned: bool = False
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> PlanSpec:
+    def from_record(cls, record: Mapping[str, Any]) -> Assignment:
         """The spec of an Assignment record; a record without the plan fields is legacy epsilon-greedy."""
         q = {str(k): float(v) for k, v in (record.get("q_values") or {}).items()}
         below = record.get("cascade_below")
@@ -96,7 +98,7 @@ class PlanSpec:
             pinned=bool(record.get("pinned", False)),
         )
 
-    def restricted(self, allowed: Collection[str]) -> PlanSpec:
+    def restricted(self, allowed: Collection[str]) -> Assignment:
         """The spec with only `allowed` models (a processor's pool, a feed's models). Unchanged when
         none of the candidates is allowed; a model that is not allowed gives way to the best allowed
         candidate by Q-value, and its cascade goes with it."""

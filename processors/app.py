@@ -55,8 +55,8 @@ REGISTER: dict[str, Callable[[WorkerContext], Any]] = {
     "format_checker": format_checker.register,
 }
 """Each role's agent, in pipeline order."""
-STAGES: tuple[str, ...] = tuple(REGISTER)
-"""The roles a worker can run (`olp worker --stages`)."""
+ROLE_AGENTS: tuple[str, ...] = tuple(REGISTER)
+"""The roles a worker can run, one Faust agent each (`olp worker --roles`)."""
 
 
 def make_board(worker: WorkerContext) -> JudgeBoard | None:
@@ -148,14 +148,14 @@ class _Lifecycle(Service):
 
 def create_app(
     settings: Settings,
-    stages: Collection[str] = STAGES,
+    roles: Collection[str] = ROLE_AGENTS,
     catalog: Catalog | None = None,
     seed: int | None = None,
 ) -> tuple[faust.App, WorkerContext]:
-    """The Faust app running `stages`, and the worker context its agents share."""
-    unknown = set(stages) - set(STAGES)
+    """The Faust app running `roles`, and the worker context its agents share."""
+    unknown = set(roles) - set(ROLE_AGENTS)
     if unknown:
-        raise OlpError(f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}")
+        raise OlpError(f"unknown roles {sorted(unknown)}; choose from {', '.join(ROLE_AGENTS)}")
     catalog = catalog or load_catalog(settings.catalog_path)
     kafka = settings.kafka
     app = faust.App(
@@ -207,9 +207,9 @@ def create_app(
     app.service(_Lifecycle(worker))  # type: ignore[arg-type]  # Faust types a class; it takes instances too
     _register_health(app, worker)
 
-    for stage in STAGES:
-        if stage in stages:
-            REGISTER[stage](worker)
+    for role in ROLE_AGENTS:
+        if role in roles:
+            REGISTER[role](worker)
     return app, worker
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from olp.call_plan import CallPlan, PlanSpec
+from olp.call_plan import Assignment, CallPlan
 
 
 @dataclass
@@ -38,13 +38,13 @@ class PolicyView:
         held = self.assignments.get(role)
         return int(held["version"]) if held else 0
 
-    def spec(self, role: str, allowed: Sequence[str] | None = None) -> PlanSpec:
+    def assignment(self, role: str, allowed: Sequence[str] | None = None) -> Assignment:
         """The held assignment's plan fields, restricted to the role's pool and the feed's models."""
         held = self.assignments.get(role)
         pool = list(self.pools.get(role, ()))
         # Before the learner's first assignment: the pool's first model, no exploration.
-        fresh = PlanSpec(pool[0], 0.0, tuple(pool), mode="role_rl")
-        spec = fresh if held is None else PlanSpec.from_record(held)
+        fresh = Assignment(pool[0], 0.0, tuple(pool), mode="role_rl")
+        spec = fresh if held is None else Assignment.from_record(held)
         if held is not None and not any(m in pool for m in spec.candidates):
             spec = fresh  # the assignment names none of the models this worker can call
         spec = spec.restricted(pool)
@@ -52,4 +52,4 @@ class PolicyView:
 
     def choose(self, role: str, rng: random.Random, allowed: Sequence[str] | None = None) -> CallPlan:
         """Draw one call's plan (optionally restricted to a feed's models)."""
-        return self.spec(role, allowed).sample(rng)
+        return self.assignment(role, allowed).sample(rng)

@@ -55,12 +55,13 @@ from policy_store.learner.paper import (
 from policy_store.learner.params import PolicyError, RoleRLParams
 from policy_store.learner.safety import Breaker, DedupeWindow, importance_weight
 from policy_store.learner.state import RoleState
-from policy_store.learner.views import AssignmentView, CallPlan, PlanSpec
+from policy_store.learner.views import Assignment, AssignmentView, CallPlan
 
 __all__ = [
     "ALL_FEEDS",
     "COUNTERS",
     "START",
+    "Assignment",
     "AssignmentView",
     "Breaker",
     "Budget",
@@ -73,7 +74,6 @@ __all__ = [
     "DedupeWindow",
     "Estimate",
     "ModelScore",
-    "PlanSpec",
     "PolicyError",
     "QTable",
     "RoleRL",

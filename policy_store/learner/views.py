@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from olp.call_plan import Assignment as Assignment
 from olp.call_plan import CallPlan as CallPlan
-from olp.call_plan import PlanSpec as PlanSpec
 from policy_store.learner.budget import BudgetStatus
 from policy_store.learner.cascade import CascadePlan
 
@@ -38,9 +38,9 @@ class AssignmentView:
     evidence: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     """model -> where its estimates come from: weighted labels per source, 'failure', 'unlabelled'."""
 
-    def plan_spec(self) -> PlanSpec:
-        """What a call acts on (olp/call_plan.py); equal to `PlanSpec.from_record(self.to_record(...))`."""
-        return PlanSpec(
+    def assignment(self) -> Assignment:
+        """What a call acts on (olp/call_plan.py); equal to `Assignment.from_record(self.to_record(...))`."""
+        return Assignment(
             model=self.model,
             epsilon=self.epsilon,
             candidates=tuple(self.candidates),
@@ -57,11 +57,11 @@ class AssignmentView:
 
     def propensity(self, model: str) -> float:
         """Probability that a call following this view runs `model`."""
-        return self.plan_spec().propensity(model)
+        return self.assignment().propensity(model)
 
     def sample(self, rng: random.Random) -> CallPlan:
         """Draw one call's plan (what a processor does with this assignment; olp/call_plan.py)."""
-        return self.plan_spec().sample(rng)
+        return self.assignment().sample(rng)
 
     def to_record(self, ts_ms: int) -> dict[str, Any]:
         """The `Assignment` Avro record (schemas/assignment.avsc) of this view."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from olp.call_plan import CallPlan, PlanSpec
+from olp.call_plan import Assignment, CallPlan
 from policy_store.learner import RoleRL, RoleRLParams
 from policy_store.state import PolicyState, plan_key
 from processors.policy_view import PolicyView
@@ -30,7 +30,7 @@ def record(**plan: Any) -> dict[str, Any]:
 
 
 def test_an_old_record_is_todays_epsilon_greedy() -> None:
-    spec = PlanSpec.from_record(OLD)
+    spec = Assignment.from_record(OLD)
     assert spec.mode == "epsilon_greedy"
     rng = random.Random(3)
     plans = [spec.sample(rng) for _ in range(4000)]
@@ -43,12 +43,12 @@ def test_an_old_record_is_todays_epsilon_greedy() -> None:
 
 
 def test_warm_up_models_run_beside_the_assigned_one() -> None:
-    plan = PlanSpec.from_record(record(warmup=["a", "c"])).sample(random.Random(0))
+    plan = Assignment.from_record(record(warmup=["a", "c"])).sample(random.Random(0))
     assert plan == CallPlan("b", 1.0, (("a", 1.0), ("c", 1.0)), fallbacks=("c", "a"))
 
 
 def test_role_rl_exploration_is_a_paired_run_with_its_propensity() -> None:
-    spec = PlanSpec.from_record(record(epsilon=0.5, explore={"c": 1.0}, fallbacks=["c", "a"]))
+    spec = Assignment.from_record(record(epsilon=0.5, explore={"c": 1.0}, fallbacks=["c", "a"]))
     rng = random.Random(1)
     plans = [spec.sample(rng) for _ in range(2000)]
     assert {p.primary for p in plans} == {"b"}
@@ -58,23 +58,23 @@ def test_role_rl_exploration_is_a_paired_run_with_its_propensity() -> None:
 
 
 def test_paper_mode_duels_the_incumbent_on_the_same_input() -> None:
-    spec = PlanSpec.from_record(record(mode="paper", epsilon=0.0, incumbent="c"))
+    spec = Assignment.from_record(record(mode="paper", epsilon=0.0, incumbent="c"))
     plan = spec.sample(random.Random(0))
     # argmax Q is b; the incumbent c runs beside it.
     assert (plan.primary, plan.extras) == ("b", (("c", 1.0),))
 
 
 def test_cascade_and_pin() -> None:
-    spec = PlanSpec.from_record(record(model="a", cascade_to="b", cascade_below=0.7))
+    spec = Assignment.from_record(record(model="a", cascade_to="b", cascade_below=0.7))
     plan = spec.sample(random.Random(0))
     assert (plan.primary, plan.escalate_to, plan.escalate_below) == ("a", "b", 0.7)
     assert plan.fallbacks[0] == "b"
-    pinned = PlanSpec.from_record(record(pinned=True, epsilon=1.0, explore={"c": 1.0}, warmup=["a"]))
+    pinned = Assignment.from_record(record(pinned=True, epsilon=1.0, explore={"c": 1.0}, warmup=["a"]))
     assert pinned.sample(random.Random(0)) == CallPlan("b", 1.0, fallbacks=("c", "a"))
 
 
 def test_a_restriction_drops_disallowed_models_and_their_cascade() -> None:
-    spec = PlanSpec.from_record(
+    spec = Assignment.from_record(
         record(epsilon=1.0, explore={"c": 1.0}, warmup=["a"], cascade_to="c", cascade_below=0.5)
     )
     narrowed = spec.restricted(["a", "b"])
@@ -89,7 +89,7 @@ def test_the_processor_view_samples_the_learners_plan() -> None:
     view = learner.assignment("r")
     assert view.warmup, "a cold learner runs every model once"
     rec = view.to_record(0)
-    assert PlanSpec.from_record(rec) == view.plan_spec()
+    assert Assignment.from_record(rec) == view.assignment()
     policy = PolicyView({"r": ["a", "b", "c"]})
     policy.apply(rec)
     assert policy.choose("r", random.Random(0)) == view.sample(random.Random(0))
@@ -120,6 +120,6 @@ def test_learner_sampling_goes_through_the_shared_plan(mode: str) -> None:
     params = RoleRLParams() if mode == "role_rl" else RoleRLParams.paper()
     view = RoleRL({"r": ["a", "b", "c"]}, params).assignment("r")
     for seed in range(20):
-        assert view.sample(random.Random(seed)) == view.plan_spec().sample(random.Random(seed))
+        assert view.sample(random.Random(seed)) == view.assignment().sample(random.Random(seed))
         for m in ("a", "b", "c"):
-            assert view.propensity(m) == view.plan_spec().propensity(m)
+            assert view.propensity(m) == view.assignment().propensity(m)
