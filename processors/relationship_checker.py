@@ -42,6 +42,7 @@ from processors.domain import (
     span_iou,
     topic_draft,
 )
+from processors.encoder import Embedder, relation_task
 from processors.gold import checker_score
 from processors.role_agent import register_role
 from processors.role_call import CallContext, RoleFailed
@@ -258,7 +259,14 @@ async def check_relationships(worker: WorkerContext, located: Record) -> None:
     reference = worker.canaries.reference(chunk["stream_id"])
     used: set[str] = set()
 
+    texts = [s.text for s in sentences]
+
     async def ask(index: int, a: TopicSpan, b: TopicSpan) -> RelationVerdict | None:
+        related = relation_task(str(chunk["chunk_id"]), texts, _positions_in(a, ids), _positions_in(b, ids))
+
+        def encode(embedder: Embedder) -> RelationVerdict:
+            return RelationVerdict(related(embedder))
+
         try:
             answer = await caller.ask(
                 build_prompt(sentences, a, b, chunk["domain"], chunk["lang"]),
@@ -267,6 +275,7 @@ async def check_relationships(worker: WorkerContext, located: Record) -> None:
                 answer_schema(),
                 models,
                 grade=grade_with(reference, lambda gold, v: checker_score(v.related, [a.name, b.name], gold)),
+                encode=encode,
             )
         except RoleFailed:
             return None  # no verdict: the IoU rule alone decides this pair
@@ -283,6 +292,12 @@ async def check_relationships(worker: WorkerContext, located: Record) -> None:
     trail = [*located["trail"], f"{ROLE}={'+'.join(sorted(used)) or 'rules'}"]
     result = {"chunk": chunk, "stage": ROLE, "topics": topics, "trail": trail}
     await worker.send(worker.topics.checked, chunk["stream_id"], "RoleResult", result)
+
+
+def _positions_in(span: TopicSpan, chunk_ids: Sequence[int]) -> list[int]:
+    """Positions in the chunk of the span's sentences (at least its first position)."""
+    inside = [i for i, sid in enumerate(chunk_ids) if span.first_id <= sid <= span.last_id]
+    return inside or [bisect.bisect_left(chunk_ids, span.first_id) % max(len(chunk_ids), 1)]
 
 
 def register(worker: WorkerContext) -> None:
