@@ -192,9 +192,9 @@ def written_examples() -> dict[str, Any]:
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
-def locate_task(chunk_id: str, texts: Sequence[str], ids: Sequence[int], names: Sequence[str]) -> EncoderTask[
-    list[tuple[int, int]]
-]:
+def locate_task(
+    chunk_id: str, texts: Sequence[str], ids: Sequence[int], names: Sequence[str]
+) -> EncoderTask[list[tuple[int, int]]]:
     """The span of every named topic (Topic Locator)."""
     return lambda e: similarity.locate_spans(e.chunk(chunk_id, texts), e.texts(names), ids)
 
@@ -222,6 +222,9 @@ def aspect_task(
 
     def label(e: Embedder) -> dict[str, list[int]]:
         vectors = e.chunk(chunk_id, texts)[list(positions)]
-        return similarity.label_aspects(vectors, ids, {a: e.texts(list(x)) for a, x in examples.items()})
+        every = e.texts([t for x in examples.values() for t in x])  # one batch for all aspects
+        bounds = np.cumsum([0, *(len(x) for x in examples.values())])
+        by_aspect = {a: every[bounds[i] : bounds[i + 1]] for i, a in enumerate(examples)}
+        return similarity.label_aspects(vectors, ids, by_aspect)
 
     return label

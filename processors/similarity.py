@@ -44,6 +44,8 @@ def locate_spans(
 ) -> list[tuple[int, int]]:
     """(first id, last id) of each named topic: the extent of its sentences in `segment`; a topic
     no sentence went to gets its single most similar sentence."""
+    if len(sentences) == 0:
+        return []
     labels = segment(sentences, names, penalty)
     spans = []
     for topic in range(len(names)):
