@@ -6,8 +6,9 @@ On each labelled stream (default: the bundled sample and the news / Chinese cana
 processors/gold.py), cut into chunks of `--chunk-size` sentences as the Chunk Splitter does:
 - Topic Locator, given the gold names of the topics in each chunk: span recall (share of the gold
   sentences inside the span located for their topic) and mean IoU;
-- Relationship Checker: on adjacent gold topics (truth: different) and on the two halves of each
-  gold topic (truth: same), the share judged right;
+- Relationship Checker: on adjacent gold topics (truth: different), the share the name rule judges
+  right; beside it, how far apart the spans' centroids are from those of the two halves of one gold
+  topic (the content rule the name rule replaced: `content gap` > 0 would separate them);
 - Content Organizer, given the gold spans: aspect accuracy (share of sentences under their gold
   aspect), against 1/len(aspects) for a random guess;
 and the cost: milliseconds per sentence of embedding (cold cache, one thread) and tokens/s (the
@@ -21,7 +22,7 @@ import itertools
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from launcher.embedded import installed_encoders
 from launcher.stack import local_encoder_spec
@@ -45,6 +46,12 @@ class Tally:
     labelled: int = 0
     embed_s: float = 0.0
     tokens: int = 0
+    same: list[float] = field(default_factory=list)
+    different: list[float] = field(default_factory=list)
+
+    def content_gap(self) -> float:
+        """Lowest centroid cosine of two halves of one topic minus the highest of two neighbours."""
+        return min(self.same, default=1.0) - max(self.different, default=0.0)
 
 
 def measure(stream: LabelledStream, embedder: Embedder, chunk_size: int, tally: Tally) -> None:
@@ -66,14 +73,15 @@ def measure(stream: LabelledStream, embedder: Embedder, chunk_size: int, tally: 
             tally.iou += span_iou((first, last), (max(topic.first_id, ids[0]), min(topic.last_id, ids[-1])))
             tally.spans += 1
         positions = [[p for p, i in enumerate(ids) if t.first_id <= i <= t.last_id] for t in topics]
-        for a, b in itertools.pairwise(positions):  # neighbours: different topics
-            tally.related_right += not similarity.same_topic(vectors[a], vectors[b])
+        for (a, b), (ta, tb) in zip(itertools.pairwise(positions), itertools.pairwise(topics), strict=True):
+            name_a, name_b = embedder.texts([ta.name, tb.name])
+            tally.related_right += not similarity.same_topic(name_a, name_b)
             tally.pairs += 1
-        for own in positions:  # two halves of one topic: the same topic
+            tally.different.append(similarity.centroid_cosine(vectors[a], vectors[b]))
+        for own in positions:  # two halves of one topic
             if len(own) >= 4:
                 half = len(own) // 2
-                tally.related_right += similarity.same_topic(vectors[own[:half]], vectors[own[half:]])
-                tally.pairs += 1
+                tally.same.append(similarity.centroid_cosine(vectors[own[:half]], vectors[own[half:]]))
         vectors_of = {a: embedder.texts(x) for a, x in examples.items()}
         for topic, own in zip(topics, positions, strict=True):
             labels = similarity.label_aspects(vectors[own], [ids[p] for p in own], vectors_of)
@@ -96,8 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     embedder = EncoderPool().embedder(local_encoder_spec(args.encoder))
     print(f"encoder {args.encoder}: loaded and sha256-checked in {time.perf_counter() - started:.2f}s")
     print(
-        f"{'stream':34} {'lang':4} {'sent':>5} {'span recall':>11} {'IoU':>5} {'same/diff':>9}"
-        f" {'aspect acc':>10} {'random':>6} {'ms/sent':>7} {'tok/s':>6}"
+        f"{'stream':34} {'lang':4} {'sent':>5} {'span recall':>11} {'IoU':>5} {'names':>5}"
+        f" {'content gap':>11} {'aspect acc':>10} {'random':>6} {'ms/sent':>7} {'tok/s':>6}"
     )
     for name in args.files.split(","):
         stream = load_labelled(name)
@@ -106,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = len(stream.sentences)
         print(
             f"{name:34} {stream.lang:4} {n:5d} {tally.recalled / max(tally.sentences, 1):11.2f}"
-            f" {tally.iou / max(tally.spans, 1):5.2f} {tally.related_right / max(tally.pairs, 1):9.2f}"
+            f" {tally.iou / max(tally.spans, 1):5.2f} {tally.related_right / max(tally.pairs, 1):5.2f}"
+            f" {tally.content_gap():11.2f}"
             f" {tally.aspects_right / max(tally.labelled, 1):10.2f} {1 / len(stream.aspects):6.2f}"
             f" {1000 * tally.embed_s / n:7.1f} {tally.tokens / max(tally.embed_s, 1e-9):6.0f}"
         )

@@ -126,7 +126,7 @@ LOCAL_MODELS: dict[str, LocalModel] = {
 DEFAULT_LOCAL_MODEL = "smollm2-135m"
 TOKENS_PER_S_MINILM = 1100.0
 """all-MiniLM-L6-v2 int8 tokens embedded per second, one thread, machine shared with other work
-(bench/encoder_roles.py on the bundled sample: 1139; 1066 on the news canaries)."""
+(bench/encoder_roles.py on the bundled sample: 1139 under load, about 2100 when the machine is quieter)."""
 
 
 @dataclass(frozen=True, slots=True)

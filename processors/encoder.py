@@ -199,14 +199,12 @@ def locate_task(
     return lambda e: similarity.locate_spans(e.chunk(chunk_id, texts), e.texts(names), ids)
 
 
-def relation_task(
-    chunk_id: str, texts: Sequence[str], a: Sequence[int], b: Sequence[int]
-) -> EncoderTask[bool]:
-    """Whether the sentences at positions `a` and `b` of the chunk are one topic (Relationship Checker)."""
+def relation_task(name_a: str, name_b: str) -> EncoderTask[bool]:
+    """Whether two neighbouring topics' names name one topic (Relationship Checker)."""
 
     def related(e: Embedder) -> bool:
-        vectors = e.chunk(chunk_id, texts)
-        return similarity.same_topic(vectors[list(a)], vectors[list(b)])
+        a, b = e.texts([name_a, name_b])
+        return similarity.same_topic(a, b)
 
     return related
 

@@ -2,7 +2,8 @@
 
 Spec section 3, "Relationship Checker". Reads `olp.located` (RoleResult with spans), writes
 `olp.checked` (RoleResult with the final topic list of the chunk). The shell asks the LLM about
-each pair of `adjacent_pairs(spans)`, then applies the rules, in this order:
+each pair of `adjacent_pairs(spans)` (an encoder model compares the two names,
+processors/similarity.py `same_topic`), then applies the rules, in this order:
 
 1. `merge_adjacent`: two adjacent topics stay apart only when the LLM says "not related" AND
    their spans' IoU is below the domain's threshold (`IOU_THRESHOLD`; IoU == threshold merges).
@@ -259,10 +260,8 @@ async def check_relationships(worker: WorkerContext, located: Record) -> None:
     reference = worker.canaries.reference(chunk["stream_id"])
     used: set[str] = set()
 
-    texts = [s.text for s in sentences]
-
     async def ask(index: int, a: TopicSpan, b: TopicSpan) -> RelationVerdict | None:
-        related = relation_task(str(chunk["chunk_id"]), texts, _positions_in(a, ids), _positions_in(b, ids))
+        related = relation_task(a.name, b.name)
 
         def encode(embedder: Embedder) -> RelationVerdict:
             return RelationVerdict(related(embedder))
@@ -292,12 +291,6 @@ async def check_relationships(worker: WorkerContext, located: Record) -> None:
     trail = [*located["trail"], f"{ROLE}={'+'.join(sorted(used)) or 'rules'}"]
     result = {"chunk": chunk, "stage": ROLE, "topics": topics, "trail": trail}
     await worker.send(worker.topics.checked, chunk["stream_id"], "RoleResult", result)
-
-
-def _positions_in(span: TopicSpan, chunk_ids: Sequence[int]) -> list[int]:
-    """Positions in the chunk of the span's sentences (at least its first position)."""
-    inside = [i for i, sid in enumerate(chunk_ids) if span.first_id <= sid <= span.last_id]
-    return inside or [bisect.bisect_left(chunk_ids, span.first_id) % max(len(chunk_ids), 1)]
 
 
 def register(worker: WorkerContext) -> None:

@@ -12,14 +12,21 @@ SWITCH_PENALTY = 0.3
 """What changing topic between two neighbouring sentences costs, scaled by how alike the two
 sentences are: a switch between near-identical sentences costs the whole penalty, a switch where
 the talk changes (cosine near 0) almost nothing."""
-SAME_TOPIC_THRESHOLD = 0.5
-"""Cosine of two spans' centroids at or above which they are about the same topic."""
+SAME_NAME_THRESHOLD = 0.6
+"""Cosine of two topic names at or above which they name one topic. Measured with MiniLM-L6:
+names of different products 0.10-0.30 (Chinese 0.54), one product named twice ("Human hair wig" /
+"Wig", "Running shoes" / "Sneakers", 保温杯 / 不锈钢保温杯) 0.63-0.83. The spans' content is no
+signal: the centroids of neighbouring products (0.43-0.62) and of the two halves of one product
+(0.39-0.64) overlap (bench/encoder_roles.py)."""
 
 
-def segment(sentences: np.ndarray, names: np.ndarray, penalty: float = SWITCH_PENALTY) -> list[int]:
+def segment(
+    sentences: np.ndarray, names: np.ndarray, penalty: float = SWITCH_PENALTY, ordered: bool = False
+) -> list[int]:
     """The topic index of each sentence: the labelling that maximises the sentences' similarity
     to their topic's name minus a switch penalty at each topic change (Viterbi), where a change
-    between alike neighbours costs more (a boundary lies where neighbours differ)."""
+    between alike neighbours costs more (a boundary lies where neighbours differ). `ordered`:
+    topics come in index order, each as one block (a topic may get none)."""
     n, k = len(sentences), len(names)
     if n == 0 or k == 0:
         return []
@@ -29,10 +36,17 @@ def segment(sentences: np.ndarray, names: np.ndarray, penalty: float = SWITCH_PE
     back = np.zeros((n, k), dtype=np.int64)
     for t in range(1, n):
         cost = penalty * max(float(neighbours[t - 1]), 0.0)
-        stay, best = score, int(np.argmax(score))
-        switch = score[best] - cost
-        back[t] = np.where(stay >= switch, np.arange(k), best)
-        score = np.maximum(stay, switch) + fit[t]
+        if ordered:  # the best earlier-or-same topic to come from
+            best = np.maximum.accumulate(score)
+            came = np.array([int(np.argmax(score[: j + 1])) for j in range(k)])
+            switch = best - cost
+            back[t] = np.where(score >= switch, np.arange(k), came)
+            score = np.maximum(score, switch) + fit[t]
+            continue
+        top = int(np.argmax(score))
+        switch = np.full(k, score[top] - cost)
+        back[t] = np.where(score >= switch, np.arange(k), top)
+        score = np.maximum(score, switch) + fit[t]
     labels = [int(np.argmax(score))]
     for t in range(n - 1, 0, -1):
         labels.append(int(back[t, labels[-1]]))
@@ -42,18 +56,26 @@ def segment(sentences: np.ndarray, names: np.ndarray, penalty: float = SWITCH_PE
 def locate_spans(
     sentences: np.ndarray, names: np.ndarray, ids: Sequence[int], penalty: float = SWITCH_PENALTY
 ) -> list[tuple[int, int]]:
-    """(first id, last id) of each named topic: the extent of its sentences in `segment`; a topic
-    no sentence went to gets its single most similar sentence."""
+    """(first id, last id) of each named topic. The topics are put in the order of the mean
+    position of their sentences in a free `segment`, then segmented again as one block each in
+    that order, so spans never overlap; a topic left without sentences gets its single most
+    similar sentence."""
     if len(sentences) == 0:
         return []
-    labels = segment(sentences, names, penalty)
+    free = segment(sentences, names, penalty)
+    fit = sentences @ names.T
+
+    def position(topic: int) -> float:
+        mine = [i for i, label in enumerate(free) if label == topic]
+        return float(np.mean(mine)) if mine else float(np.argmax(fit[:, topic]))
+
+    order = sorted(range(len(names)), key=position)
+    labels = segment(sentences, names[order], penalty, ordered=True)
     spans = []
     for topic in range(len(names)):
-        mine = [ids[i] for i, label in enumerate(labels) if label == topic]
-        if not mine:
-            best = ids[int(np.argmax(sentences @ names[topic]))]
-            mine = [best]
-        spans.append((min(mine), max(mine)))
+        mine = [i for i, label in enumerate(labels) if order[label] == topic]
+        first, last = (mine[0], mine[-1]) if mine else (int(np.argmax(fit[:, topic])),) * 2
+        spans.append((ids[first], ids[last]))
     return spans
 
 
@@ -64,8 +86,9 @@ def centroid_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(ca @ cb) / norm if norm > 0 else 0.0
 
 
-def same_topic(a: np.ndarray, b: np.ndarray, threshold: float = SAME_TOPIC_THRESHOLD) -> bool:
-    return centroid_cosine(a, b) >= threshold
+def same_topic(name_a: np.ndarray, name_b: np.ndarray, threshold: float = SAME_NAME_THRESHOLD) -> bool:
+    """Do two (normalised) topic-name vectors name one topic?"""
+    return float(name_a @ name_b) >= threshold
 
 
 def label_aspects(

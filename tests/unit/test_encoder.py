@@ -45,9 +45,14 @@ def test_segment_keeps_a_leaning_sentence_inside_its_topic_when_switching_costs(
     ids = [10, 11, 12, 13, 14, 15]
     assert similarity.segment(sentences, NAMES) == [0, 0, 0, 0, 1, 1]
     assert similarity.locate_spans(sentences, NAMES, ids) == [(10, 13), (14, 15)]
-    # Free switching: the leaning sentence goes to the cup, whose span then swallows the wig's end.
+    # Free switching sends the leaning sentence to the cup; the spans are still blocks that do
+    # not overlap (each topic is one block, in the order its sentences come).
     assert similarity.segment(sentences, NAMES, penalty=0.0) == [0, 0, 1, 0, 1, 1]
-    assert similarity.locate_spans(sentences, NAMES, ids, penalty=0.0) == [(10, 13), (12, 15)]
+    assert similarity.locate_spans(sentences, NAMES, ids, penalty=0.0) == [(10, 13), (14, 15)]
+    # Named in the other order, the topics are placed in the order they are talked about.
+    assert similarity.locate_spans(sentences, NAMES[::-1], ids) == [(14, 15), (10, 13)]
+    # Forced into the wrong order, the talk cannot come back to the cup after the wig.
+    assert similarity.segment(sentences, NAMES[::-1], ordered=True) == [1, 1, 1, 1, 1, 1]
 
 
 def test_a_topic_no_sentence_went_to_gets_its_most_similar_sentence() -> None:
@@ -57,12 +62,12 @@ def test_a_topic_no_sentence_went_to_gets_its_most_similar_sentence() -> None:
     assert similarity.segment(sentences, NAMES[:0]) == []
 
 
-def test_same_topic_compares_centroids_with_the_threshold() -> None:
-    a, b = unit([1, 0], [1, 0.2]), unit([1, 0.1])
-    assert similarity.same_topic(a, b)
-    assert not similarity.same_topic(a, unit([0, 1]))
+def test_same_topic_compares_the_names_with_the_threshold() -> None:
+    assert similarity.same_topic(WIG[0], unit([1, 0.2])[0])
+    assert not similarity.same_topic(WIG[0], CUP[0])
+    assert not similarity.same_topic(WIG[0], unit([1, 1])[0], threshold=0.8)
     assert similarity.centroid_cosine(unit([1, 0]), unit([1, 1])) == pytest.approx(2**-0.5, abs=1e-6)
-    assert not similarity.same_topic(unit([1, 0]), unit([1, 1]), threshold=0.8)
+    assert similarity.centroid_cosine(unit([1, 0], [0, 1]), unit([1, 1])) == pytest.approx(1.0)
 
 
 def test_label_aspects_takes_the_nearest_example() -> None:
