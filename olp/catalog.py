@@ -1,5 +1,10 @@
-"""The model catalog (spec section 5): which OpenAI-compatible endpoints exist, what they cost,
-how long to wait for them and how many calls each takes at once. Loaded from YAML.
+"""The model catalog (spec section 5): which models exist, what they cost, how long to wait for
+them and how many calls each takes at once. Loaded from YAML.
+
+Two kinds of model: `chat`, an OpenAI-compatible chat-completions endpoint (`base_url`), and
+`encoder`, a sentence-embedding model run in the processor's own process (`encoder`: its ONNX
+file and tokenizer). An encoder can only fill the roles that are similarity at heart
+(`ENCODER_ROLES`): it cannot name things, so the Topic Finder's pool never holds one.
 
 API keys are never in the catalog: a model names the *environment variable* that holds its key,
 resolved by the model gateway when it calls.
@@ -26,6 +31,10 @@ StructuredOutput = Literal["json_schema", "llama_cpp", "json_object", "none"]
 `none`: no `response_format` at all; the defensive parser reads whatever JSON the answer holds."""
 
 TokenLimitField = Literal["max_tokens", "max_completion_tokens"]
+ModelKind = Literal["chat", "encoder"]
+ENCODER_ROLES = frozenset({"topic_locator", "relationship_checker", "content_organizer"})
+"""The roles an encoder model can fill (processors/encoder.py): locating a named topic, same topic
+or not, the aspect of a sentence. The Topic Finder must name things, which an encoder cannot."""
 
 
 class AzureDeployment(BaseModel):
@@ -38,13 +47,34 @@ class AzureDeployment(BaseModel):
     api_version: str = Field(min_length=1, description="The `api-version` query, e.g. 2024-10-21.")
 
 
+class EncoderFiles(BaseModel):
+    """Where a local sentence-embedding model is: an ONNX file (mean-pooled token embeddings,
+    e.g. all-MiniLM-L6-v2) and the Hugging Face `tokenizer.json` it was trained with."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_file: str = Field(min_length=1, description="Path of the ONNX model file.")
+    tokenizer_file: str = Field(min_length=1, description="Path of its `tokenizer.json`.")
+    sha256: str | None = Field(
+        None, pattern="^[0-9a-f]{64}$", description="Of the model file; checked before it is loaded."
+    )
+    max_tokens: int = Field(128, ge=8, description="Tokens of one sentence that are embedded.")
+    threads: int = Field(1, ge=1, description="onnxruntime intra-op threads.")
+
+
 class ModelSpec(BaseModel):
-    """One callable model."""
+    """One model: a chat endpoint (`base_url`) or a local encoder (`encoder`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(description="Catalog name, used in assignments and feedback.")
-    base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://host:8000/v1.")
+    kind: ModelKind = Field(
+        "chat", description="`chat`: a chat-completions endpoint; `encoder`: a local embedding model."
+    )
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible base URL, e.g. http://host:8000/v1 (kind chat only)."
+    )
+    encoder: EncoderFiles | None = Field(None, description="The local model's files (kind encoder only).")
     served_name: str | None = Field(None, description="`model` sent in the request; default: name.")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
     price_in_per_mtok: float = Field(0.0, ge=0, description="US dollars per 1M input tokens.")
@@ -89,6 +119,26 @@ class ModelSpec(BaseModel):
             )
         return data
 
+    @model_validator(mode="after")
+    def _kind_has_its_fields(self) -> ModelSpec:
+        if self.kind == "chat" and not self.base_url:
+            raise ValueError(
+                f"model {self.name}: a chat model needs `base_url` (its OpenAI-compatible endpoint)"
+            )
+        if self.kind == "chat" and self.encoder is not None:
+            raise ValueError(f"model {self.name}: `encoder` files belong to `kind: encoder` models")
+        if self.kind == "encoder":
+            if self.encoder is None:
+                raise ValueError(
+                    f"model {self.name}: an encoder model needs `encoder: {{model_file, tokenizer_file}}`"
+                    " (its local ONNX file and tokenizer.json) instead of a base_url"
+                )
+            if self.base_url is not None or self.azure is not None:
+                raise ValueError(f"model {self.name}: an encoder runs locally; remove `base_url`/`azure`")
+            if self.judge:
+                raise ValueError(f"model {self.name}: an encoder cannot judge (it writes no text)")
+        return self
+
     @property
     def provider_name(self) -> str:
         """`gen_ai.provider.name` of its calls: the API flavour spoken, which for every
@@ -97,8 +147,10 @@ class ModelSpec(BaseModel):
 
     @property
     def is_local(self) -> bool:
-        """Served on this machine (a loopback host): what it is sent never leaves it."""
-        host = urlsplit(self.base_url).hostname or ""
+        """Served on this machine (an encoder, or a loopback host): what it is sent never leaves it."""
+        if self.kind == "encoder":
+            return True
+        host = urlsplit(self.base_url or "").hostname or ""
         if host == "localhost":
             return True
         try:
@@ -109,6 +161,9 @@ class ModelSpec(BaseModel):
     @property
     def request_model(self) -> str:
         return self.served_name or self.name
+
+    def can_fill(self, role: str) -> bool:
+        return self.kind == "chat" or role in ENCODER_ROLES
 
     def cost_usd(self, tokens_in: int, tokens_out: int) -> float:
         return (tokens_in * self.price_in_per_mtok + tokens_out * self.price_out_per_mtok) / 1e6
@@ -135,6 +190,11 @@ class Catalog(BaseModel):
             unknown = set(pool) - set(names)
             if unknown:
                 raise ValueError(f"role {role} names unknown models {sorted(unknown)}")
+            unfit = [m.name for m in self.models if m.name in pool and not m.can_fill(role)]
+            if unfit:
+                raise ValueError(f"role {role} cannot be filled by the encoder models {unfit}")
+        if all(m.kind == "encoder" for m in self.models):
+            raise ValueError("the catalog lists no chat model: the Topic Finder needs one to name topics")
         return self
 
     def model(self, name: str) -> ModelSpec:
@@ -144,7 +204,8 @@ class Catalog(BaseModel):
         raise ConfigError(f"model {name!r} is not in the catalog")
 
     def pool(self, role: str) -> tuple[str, ...]:
-        return self.roles.get(role) or tuple(m.name for m in self.models)
+        """The models that may fill `role`: those listed for it, else every model that can."""
+        return self.roles.get(role) or tuple(m.name for m in self.models if m.can_fill(role))
 
 
 def load_catalog(path: Path) -> Catalog:

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from olp.catalog import ModelSpec
+from olp.errors import ConfigError
 
 Messages = Sequence[Mapping[str, str]]
 
@@ -95,6 +96,8 @@ def response_format(spec: ModelSpec, json_schema: Mapping[str, Any]) -> dict[str
 
 
 def endpoint_url(spec: ModelSpec) -> str:
+    if spec.base_url is None:
+        raise ConfigError(f"model {spec.name} has no base_url: a {spec.kind} model takes no chat request")
     base = spec.base_url.rstrip("/")
     if spec.azure is None:
         return base + "/chat/completions"

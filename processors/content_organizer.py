@@ -3,7 +3,8 @@
 Spec section 3, "Content Organizer". Reads `olp.checked` (RoleResult with final spans), writes
 `olp.organized` (RoleResult whose TopicDrafts carry `aspects`: aspect name -> sentence ids).
 Aspect sets are configuration (`olp.settings.DEFAULT_ASPECTS`, `FeedSettings.aspect_names`);
-the default sets get a one-line hint each, custom aspects are shown by name only. The parser
+the default sets get a one-line hint each, custom aspects are shown by name only. An encoder
+model labels each sentence by its nearest labelled example (olp/data/aspect_examples.json). The parser
 keeps what it can; the Format Checker places what is left unassigned.
 """
 
@@ -27,10 +28,12 @@ from processors.domain import (
     render_transcript,
     sentences_from_avro,
 )
+from processors.encoder import aspect_task, written_examples
 from processors.evidence import evidence_outcome, is_canary
 from processors.gold import LabelledStream, organizer_score
 from processors.role_agent import register_role
 from processors.role_call import CallContext, RoleFailed
+from processors.similarity import aspect_examples
 from processors.worker import Record, WorkerContext
 
 _HINTS = {
@@ -242,6 +245,9 @@ async def organize_topics(worker: WorkerContext, checked: Record) -> None:
     caller = worker.caller(ROLE)
     reference = worker.canaries.reference(chunk["stream_id"])
     used: set[str] = set()
+    texts = [s.text for s in sentences]
+    position = {s.id: i for i, s in enumerate(sentences)}
+    examples = aspect_examples(written_examples(), chunk["domain"], chunk["lang"], aspects)
 
     async def organize(index: int, topic: dict[str, Any]) -> dict[str, Any]:
         own = [s for s in sentences if topic["first_id"] <= s.id <= topic["last_id"]]
@@ -263,6 +269,9 @@ async def organize_topics(worker: WorkerContext, checked: Record) -> None:
                     answer_schema(aspects, part_ids),
                     feed.models,
                     grade=grade_with(reference, score),
+                    encode=aspect_task(
+                        str(chunk["chunk_id"]), texts, [position[i] for i in part_ids], part_ids, examples
+                    ),
                 )
             except RoleFailed:
                 continue  # unorganised: the Format Checker files these sentences under the fallback aspect

@@ -35,6 +35,7 @@ from tenacity import (
 from olp.catalog import Catalog, ModelSpec
 from olp.errors import ModelCallError
 from processors.chat_request import ChatRequest, Messages, build_request
+from processors.encoder import EncoderPool, EncoderTask
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +118,10 @@ class ModelGateway:
         session: aiohttp.ClientSession,
         api_keys: Mapping[str, str],
         attempts: int = 3,
+        encoders: EncoderPool | None = None,
     ) -> None:
         self.catalog = catalog
+        self.encoders = encoders or EncoderPool()
         self._session = session
         self._api_keys = dict(api_keys)
         self._attempts = attempts
@@ -150,6 +153,30 @@ class ModelGateway:
                 with attempt:
                     return await self._post(spec, request)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def encode(self, model: str, task: EncoderTask[Any]) -> tuple[Any, Completion]:
+        """Run a role's encoder task on the encoder `model` in a thread: (the parsed answer, its
+        Completion with the tokens embedded and their compute price, text the answer's repr)."""
+        spec = self.catalog.model(model)
+        if spec.kind != "encoder":
+            raise ModelCallError(f"model {model} is a {spec.kind} model, not an encoder")
+        async with self._limits[model]:
+            try:
+                done = await asyncio.to_thread(self.encoders.run, spec, task)
+            except ModelCallError:
+                raise
+            except Exception as exc:  # a fault of the local model, not of the input
+                raise ModelCallError(f"encoder {model}: {type(exc).__name__}: {exc}") from exc
+        completion = Completion(
+            model=model,
+            text=repr(done.value)[:2000],
+            tokens_in=done.tokens,
+            tokens_out=0,
+            latency_ms=done.latency_ms,
+            cost_usd=spec.cost_usd(done.tokens, 0),
+            finish_reason="stop",
+        )
+        return done.value, completion
 
     def _api_key(self, spec: ModelSpec) -> str | None:
         if not spec.api_key_env:

@@ -2,7 +2,8 @@
 
 Spec section 3, "Relationship Checker". Reads `olp.located` (RoleResult with spans), writes
 `olp.checked` (RoleResult with the final topic list of the chunk). The shell asks the LLM about
-each pair of `adjacent_pairs(spans)`, then applies the rules, in this order:
+each pair of `adjacent_pairs(spans)` (an encoder model compares the two names,
+processors/similarity.py `same_topic`), then applies the rules, in this order:
 
 1. `merge_adjacent`: two adjacent topics stay apart only when the LLM says "not related" AND
    their spans' IoU is below the domain's threshold (`IOU_THRESHOLD`; IoU == threshold merges).
@@ -42,6 +43,7 @@ from processors.domain import (
     span_iou,
     topic_draft,
 )
+from processors.encoder import Embedder, relation_task
 from processors.gold import checker_score
 from processors.role_agent import register_role
 from processors.role_call import CallContext, RoleFailed
@@ -259,6 +261,11 @@ async def check_relationships(worker: WorkerContext, located: Record) -> None:
     used: set[str] = set()
 
     async def ask(index: int, a: TopicSpan, b: TopicSpan) -> RelationVerdict | None:
+        related = relation_task(a.name, b.name)
+
+        def encode(embedder: Embedder) -> RelationVerdict:
+            return RelationVerdict(related(embedder))
+
         try:
             answer = await caller.ask(
                 build_prompt(sentences, a, b, chunk["domain"], chunk["lang"]),
@@ -267,6 +274,7 @@ async def check_relationships(worker: WorkerContext, located: Record) -> None:
                 answer_schema(),
                 models,
                 grade=grade_with(reference, lambda gold, v: checker_score(v.related, [a.name, b.name], gold)),
+                encode=encode,
             )
         except RoleFailed:
             return None  # no verdict: the IoU rule alone decides this pair

@@ -9,6 +9,9 @@ the same input concurrently and recorded, but the primary's answer is delivered 
 when every other model failed). Cascade: when the primary's answer has a confidence (token
 logprobs) below the plan's threshold, the stronger model is asked and its answer delivered if it
 parses; no confidence counts as not low.
+An encoder model (catalog `kind: encoder`) answers through the role's `encode` task instead of a
+prompt (processors/encoder.py): same plan, same parsed answer type, same RoleOutcome (tokens
+embedded, compute cost, measured latency); a role that gives no task cannot use encoders.
 Every attempt becomes a RoleOutcome for `olp.feedback` (schemas/role_outcome.avsc) with measured
 latency, token counts, cost and confidence, and a span with the GenAI semantic-convention attributes;
 a parsed answer carries no quality (`source = processor`, `quality` null). Quality evidence
@@ -34,6 +37,7 @@ from olp import telemetry
 from olp.call_plan import CallPlan
 from olp.catalog import ModelSpec
 from olp.errors import ModelCallError, OlpError, ParseError
+from processors.encoder import EncoderTask
 from processors.evidence import evidence_outcome, is_canary
 from processors.judge import JudgedCall, agreement
 from processors.model_gateway import Completion, InputRejected, ModelGateway
@@ -95,6 +99,7 @@ class _Call(Generic[T]):
     json_schema: Mapping[str, Any] | None
     plan: CallPlan
     policy_version: int
+    encode: EncoderTask[T] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,12 +146,14 @@ class RoleCaller:
         json_schema: Mapping[str, Any] | None = None,
         allowed_models: Sequence[str] | None = None,
         grade: Grade | None = None,
+        encode: EncoderTask[T] | None = None,
     ) -> Answer[T]:
         """Run the call plan drawn from the policy; deliver one parsed answer or raise RoleFailed.
-        `grade` scores the answers to a canary chunk (processors/canaries.py)."""
+        `grade` scores the answers to a canary chunk (processors/canaries.py); `encode` is how an
+        encoder model gives the same answer (processors/similarity.py)."""
         version = self._policy.version(self.role)  # the version the plan is drawn from: no await between
         plan = self._policy.choose(self.role, self._rng, allowed_models)
-        call = _Call(messages, parse, ctx, json_schema, plan, version)
+        call = _Call(messages, parse, ctx, json_schema, plan, version, encode)
         prev = (self._last_model, self._last_success)  # the state the extras act from
         extras = [m for m, _ in plan.extras if m != plan.primary]
         # Failover: the cascade's stronger model first (a junk answer is as low as confidence
@@ -233,6 +240,8 @@ class RoleCaller:
         """Ask one model, re-asking on junk; one RoleOutcome per attempt. None when it gave nothing
         usable. `prev` fixes the paper's state for a call beside the primary (which does not move it)."""
         ctx, version = call.ctx, call.policy_version
+        if self._is_encoder(model):
+            return await self._try_encoder(call, model, propensity, errors, prev)
         conversation = [dict(m) for m in call.messages]
         for attempt in range(1 + self._reask):
             outcome_id = f"{ctx.chunk_id}:{self.role}:{ctx.call_key}:{model}:{attempt}"
@@ -282,6 +291,43 @@ class RoleCaller:
                 )
                 return _Got(value, model, completion, outcome, outcome_id)
         return None
+
+    def _is_encoder(self, model: str) -> bool:
+        try:
+            return self._gateway.catalog.model(model).kind == "encoder"
+        except Exception:
+            return False
+
+    async def _try_encoder(
+        self,
+        call: _Call[T],
+        model: str,
+        propensity: float,
+        errors: list[str],
+        prev: tuple[str | None, bool] | None,
+    ) -> _Got[T] | None:
+        """Ask an encoder model: one attempt (it answers the same again), one RoleOutcome."""
+        ctx, version = call.ctx, call.policy_version
+        outcome_id = f"{ctx.chunk_id}:{self.role}:{ctx.call_key}:{model}:0"
+        with self._span(model, version, propensity, 0, call.messages, False) as span:
+            if call.encode is None:
+                error = f"{model}: the role {self.role} has no encoder task"
+                errors.append(error)
+                await self._record(outcome_id, model, version, propensity, ctx, None, error, prev)
+                return None
+            started = time.monotonic()
+            try:
+                value, completion = await self._gateway.encode(model, call.encode)
+            except ModelCallError as exc:
+                elapsed = time.monotonic() - started
+                error_type = type(exc).__name__
+                telemetry.record_llm_call(span, self.role, model, ctx.feed, elapsed, error_type=error_type)
+                errors.append(f"{model}: {exc}")
+                await self._record(outcome_id, model, version, propensity, ctx, None, str(exc), prev)
+                return None
+            self._annotate(span, model, ctx, completion)
+            outcome = await self._record(outcome_id, model, version, propensity, ctx, completion, None, prev)
+            return _Got(value, model, completion, outcome, outcome_id)
 
     # --- telemetry (GenAI semantic conventions; olp/telemetry.py) --------------------------
 

@@ -1,10 +1,11 @@
 """Topic Locator: the first and last sentence id of each topic in a chunk.
 
 Spec section 3, "Topic Locator". Reads `olp.found` (RoleResult with names), writes `olp.located`
-(RoleResult with spans). Two ways to ask: one call per topic (`build_prompt`, concurrently), or
-all topics in one call (`build_batch_prompt`), which is cheaper; the shell uses the batch when the
-feed sets `locator_batch` (for models good enough at it) and asks the topics the batched answer
-leaves out one by one. Answers are checked against the chunk's ids:
+(RoleResult with spans). An encoder model places every named topic at once from sentence
+similarity (processors/similarity.py). Two ways to ask an LLM: one call per topic (`build_prompt`,
+concurrently), or all topics in one call (`build_batch_prompt`), which is cheaper; the shell uses
+the batch when the feed sets `locator_batch` (for models good enough at it) and asks the topics
+the batched answer leaves out one by one. Answers are checked against the chunk's ids:
 an id missing from the chunk but inside its id range snaps to the nearest id (ties to the lower
 id); an id outside the range is a ParseError; a reversed span is swapped.
 """
@@ -34,6 +35,7 @@ from processors.domain import (
     sentences_from_avro,
     topic_draft,
 )
+from processors.encoder import Embedder, locate_task
 from processors.evidence import call_outcome, evidence_outcome, is_canary, model_of
 from processors.gold import LabelledStream, locator_score
 from processors.role_agent import register_role
@@ -277,9 +279,14 @@ async def _locate_each(
     (its sentences tile to the neighbouring topics)."""
     sentences = sentences_from_avro(chunk["sentences"])
     ids = [s.id for s in sentences]
+    spans = locate_task(str(chunk["chunk_id"]), [s.text for s in sentences], ids, names)
 
     async def locate(index: int) -> Located:
         name = names[index]
+
+        def encode(embedder: Embedder) -> tuple[int, int]:
+            return spans(embedder)[index]
+
         try:
             answer = await caller.ask(
                 build_prompt(sentences, name, names, chunk["domain"], chunk["lang"]),
@@ -288,6 +295,7 @@ async def _locate_each(
                 answer_schema(ids),
                 models,
                 grade=grade_with(reference, lambda gold, span: locator_score([name], span, gold)),
+                encode=encode,
             )
         except RoleFailed:
             return name, None, None
@@ -306,6 +314,11 @@ async def _locate_together(
     """One call for every topic (feed setting `locator_batch`); the ones it misses, one by one."""
     sentences = sentences_from_avro(chunk["sentences"])
     ids = [s.id for s in sentences]
+    spans_of = locate_task(str(chunk["chunk_id"]), [s.text for s in sentences], ids, names)
+
+    def encode(embedder: Embedder) -> list[TopicSpan]:
+        return [TopicSpan(name, *span) for name, span in zip(names, spans_of(embedder), strict=True)]
+
     try:
         answer = await caller.ask(
             build_batch_prompt(sentences, names, chunk["domain"], chunk["lang"]),
@@ -314,6 +327,7 @@ async def _locate_together(
             batch_answer_schema(names, ids),
             models,
             grade=grade_with(reference, lambda gold, spans: locator_score(names, spans, gold)),
+            encode=encode,
         )
         spans = {name_key(s.name): ((s.first_id, s.last_id), answer.model) for s in answer.value}
     except RoleFailed:

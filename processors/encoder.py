@@ -1,0 +1,228 @@
+"""Encoder models (spec section 5): a local sentence-embedding model that fills a role in
+milliseconds per sentence, called by the role shells through `RoleCaller.ask(..., encode=...)`.
+
+`SentenceEncoder` runs an ONNX export of a mean-pooled sentence-transformer (all-MiniLM-L6-v2)
+on onnxruntime with its Hugging Face `tokenizer.json`; vectors are L2-normalised, so a dot
+product is the cosine. `EncoderPool` loads each catalog encoder once per process and keeps the
+vectors of the sentences of recent chunks (`ChunkVectors`, keyed by chunk id, bounded), so the
+roles of one chunk embed its sentences once and share them. An `EncoderTask` is what a role asks
+of an encoder: a function of an `Embedder` (the model with the caches) that returns the role's
+parsed answer; the pure maths lives in processors/similarity.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from olp.catalog import EncoderFiles, ModelSpec
+from olp.errors import ConfigError, ModelCallError
+from processors import similarity
+
+T = TypeVar("T")
+Vectors = np.ndarray
+"""Rows of L2-normalised float32 sentence embeddings."""
+
+CHUNKS_KEPT = 32
+"""Chunks whose sentence vectors are kept: the four roles of a chunk run within seconds of each
+other, and a worker holds a few chunks in flight."""
+TEXTS_KEPT = 4096
+"""Short texts (topic names, aspect examples) whose vectors are kept."""
+
+
+class SentenceEncoder:
+    """One ONNX sentence-embedding model with its tokenizer (loaded on construction)."""
+
+    def __init__(self, files: EncoderFiles) -> None:
+        try:
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+        except ImportError as exc:  # the `encoder` extra is not installed
+            raise ConfigError(f"encoder models need onnxruntime and tokenizers: {exc}") from exc
+        model = Path(files.model_file)
+        if not model.is_file() or not Path(files.tokenizer_file).is_file():
+            raise ConfigError(f"encoder files missing: {files.model_file}, {files.tokenizer_file}")
+        if files.sha256 is not None and file_sha256(model) != files.sha256:
+            raise ConfigError(f"{model}: sha256 differs from the catalog's {files.sha256}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = files.threads
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self._session.get_inputs()}
+        self._tokenizer = Tokenizer.from_file(files.tokenizer_file)
+        self._tokenizer.enable_truncation(files.max_tokens)
+        self._tokenizer.enable_padding()
+
+    def embed(self, texts: Sequence[str]) -> tuple[Vectors, int]:
+        """(one normalised vector per text, tokens embedded)."""
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32), 0
+        encodings = self._tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        hidden = np.asarray(self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0])
+        return mean_pool(hidden, mask), int(mask.sum())
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> Vectors:
+    """The sentence-transformers pooling: mean of the token vectors under the mask, L2-normalised."""
+    weights = mask[..., None].astype(np.float32)
+    pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+    vectors: Vectors = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+    return vectors
+
+
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _Lru(OrderedDict[Any, Any]):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self._size = size
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self._size:
+            self.popitem(last=False)
+
+
+class Embedder:
+    """One encoder with the vectors it already computed; thread-safe (tasks run in threads).
+    `tokens` counts what was actually embedded (cached vectors cost nothing again)."""
+
+    def __init__(self, encoder: SentenceEncoder) -> None:
+        self._encoder = encoder
+        self._chunks = _Lru(CHUNKS_KEPT)
+        self._texts = _Lru(TEXTS_KEPT)
+        self._lock = threading.Lock()
+        self.tokens = 0
+
+    def chunk(self, chunk_id: str, sentences: Sequence[str]) -> Vectors:
+        """The vectors of a chunk's sentences, embedded once per chunk and shared between roles."""
+        key = (chunk_id, len(sentences))
+        with self._lock:
+            held = self._chunks.get(key)
+            if held is None:
+                held, tokens = self._encoder.embed(sentences)
+                self.tokens += tokens
+            self._chunks.put(key, held)
+            return held
+
+    def texts(self, texts: Sequence[str]) -> Vectors:
+        """Vectors of short texts (names, examples), each embedded once per process."""
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._texts))
+            if missing:
+                vectors, tokens = self._encoder.embed(missing)
+                self.tokens += tokens
+                for text, vector in zip(missing, vectors, strict=True):
+                    self._texts.put(text, vector)
+            return np.stack([self._texts[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
+
+
+EncoderTask = Callable[[Embedder], T]
+"""What a role asks of an encoder: its parsed answer, computed from the embedder."""
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """An encoder's answer with what it cost (the encoder counterpart of a Completion)."""
+
+    value: Any
+    tokens: int
+    latency_ms: float
+
+
+class EncoderPool:
+    """The catalog's encoders, each loaded on first use and kept for the process."""
+
+    def __init__(self, loader: Callable[[EncoderFiles], SentenceEncoder] = SentenceEncoder) -> None:
+        self._loader = loader
+        self._embedders: dict[str, Embedder] = {}
+        self._lock = threading.Lock()
+
+    def embedder(self, spec: ModelSpec) -> Embedder:
+        if spec.encoder is None:
+            raise ModelCallError(f"model {spec.name} is not an encoder")
+        with self._lock:
+            if spec.name not in self._embedders:
+                try:
+                    self._embedders[spec.name] = Embedder(self._loader(spec.encoder))
+                except ConfigError as exc:
+                    raise ModelCallError(f"encoder {spec.name}: {exc}") from exc
+            return self._embedders[spec.name]
+
+    def run(self, spec: ModelSpec, task: EncoderTask[T]) -> Encoded:
+        """Run `task` on the encoder (blocking: call it in a thread); tokens counted by the
+        tokenizer, latency measured, including any embedding the caches did not hold."""
+        started = time.perf_counter()
+        embedder = self.embedder(spec)
+        before = embedder.tokens
+        value = task(embedder)
+        return Encoded(value, embedder.tokens - before, (time.perf_counter() - started) * 1000.0)
+
+
+# --- the roles' encoder tasks (pure maths in processors/similarity.py) ------------------------
+
+ASPECT_EXAMPLES = Path(__file__).resolve().parent.parent / "olp" / "data" / "aspect_examples.json"
+
+
+@functools.cache
+def written_examples() -> dict[str, Any]:
+    """Labelled example sentences per domain, language and aspect (olp/data/aspect_examples.json)."""
+    data: dict[str, Any] = json.loads(ASPECT_EXAMPLES.read_text(encoding="utf-8"))
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def locate_task(
+    chunk_id: str, texts: Sequence[str], ids: Sequence[int], names: Sequence[str]
+) -> EncoderTask[list[tuple[int, int]]]:
+    """The span of every named topic (Topic Locator)."""
+    return lambda e: similarity.locate_spans(e.chunk(chunk_id, texts), e.texts(names), ids)
+
+
+def relation_task(name_a: str, name_b: str) -> EncoderTask[bool]:
+    """Whether two neighbouring topics' names name one topic (Relationship Checker)."""
+
+    def related(e: Embedder) -> bool:
+        a, b = e.texts([name_a, name_b])
+        return similarity.same_topic(a, b)
+
+    return related
+
+
+def aspect_task(
+    chunk_id: str,
+    texts: Sequence[str],
+    positions: Sequence[int],
+    ids: Sequence[int],
+    examples: Mapping[str, Sequence[str]],
+) -> EncoderTask[dict[str, list[int]]]:
+    """Aspect -> ids of the sentences at `positions` of the chunk (Content Organizer)."""
+
+    def label(e: Embedder) -> dict[str, list[int]]:
+        vectors = e.chunk(chunk_id, texts)[list(positions)]
+        every = e.texts([t for x in examples.values() for t in x])  # one batch for all aspects
+        bounds = np.cumsum([0, *(len(x) for x in examples.values())])
+        by_aspect = {a: every[bounds[i] : bounds[i + 1]] for i, a in enumerate(examples)}
+        return similarity.label_aspects(vectors, ids, by_aspect)
+
+    return label
