@@ -53,6 +53,7 @@ class FakeCaller:
         json_schema: Mapping[str, Any] | None = None,
         allowed_models: Sequence[str] | None = None,
         grade: Any = None,
+        encode: Any = None,
     ) -> Answer[Any]:
         task = messages[-1]["content"].split("</transcript>")[-1]
         if "spans" in (json_schema or {}).get("properties", {}):
