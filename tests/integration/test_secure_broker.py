@@ -351,10 +351,13 @@ def test_pipeline_end_to_end_over_mtls(secure: SecureBroker, tmp_path: Path) -> 
         stack.start_policy_store()
         stack.start_worker()
         segments = list(with_end_marker(read_transcript(SAMPLE, "mtls-1")))
-        assert replay(stack.settings(), segments) == len(segments)
-        view = stack.wait_for_documents("mtls-1", [s["segment_id"] for s in segments])
+        assert replay(stack.settings(), segments) == len(segments)  # the CLI's replay client
+        view = stack.wait_for_documents("mtls-1", [s["segment_id"] for s in segments])  # tail's
         assert [d["name"] for d in view.stream("mtls-1")] == [name for name, _, _ in PRODUCTS]
         assert all(d["final"] for d in view.stream("mtls-1"))
+        # The feed services over the same mutual TLS: ingest in, the read API out.
+        names = asyncio.run(_through_ingest_and_documents(stack.settings(), "mtls-2"))
+        assert names == [name for name, _, _ in PRODUCTS]
     finally:
         stack.stop()
         scripted.stop()
@@ -375,3 +378,35 @@ def test_a_service_with_a_wrong_ca_stops_at_once_naming_the_setting(
     assert "not trusted by ssl_cafile=" in result.output
     assert "Traceback" not in result.output
     assert time.monotonic() - started < FAIL_FAST_S
+
+
+async def _through_ingest_and_documents(settings: Settings, stream_id: str) -> list[str]:
+    """Send the sample through the ingest service; the names of its final documents as the
+    document read API serves them."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from documents.service import create_app as documents_app
+    from ingest.client import IngestClient, send_all
+    from ingest.service import create_app as ingest_app
+    from olp.feeds import read_transcript, with_end_marker
+    from olp.service_settings import DocumentsSettings, IngestSettings, SenderSettings
+
+    token = "mtls-sender-token-0123"
+    senders = {"studio": SenderSettings(token=token, feeds=("default",))}
+    async with (
+        TestClient(TestServer(ingest_app(settings, IngestSettings(senders=senders)))) as ingest,
+        TestClient(TestServer(documents_app(settings, DocumentsSettings()))) as documents,
+    ):
+        segments = list(with_end_marker(read_transcript(SAMPLE, stream_id)))
+        client = IngestClient(str(ingest.make_url("")), "default", token)
+        sent = await send_all(client, segments, batch_size=50)
+        assert sent.accepted == len(segments)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            resp = await documents.get(f"/v1/streams/{stream_id}")
+            if resp.status == 200:
+                docs = (await resp.json())["documents"]
+                if docs and all(d["final"] for d in docs) and max(d["last_id"] for d in docs) >= 171:
+                    return [d["name"] for d in docs]
+            await asyncio.sleep(0.3)
+    raise AssertionError(f"{stream_id}: no final documents through ingest and the read API")
