@@ -224,12 +224,9 @@ def _part_files(package: str) -> list[Path]:
     return files
 
 
-def file_sha256(path: Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def join_parts(parts: Sequence[Path], dest: Path, sha256: str) -> Path:

@@ -84,12 +84,9 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> Vectors:
     return vectors
 
 
-def file_sha256(path: Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def file_sha256(path: Path) -> str:
     with path.open("rb") as file:
-        while chunk := file.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 class _Lru(OrderedDict[Any, Any]):
