@@ -457,11 +457,18 @@ class ChildProcess:
         return self.proc.returncode
 
 
-def start_broker(run_dir: Path, port: int | None = None) -> tuple[ChildProcess, str]:
-    """Start Tansu in memory on a free loopback port; returns the child and its bootstrap address."""
+def start_broker(
+    run_dir: Path,
+    port: int | None = None,
+    *,
+    advertised_port: int | None = None,
+    extra_args: Sequence[str] = (),
+) -> tuple[ChildProcess, str]:
+    """Start Tansu in memory on a free loopback port; returns the child and its bootstrap address.
+    `advertised_port` is what clients are told to use instead (a TLS proxy in front of it)."""
     port = port or free_port()
     run_dir.mkdir(parents=True, exist_ok=True)
-    url = f"tcp://127.0.0.1:{port}"
+    advertised = advertised_port or port
     # Tansu reads OTEL_* itself; keep it from exporting into the user's collector.
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     child = ChildProcess(
@@ -470,17 +477,18 @@ def start_broker(run_dir: Path, port: int | None = None) -> tuple[ChildProcess, 
             str(tansu_binary()),
             "broker",
             "--listener-url",
-            url,
+            f"tcp://127.0.0.1:{port}",
             "--advertised-listener-url",
-            url,
+            f"tcp://127.0.0.1:{advertised}",
             "--storage-engine",
             "memory://tansu/",
+            *extra_args,
         ],
         env,
         run_dir / "broker.log",
     ).start()
     child.wait_until(lambda: port_open("127.0.0.1", port), 30, "Kafka listener")
-    return child, f"127.0.0.1:{port}"
+    return child, f"127.0.0.1:{advertised}"
 
 
 def local_model_config(

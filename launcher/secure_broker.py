@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.embedded import ChildProcess, free_port, port_open, tansu_binary
+from launcher.embedded import ChildProcess, free_port, port_open, start_broker
 from olp.errors import OlpError
 
 STUNNEL_NAMES = ("stunnel4", "stunnel")
@@ -239,30 +239,16 @@ def start_secure_broker(
     run_dir.mkdir(parents=True, exist_ok=True)
     certificates = make_certificates(run_dir / "certs", hosts=hosts)
     broker_port, tls_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    broker = ChildProcess(
-        "broker",
-        [
-            str(tansu_binary()),
-            "broker",
-            "--listener-url",
-            f"tcp://127.0.0.1:{broker_port}",
-            "--advertised-listener-url",
-            f"tcp://127.0.0.1:{tls_port}",
-            "--storage-engine",
-            "memory://tansu/",
-            *(["--authentication"] if sasl else []),
-        ],
-        env,
-        run_dir / "broker.log",
-    ).start()
+    broker, _ = start_broker(
+        run_dir, broker_port, advertised_port=tls_port, extra_args=["--authentication"] if sasl else []
+    )
     config = run_dir / "stunnel.conf"
     config.write_text(
         stunnel_config(certificates, tls_port, broker_port, client_certificates), encoding="utf-8"
     )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     proxy = ChildProcess("tls-proxy", [str(stunnel), str(config)], env, run_dir / "stunnel.log")
     try:
-        broker.wait_until(lambda: port_open("127.0.0.1", broker_port), 30, "Kafka listener")
         proxy.start().wait_until(lambda: port_open("127.0.0.1", tls_port), 30, "TLS proxy")
     except BaseException:
         proxy.stop()
