@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -136,7 +136,18 @@ class Embedder:
 
 
 EncoderTask = Callable[[Embedder], T]
-"""What a role asks of an encoder: its parsed answer, computed from the embedder."""
+"""What a role asks of an encoder: its parsed answer (or a `Confident` one), computed from the
+embedder."""
+
+
+@dataclass(frozen=True, slots=True)
+class Confident(Generic[T]):
+    """An encoder answer with how sure the encoder is of it, in [0, 1] (higher is surer): the
+    feature the cheap-first switch escalates on (olp/call_plan.py `cascade_below`), recorded as
+    the RoleOutcome's `confidence` like an LLM's token log-probabilities."""
+
+    value: T
+    confidence: float
 
 
 @dataclass(frozen=True, slots=True)
