@@ -4,10 +4,16 @@
     GET /dashboard/static/{file}   its files
     GET /v1/dashboard              the JSON the page polls every two seconds (read token, when set;
                                    the page takes it from its address: /dashboard#token=...)
+    GET /v1/history                per role, how its model, quality estimate, canary score, reward
+                                   and spend moved over time (same read token; polled less often)
     GET /metrics                   Prometheus scrape text when OTEL_METRICS_EXPORTER includes prometheus
 
 What the page shows, and where it comes from:
-- the current assignment per role with its Q-values and reason: the learner in this process;
+- the current assignment per role with its Q-values and reason, and per model its quality
+  estimate, the evidence behind it by source and its distance from the canary-measured quality
+  (the calibration gap): the learner in this process (`PolicyState.role_view`);
+- per role, quality estimate and expected reward over time: a ring sampled from the learner in
+  this process (policy_store/history.py), and spend per minute: `olp.feedback`, per role;
 - spend vs budget over time: `olp.feedback` (RoleOutcome cost_usd, feed, ts_ms), summed per minute
   and per epoch-aligned budget window (the learner's windows), against the feed's
   `budget_usd_per_hour`;
@@ -22,7 +28,7 @@ the beginning by assignment (no consumer group, no offsets) and starts on the fi
 request, so a policy store nobody looks at does no extra work. Its reads bypass the aiokafka
 instrumentation: a dashboard is not part of any record's processing, and its receive spans would
 clutter every trace while the page is open. All state is bounded (per-minute buckets for a day,
-the newest documents, a minute of offset samples).
+the newest documents, a minute of offset samples, the history ring).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from olp.kafka import read_from_start
 from olp.settings import ROLES
 from olp.topic_documents import NewestDocuments
 from olp.topics import TopicNames
+from policy_store.history import HISTORY_FIELDS, RoleHistory, point_of
 from policy_store.keys import CODEC, SETTINGS, STATE, TOPICS
 from policy_store.routes import require_reader
 from schemas.codec import Codec
@@ -55,9 +62,16 @@ log = logging.getLogger("olp.policy_store.dashboard")
 STATIC = Path(__file__).parent / "static"
 MINUTE_MS = 60_000
 BUDGET_WINDOW_S = 3600.0
+"""Feeds give budgets per hour; windows are aligned to the epoch, like the learner's."""
 DOCUMENTS_KEPT = 200
 """Documents the page can show: the most recently updated topics."""
-"""Feeds give budgets per hour; windows are aligned to the epoch, like the learner's."""
+HISTORY_TICK_S = 5.0
+"""How often the history ring is offered a point per role (it keeps the ones that moved)."""
+SPEND_HISTORY_MINUTES = 60
+"""The span of each role's spend chart, one point a minute."""
+CALIBRATION_GAP_WARN = 0.15
+"""A quality estimate further than this from its canary score is flagged: the calibration the
+embedded stack's learner must reach."""
 
 STAGE_INPUTS: tuple[tuple[str, str], ...] = (
     ("chunk_splitter", "transcripts"),
@@ -114,6 +128,13 @@ class SpendSeries:
                 points.append((minute, round(spent, 9)))
         return points
 
+    def minute_points(self, key: str, now_ms: int, span_minutes: int) -> list[tuple[int, float]]:
+        """(minute, spend in that minute) for the last `span_minutes`, zero where nothing was spent."""
+        series = self.buckets.get(key, OrderedDict())
+        end = now_ms - now_ms % MINUTE_MS
+        minutes = range(end - (span_minutes - 1) * MINUTE_MS, end + MINUTE_MS, MINUTE_MS)
+        return [(minute, round(series.get(minute, 0.0), 9)) for minute in minutes]
+
     def window_spent(self, feed: str, now_ms: int, window_s: float = BUDGET_WINDOW_S) -> float:
         points = self.window_points(feed, now_ms, window_s, span_minutes=1)
         return points[-1][1] if points else 0.0
@@ -139,6 +160,14 @@ class LlmStats:
             "cost_usd": round(self.cost_usd, 9),
             "mean_latency_ms": round(self.latency_ms_sum / self.calls, 1) if self.calls else None,
         }
+
+
+def with_calibration_gap(evidence: Mapping[str, float]) -> dict[str, float | None]:
+    """A model's evidence (`RoleRL.evidence`) with `canary_gap`: how far its quality estimate is
+    from the mean of its gold canaries (None before any canary)."""
+    canary = evidence.get("canary_mean")
+    gap = None if canary is None else round(abs(float(evidence["quality"]) - float(canary)), 6)
+    return {**evidence, "canary_gap": gap}
 
 
 def document_view(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,20 +205,27 @@ class OffsetSamples:
             series.popleft()
 
     def view(self, topic: str, window_s: float = 10.0) -> dict[str, Any]:
-        """Records/s arriving and done over the last `window_s`, and the lag now."""
+        """Records/s arriving and done over the last `window_s` (from the sample before it when
+        the window holds only the newest one: slow sampling still gives a rate), and the lag now."""
         series = self.samples.get(topic)
         if not series:
             return {"in_per_s": None, "done_per_s": None, "lag": None, "end": None, "committed": None}
         at, end, committed = series[-1]
-        old = next((s for s in series if at - s[0] <= window_s), series[0])
+        first = next(i for i, s in enumerate(series) if at - s[0] <= window_s)
+        old = series[max(0, min(first, len(series) - 2))]
         dt = at - old[0]
         return {
-            "in_per_s": round((end - old[1]) / dt, 2) if dt > 0 else None,
-            "done_per_s": round((committed - old[2]) / dt, 2) if dt > 0 else None,
+            "in_per_s": _rate(end - old[1], dt),
+            "done_per_s": _rate(committed - old[2], dt),
             "lag": max(0, end - committed),
             "end": end,
             "committed": committed,
         }
+
+
+def _rate(count: int, dt: float) -> float | None:
+    """Per second, to three significant digits (a trickle of 0.0333/s is not rounded to 0)."""
+    return float(f"{count / dt:.3g}") if dt > 0 else None
 
 
 # --- state and follower ----------------------------------------------------------------------
@@ -203,6 +239,8 @@ class DashboardFeed:
     documents: NewestDocuments = field(default_factory=lambda: NewestDocuments(keep=DOCUMENTS_KEPT))
     offsets: OffsetSamples = field(default_factory=OffsetSamples)
     llm: dict[str, LlmStats] = field(default_factory=dict)
+    role_spend: SpendSeries = field(default_factory=lambda: SpendSeries(keep_minutes=SPEND_HISTORY_MINUTES))
+    """Spend per role (keyed by role, not feed), for the role's spend chart."""
     feeds: set[str] = field(default_factory=set)
     feedback_records: int = 0
     document_records: int = 0
@@ -212,6 +250,7 @@ class DashboardFeed:
     def reset(self) -> None:
         """Forget what was read (the follower reads from the beginning again)."""
         self.spend, self.llm, self.feeds = SpendSeries(), {}, set()
+        self.role_spend = SpendSeries(keep_minutes=SPEND_HISTORY_MINUTES)
         self.documents = NewestDocuments(keep=DOCUMENTS_KEPT)
         self.feedback_records = self.document_records = 0
 
@@ -222,7 +261,10 @@ class DashboardFeed:
         call = outcome.get("source", "processor") == "processor"
         # Evidence outcomes repeat their call's cost; what was spent is each call once, plus judging.
         spent = float(outcome.get("cost_usd") or 0.0) if call else 0.0
-        self.spend.add(feed, int(outcome["ts_ms"]), spent + float(outcome.get("judge_cost_usd") or 0.0))
+        spent += float(outcome.get("judge_cost_usd") or 0.0)
+        self.spend.add(feed, int(outcome["ts_ms"]), spent)
+        if outcome.get("role"):
+            self.role_spend.add(str(outcome["role"]), int(outcome["ts_ms"]), spent)
         if call:
             self.llm.setdefault(str(outcome["model"]), LlmStats()).add(outcome)
 
@@ -232,6 +274,24 @@ class DashboardFeed:
 
 
 FEED = web.AppKey("dashboard_feed", DashboardFeed)
+HISTORY = web.AppKey("dashboard_history", RoleHistory)
+
+
+def sample_history(app: web.Application, now_ms: int) -> None:
+    """Offer the history ring the learner's current view of every role."""
+    state, history = app[STATE], app[HISTORY]
+    for role in ROLES:
+        history.offer(role, point_of(state.role_view(role), now_ms))
+
+
+async def _sample_history_forever(app: web.Application) -> None:
+    """Sample whether or not anyone looks: the chart's past cannot be rebuilt later."""
+    while True:
+        try:
+            sample_history(app, int(time.time() * 1000))
+        except Exception as exc:  # a learner mid-change; the next tick samples again
+            log.debug("history sample failed: %s", exc)
+        await asyncio.sleep(HISTORY_TICK_S)
 
 
 async def _follow(app: web.Application) -> None:
@@ -309,15 +369,19 @@ async def _sample_offsets(feed: DashboardFeed, reader: Any, offsets: Any, topics
 
 
 async def dashboard_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(_follow(app), name="dashboard-follower")
+    tasks = [
+        asyncio.create_task(_follow(app), name="dashboard-follower"),
+        asyncio.create_task(_sample_history_forever(app), name="dashboard-history"),
+    ]
     unwatch = telemetry.watch_budget(*_budget_observers(app))
     try:
         yield
     finally:
         unwatch()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 # --- the JSON snapshot and the routes ------------------------------------------------------
@@ -330,6 +394,7 @@ def snapshot(app: web.Application, now_ms: int | None = None) -> dict[str, Any]:
     roles = [state.role_view(role) for role in ROLES]
     for view in roles:
         view["q_values"] = {m: round(q, 4) for m, q in view["q_values"].items()}
+        view["evidence"] = {m: with_calibration_gap(ev) for m, ev in view["evidence"].items()}
     feeds = sorted(feed.feeds | set(settings.feeds))
     budgets = []
     for name in feeds:
@@ -348,6 +413,7 @@ def snapshot(app: web.Application, now_ms: int | None = None) -> dict[str, Any]:
     return {
         "generated_ms": now,
         "policy": {"version": state.version, "observed": state.observed, "roles": roles},
+        "calibration_gap_warn": CALIBRATION_GAP_WARN,
         "budgets": budgets,
         "learner_budgets": _learner_budgets(state.learner),
         "spend_total_usd": round(feed.spend.total_usd, 9),
@@ -358,6 +424,24 @@ def snapshot(app: web.Application, now_ms: int | None = None) -> dict[str, Any]:
             "running": feed.running,
             "feedback_records": feed.feedback_records,
             "document_records": feed.document_records,
+        },
+    }
+
+
+def history(app: web.Application, now_ms: int | None = None) -> dict[str, Any]:
+    """Per role: the ring's points (fields in `HISTORY_FIELDS` order) and spend per minute over
+    the last `SPEND_HISTORY_MINUTES`, JSON-friendly."""
+    rings, feed = app[HISTORY], app[FEED]
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    return {
+        "generated_ms": now,
+        "fields": list(HISTORY_FIELDS),
+        "roles": {
+            role: {
+                "points": rings.view(role),
+                "spend_per_minute": feed.role_spend.minute_points(role, now, SPEND_HISTORY_MINUTES),
+            }
+            for role in ROLES
         },
     }
 
@@ -400,6 +484,13 @@ async def data(request: web.Request) -> web.Response:
     return web.json_response(snapshot(request.app))
 
 
+@routes.get("/v1/history")
+async def role_history(request: web.Request) -> web.Response:
+    require_reader(request)  # the policy over time
+    request.app[FEED].wanted.set()  # its spend per role comes from the follower
+    return web.json_response(history(request.app))
+
+
 @routes.get("/metrics")
 async def prometheus_metrics(request: web.Request) -> web.Response:
     scrape = telemetry.prometheus_text()
@@ -434,6 +525,7 @@ def _budget_observers(app: web.Application) -> tuple[telemetry.Observer, telemet
 def setup(app: web.Application) -> None:
     """Register the dashboard on the policy store app (called by `service.create_app`)."""
     app[FEED] = DashboardFeed()
+    app[HISTORY] = RoleHistory()
     app.add_routes(routes)
     app.router.add_static("/dashboard/static", STATIC, name="dashboard-static")
     app.cleanup_ctx.append(dashboard_ctx)

@@ -1,6 +1,7 @@
 // The policy store's live dashboard (policy_store/dashboard.py): polls /v1/dashboard every two
-// seconds and redraws. Every value from the server goes in through textContent or SVG
-// attributes, never as HTML: document text is untrusted transcript input.
+// seconds, /v1/history every ten, and redraws. Every value from the server goes in through
+// textContent or SVG attributes, never as HTML: document text is untrusted transcript input.
+// The charts are drawn here as inline SVG: no chart library, no network beyond the store.
 "use strict";
 
 const POLL_MS = 2000;
@@ -26,27 +27,125 @@ const usd = (x) => {
   return "$" + (Math.abs(v) >= 1 ? v.toFixed(2) : String(parseFloat(v.toPrecision(3))));
 };
 const num = (x) => (x === null || x === undefined ? "—" : String(x));
+const rate = (x) => (x === null || x === undefined ? "—" : `${x}/s`);
 const clock = (ms) => new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 
-function renderAssignments(policy) {
-  const body = document.querySelector("#assignments tbody");
-  body.replaceChildren();
+// Label sources of a quality estimate, in the order shown; then the calls that taught no quality.
+const SOURCES = [["judge", "judged"], ["canary", "canary"], ["agreement", "agreement"], ["downstream", "downstream"], ["human", "human"]];
+const signed = (x, digits = 2) => (x === null || x === undefined ? "—" : (x >= 0 ? "+" : "") + Number(x).toFixed(digits));
+const count = (x) => String(Math.round(Number(x || 0) * 10) / 10);
+
+function evidenceText(ev) {
+  const parts = SOURCES.filter(([key]) => key === "judge" || key === "canary" || ev[key]).map(([key, label]) => `${count(ev[key])} ${label}`);
+  if (ev.failure) parts.push(`${count(ev.failure)} failed`);
+  if (ev.unlabelled) parts.push(`${count(ev.unlabelled)} unlabelled`);
+  return parts.join(" · ");
+}
+
+function gapCell(ev, warn) {
+  const gap = ev.canary_gap;
+  if (gap === null || gap === undefined) return el("td", { class: "num gap muted" }, "—");
+  return el("td", { class: gap > warn ? "num gap over" : "num gap", "data-gap": gap, title: `more than ${warn} is flagged` }, gap.toFixed(2));
+}
+
+function poolTable(role, warn) {
+  const table = el("table", { class: "pool" });
+  const head = el("tr");
+  head.append(el("th", {}, "model"));
+  for (const name of ["Q", "quality ± sd", "canary", "gap"]) head.append(el("th", { class: "num" }, name));
+  const thead = el("thead");
+  thead.append(head);
+  table.append(thead);
+  const body = el("tbody");
+  const models = Object.keys(role.q_values).sort((a, b) => (b === role.model) - (a === role.model) || role.q_values[b] - role.q_values[a]);
+  for (const model of models) {
+    const ev = (role.evidence || {})[model] || {};
+    const row = el("tr", { class: model === role.model ? "chosen" : "", "data-model": model });
+    row.append(
+      el("td", { class: "pool-model" }, model),
+      el("td", { class: "num" }, role.q_values[model].toFixed(2)),
+      el("td", { class: "num" }, ev.quality === undefined ? "—" : `${signed(ev.quality)} ± ${Number(ev.quality_sd).toFixed(2)}`),
+      el("td", { class: "num" }, signed(ev.canary_mean)),
+      gapCell(ev, warn),
+    );
+    const sources = el("tr", { class: "sources" });
+    sources.append(el("td", { colspan: 5 }, evidenceText(ev)));
+    body.append(row, sources);
+  }
+  table.append(body);
+  return table;
+}
+
+function sparkPath(values, x, y) {
+  // "M x,y L x,y ..." through the values; a null value lifts the pen (a gap in the line).
+  let d = "", pen = "M";
+  for (const [t, v] of values) {
+    if (v === null || v === undefined) { pen = "M"; continue; }
+    d += `${pen}${x(t).toFixed(1)},${y(v).toFixed(1)} `;
+    pen = "L";
+  }
+  return d.trim();
+}
+
+function sparkline(series, lines, label, shown) {
+  // One small chart of one or more lines ([css class, [[time, value], ...]]) on a shared scale;
+  // the caption shows `shown` of the first line.
+  const W = 120, H = 32, P = 2;
+  const figure = el("figure", { class: "spark", "data-series": series });
+  const isKnown = (p) => p[1] !== null && p[1] !== undefined;
+  const main = lines[0][1].filter(isKnown);
+  const caption = el("figcaption");
+  caption.append(el("span", { class: "muted" }, `${label} `), el("b", {}, shown(main)));
+  const box = svg("svg", { class: "sparkline", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none" });
+  figure.append(caption, box);
+  const all = lines.flatMap(([, values]) => values.filter(isKnown));
+  if (!all.length) return figure;
+  const times = lines.flatMap(([, values]) => values.map((p) => p[0]));
+  const t0 = Math.min(...times), t1 = Math.max(...times);
+  const lo = Math.min(...all.map((p) => p[1])), hi = Math.max(...all.map((p) => p[1]));
+  const x = (t) => P + ((W - 2 * P) * (t - t0)) / (t1 - t0 || 1);
+  const y = (v) => (hi === lo ? H / 2 : H - P - ((H - 2 * P) * (v - lo)) / (hi - lo));
+  for (const [cls, values] of lines) {
+    const known = values.filter(isKnown);
+    if (known.length === 1) box.append(svg("circle", { class: `${cls} spark-dot`, cx: x(known[0][0]).toFixed(1), cy: y(known[0][1]).toFixed(1), r: 2 }));
+    else if (known.length) box.append(svg("path", { class: cls, d: sparkPath(values, x, y) }));
+  }
+  return figure;
+}
+
+function sparklines(history) {
+  // Quality estimate of the assigned model (with its canary score, dashed), reward, spend per minute.
+  const holder = el("div", { class: "sparks" });
+  const points = (history && history.points) || [];
+  const column = (i) => points.map((p) => [p[0], p[i]]);
+  const latest = (format) => (known) => (known.length ? format(known[known.length - 1][1]) : "—");
+  const total = (known) => usd(known.reduce((sum, p) => sum + p[1], 0));
+  const spend = (history && history.spend_per_minute) || [];
+  const charts = [
+    sparkline("quality", [["spark-line", column(2)], ["spark-canary", column(4)]], "quality", latest((v) => signed(v))),
+    sparkline("reward", [["spark-line", column(5)]], "reward", latest((v) => v.toFixed(2))),
+    sparkline("spend", [["spark-line", spend]], "spend, last hour", total),
+  ];
+  charts[0].setAttribute("title", "quality estimate of the assigned model over time; dashed: its canary score");
+  charts[1].setAttribute("title", "expected reward (Q-value) of the assigned model over time");
+  charts[2].setAttribute("title", "spend on this role per minute (calls and their judging)");
+  holder.append(...charts);
+  return holder;
+}
+
+function renderAssignments(policy, warn, history) {
+  const holder = document.getElementById("assignments");
+  holder.replaceChildren();
   for (const role of policy.roles) {
-    const row = el("tr", { "data-role": role.role });
-    row.append(el("td", { class: "role" }, role.role), el("td", { class: "model" }, role.model));
-    const q = el("div", { class: "q" });
-    const values = Object.entries(role.q_values);
-    const lo = Math.min(0, ...values.map(([, v]) => v));
-    const hi = Math.max(1e-9, ...values.map(([, v]) => v));
-    for (const [model, value] of values) {
-      const width = Math.max(2, Math.round((90 * (value - lo)) / (hi - lo || 1)));
-      const bar = el("div", { class: model === role.model ? "bar chosen" : "bar", style: `width:${width}px` });
-      q.append(el("span", {}, model), bar, el("span", {}, value.toFixed(2)));
+    const card = el("article", { class: "role-card", "data-role": role.role });
+    const title = el("div", { class: "card-head" });
+    title.append(el("span", { class: "role" }, role.role), el("span", { class: "model" }, role.model));
+    if (role.published_version !== null && role.published_version !== undefined) {
+      title.append(el("span", { class: "muted version" }, `v${role.published_version}`));
     }
-    const cell = el("td");
-    cell.append(q);
-    row.append(cell, el("td", { class: "reason" }, role.reason), el("td", { class: "num" }, num(role.published_version)));
-    body.append(row);
+    card.append(title, poolTable(role, warn), el("p", { class: "reason" }, role.reason));
+    card.append(sparklines((history.roles || {})[role.role]));
+    holder.append(card);
   }
 }
 
@@ -94,7 +193,7 @@ function renderThroughput(rows, llm) {
     const row = el("tr", { "data-stage": r.stage });
     row.append(
       el("td", {}, r.stage), el("td", { class: "muted" }, r.topic),
-      el("td", { class: "num" }, num(r.in_per_s)), el("td", { class: "num" }, num(r.done_per_s)),
+      el("td", { class: "num" }, rate(r.in_per_s)), el("td", { class: "num" }, rate(r.done_per_s)),
       el("td", { class: "num lag" }, num(r.lag)),
     );
     body.append(row);
@@ -146,16 +245,26 @@ function readToken() {
   return sessionStorage.getItem(TOKEN_KEY);
 }
 
+async function getJson(path) {
+  const token = readToken();
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const response = await fetch(path, { cache: "no-store", headers });
+  if (response.status === 401) throw new Error("it needs the read token: open /dashboard#token=<read token>");
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  return response.json();
+}
+
+// The history changes slowly (a point per role every few seconds at most): fetched every 5th poll.
+const HISTORY_EVERY = 5;
+let polls = 0;
+let history = { roles: {} };
+
 async function refresh() {
   const status = document.getElementById("status");
   try {
-    const token = readToken();
-    const headers = token ? { Authorization: `Bearer ${token}` } : {};
-    const response = await fetch("/v1/dashboard", { cache: "no-store", headers });
-    if (response.status === 401) throw new Error("it needs the read token: open /dashboard#token=<read token>");
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    const data = await response.json();
-    renderAssignments(data.policy);
+    const data = await getJson("/v1/dashboard");
+    if (polls++ % HISTORY_EVERY === 0) history = await getJson("/v1/history");
+    renderAssignments(data.policy, data.calibration_gap_warn, history);
     renderBudgets(data.budgets);
     renderThroughput(data.throughput, data.llm);
     renderDocuments(data.documents);

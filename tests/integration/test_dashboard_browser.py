@@ -4,7 +4,9 @@ Runs the real policy store and a worker as subprocesses on the test broker, send
 sample transcript through, pins a role's model over the API, and opens `/dashboard` in Debian's
 Chromium, driven over the DevTools protocol by a small aiohttp websocket client (no Selenium or
 Playwright). The page must show each role's live assignment (as `/v1/policy` reports it), follow
-a second pin without a reload, chart spend against the feed's budget and list the documents.
+a second pin without a reload, chart spend against the feed's budget and list the documents;
+per role it must show sparklines of the history, the calibration gap against the gold canaries
+run beside the stream, and keep the reason text readable at 1,000 and 1,400 px.
 A screenshot is saved under the test's tmp dir and its path printed.
 """
 
@@ -31,7 +33,15 @@ from olp.settings import ROLES
 from tests.support.stack import ServiceStack
 
 CHROMIUM = Path("/usr/bin/chromium")
-SAMPLE = Path(__file__).parents[2] / "olp" / "data" / "sample_livestream.jsonl"
+DATA = Path(__file__).parents[2] / "olp" / "data"
+SAMPLE = DATA / "sample_livestream.jsonl"
+FEED = {
+    "chunk_size": 30,
+    "budget_usd_per_hour": 0.05,
+    "canaries": str(DATA / "sample_livestream.gold.json"),
+    "canary_rate": 0.5,
+}
+"""Gold canaries beside the stream, so the page has measured quality to show estimates against."""
 
 pytestmark = [
     pytest.mark.integration,
@@ -137,7 +147,35 @@ def _pin(api_url: str, role: str, model: str) -> None:
 
 
 def _model_cells(role: str) -> str:
-    return f"document.querySelector('#assignments tr[data-role=\"{role}\"] td.model')?.textContent"
+    return f"document.querySelector('#assignments .role-card[data-role=\"{role}\"] .model')?.textContent"
+
+
+LAYOUT = """({
+  reasons: [...document.querySelectorAll('#assignments .role-card .reason')]
+      .map(e => e.getBoundingClientRect().width),
+  overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+})"""
+"""The width of every role's reason text, and how far the page overflows sideways."""
+
+SPARKLINES = """[...document.querySelectorAll('#assignments .role-card')].every(card =>
+  ['quality', 'reward', 'spend'].every(series => card.querySelector(
+    `figure.spark[data-series="${series}"] svg path.spark-line`) !== null))
+  && [...document.querySelectorAll('figure.spark[data-series="quality"] path.spark-line')]
+      .some(p => (p.getAttribute('d').match(/[ML]/g) || []).length >= 2)"""
+"""Every role has its three sparklines, and some quality line joins two or more points."""
+
+GAPS = """[...document.querySelectorAll('#assignments td.gap[data-gap]')].map(td => ({
+  gap: Number(td.dataset.gap), text: td.textContent, over: td.classList.contains('over'),
+  role: td.closest('.role-card').dataset.role, model: td.closest('tr').dataset.model }))"""
+"""Every calibration gap the page shows, and whether it is flagged."""
+
+
+async def _layout_at(tab: DevTools, width: int) -> dict[str, Any]:
+    await tab.call(
+        "Emulation.setDeviceMetricsOverride", width=width, height=1200, deviceScaleFactor=1, mobile=False
+    )
+    await asyncio.sleep(0.3)
+    return dict(await tab.evaluate(LAYOUT))
 
 
 async def _drive(port: int, api_url: str, pin_live: Callable[[], None], screenshot: Path) -> dict[str, Any]:
@@ -181,10 +219,15 @@ async def _drive(port: int, api_url: str, pin_live: Callable[[], None], screensh
                 "?.textContent !== '—'",
                 what="lag of the topic finder's input",
             )
+            # Per role: sparklines drawn from the history, the canary-measured calibration gap.
+            await tab.wait_for(SPARKLINES, timeout_s=45, what="every role's sparklines")
+            gaps = await tab.wait_for(f"(g => g.length > 0 && g)({GAPS})", what="a calibration gap")
+            layouts = {width: await _layout_at(tab, width) for width in (1000, 1400)}
             seen = await tab.evaluate(
                 """({
-                  roles: Object.fromEntries([...document.querySelectorAll('#assignments tr[data-role]')]
-                      .map(r => [r.dataset.role, r.querySelector('td.model').textContent])),
+                  roles: Object.fromEntries([...document.querySelectorAll('#assignments .role-card')]
+                      .map(r => [r.dataset.role, r.querySelector('.model').textContent])),
+                  rates: [...document.querySelectorAll('#throughput td.num')].map(td => td.textContent),
                   documents: [...document.querySelectorAll('#documents .doc-title')].map(e => e.textContent),
                   caption: document.querySelector('figure.budget figcaption').textContent,
                   status: document.getElementById('status').textContent,
@@ -194,7 +237,7 @@ async def _drive(port: int, api_url: str, pin_live: Callable[[], None], screensh
             import base64
 
             screenshot.write_bytes(base64.b64decode(shot["data"]))
-            return dict(seen)
+            return {**seen, "gaps": gaps, "layouts": layouts}
 
 
 def test_dashboard_shows_live_assignments_in_a_browser(
@@ -206,7 +249,7 @@ def test_dashboard_shows_live_assignments_in_a_browser(
         topic_prefix,
         run_dir,
         scripted_catalog(llm.base_url, ("model-a", "model-b")),
-        {"OLP_FEEDS": json.dumps({"default": {"chunk_size": 30, "budget_usd_per_hour": 0.05}})},
+        {"OLP_FEEDS": json.dumps({"default": FEED})},
     )
     try:
         stack.start_policy_store()
@@ -229,6 +272,17 @@ def test_dashboard_shows_live_assignments_in_a_browser(
         assert seen["roles"]["topic_locator"] == "model-b" and seen["roles"]["topic_finder"] == "model-b"
         assert "Human hair wig" in seen["documents"]
         assert "of $0.05 this hour" in seen["caption"]
+        # Readable at both widths: the reason text gets a real column, the page no sideways scroll.
+        for width, layout in seen["layouts"].items():
+            assert len(layout["reasons"]) == len(ROLES) and min(layout["reasons"]) > 200, (width, layout)
+            assert layout["overflow"] <= 0, (width, layout)
+        assert all(
+            gap["text"] == f"{gap['gap']:.2f}" and gap["over"] == (gap["gap"] > 0.15) for gap in seen["gaps"]
+        )
+        explained = _get_json(f"{stack.api_url}/v1/dashboard")["policy"]["roles"]
+        gaps = {(r["role"], m): ev["canary_gap"] for r in explained for m, ev in r["evidence"].items()}
+        assert all(gaps[(g["role"], g["model"])] is not None for g in seen["gaps"])
+        assert not any(rate == "—" for rate in seen["rates"][:2]), seen["rates"]
         data = _get_json(f"{stack.api_url}/v1/dashboard")
         assert data["spend_total_usd"] > 0 and data["budgets"][0]["spent_usd"] > 0
         assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000

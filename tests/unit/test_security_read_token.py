@@ -1,7 +1,7 @@
-"""The policy store's reads that show transcript text or the policy (`/v1/policy`, `/v1/dashboard`)
-need the read token (or the admin token) when one is set; off loopback the store refuses to start
-without one unless unauthenticated reads are allowed explicitly. Health endpoints stay open and
-carry no secret."""
+"""The policy store's reads that show transcript text or the policy (`/v1/policy`,
+`/v1/dashboard`, `/v1/history`) need the read token (or the admin token) when one is set; off
+loopback the store refuses to start without one unless unauthenticated reads are allowed
+explicitly. Health endpoints stay open and carry no secret."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from policy_store.service import create_app
 ADMIN = "adm1n-t0ken-planted"
 READER = "r3ad-t0ken-planted"
 CATALOG = Catalog(models=(ModelSpec(name="small", base_url="http://127.0.0.1:9/v1"),))
-READS = ("/v1/policy", "/v1/policy/topic_finder", "/v1/dashboard")
+READS = ("/v1/policy", "/v1/policy/topic_finder", "/v1/dashboard", "/v1/history")
 
 
 def bearer(token: str) -> dict[str, str]:
