@@ -12,8 +12,9 @@ organizer does, given the gold spans) and answers each call
   files aspects worse than the encoder): each sentence right with probability `--llm-accuracy`,
   else a random other aspect. The figures say what the switch saves for an LLM of that accuracy;
 - with the switch: the encoder first, the LLM when the encoder's confidence is below a
-  threshold, under the feed's LLM budget (processors/llm_budget.py, calls per minute at speech
-  pace, 2.5 sentences/s; the Topic Finder's LLM call of each chunk spends from it too).
+  threshold, under the feed's LLM time budget (processors/llm_budget.py, LLM seconds per minute
+  at speech pace, 2.5 sentences/s, LLM_CALL_S a call; the Topic Finder's LLM call of each chunk
+  spends from it too).
 The learner (policy_store/learner) is fed canary scores of both models on `--train-passes`
 replays (the scripted LLM drawn anew each time) and its published cascade threshold is evaluated
 on another draw. Quality: aspect accuracy (share of sentences under their gold aspect) and the
@@ -144,23 +145,23 @@ class Result:
 
 
 def run_switch(
-    name: str, calls: Sequence[Call], gold: LabelledStream, threshold: float, per_minute: float | None
+    name: str, calls: Sequence[Call], gold: LabelledStream, threshold: float, seconds_per_minute: float | None
 ) -> Result:
     """Encoder first; the LLM when its confidence < threshold and the budget covers it (the
     Topic Finder's LLM call of each chunk spends from the same budget)."""
-    result = Result(name, per_minute)
-    bucket = None if per_minute is None else TokenBucket.per_minute(per_minute, 0.0)
+    result = Result(name, seconds_per_minute)
+    bucket = None if seconds_per_minute is None else TokenBucket.per_minute(seconds_per_minute, 0.0)
     chunk = -1
     for call in calls:
         if bucket is not None and call.chunk != chunk:
             chunk = call.chunk
-            bucket.spend(call.arrival_s)  # the chunk's Topic Finder call: a primary, always made
+            bucket.spend(call.arrival_s, LLM_CALL_S)  # the chunk's Topic Finder call: always made
         escalate = call.confidence < threshold
-        if escalate and bucket is not None and bucket.available(call.arrival_s) < 1.0:
+        if escalate and bucket is not None and bucket.available(call.arrival_s) < LLM_CALL_S:
             escalate = False
             result.skipped += 1
         if escalate and bucket is not None:
-            bucket.spend(call.arrival_s)
+            bucket.spend(call.arrival_s, LLM_CALL_S)
         result.llm_calls += escalate
         result.add(call.llm if escalate else call.encoder, call.ids, gold)
     return result
@@ -223,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chunk-size", type=int, default=40)
     parser.add_argument("--part-size", type=int, default=MAX_LABELS_PER_CALL, help="sentences per call")
     parser.add_argument("--train-passes", type=int, default=8)
-    parser.add_argument("--budget", type=float, default=10.0, help="LLM calls per minute of the feed")
+    parser.add_argument("--budget", type=float, default=40.0, help="LLM seconds per minute of the feed")
     parser.add_argument("--encoder", default="minilm-l6-int8")
     add_check_argument(parser)
     args = parser.parse_args(argv)
@@ -287,13 +288,13 @@ def print_table(
         f" per sentence, {LLM_CALL_S:g} s a call; budgets count one Topic Finder call per chunk"
     )
     print(
-        f"{'setting':18} {'LLM/min':>7} {'LLM calls':>9} {'saved':>6} {'skipped':>7} {'aspect acc':>10}"
+        f"{'setting':18} {'LLM s/min':>9} {'LLM calls':>9} {'saved':>6} {'skipped':>7} {'aspect acc':>10}"
         f" {'score':>6} {'LLM busy':>8}"
     )
     llm_only = rows[1]
     for r in rows:
         print(
-            f"{r.name:18} {'-' if r.budget is None else format(r.budget, 'g'):>7} {r.llm_calls:9d}"
+            f"{r.name:18} {'-' if r.budget is None else format(r.budget, 'g'):>9} {r.llm_calls:9d}"
             f" {1 - r.llm_calls / llm_only.llm_calls:6.0%} {r.skipped:7d} {r.accuracy:10.3f}"
             f" {r.score / max(r.calls, 1):6.3f} {busy(r, calls):8.0%}"
         )

@@ -137,15 +137,17 @@ class FeedSettings(BaseModel):
             "Judges' calls are to count against it too."
         ),
     )
-    llm_calls_per_minute: float | None = Field(
-        10.0,
+    llm_seconds_per_minute: float | None = Field(
+        40.0,
         gt=0,
         description=(
-            "LLM requests each processor worker makes for this feed per minute (encoders are not "
-            "counted); null: no limit. The calls a role must make always run; escalations of the "
-            "cheap-first cascade, warm-up runs and exploration duels that would exceed it are "
-            "skipped and counted. 10 keeps a local LLM at ~4 s a call busy two thirds of the "
-            "time, so two cores keep up with speech (a 40-sentence chunk every 16 s)."
+            "Seconds of LLM calls (their measured latency; encoders are not counted) each "
+            "processor worker may spend on this feed per minute; null: no limit. The calls a role "
+            "must make always run; escalations of the cheap-first cascade, warm-up runs and "
+            "exploration duels that would exceed it are skipped and counted. 40 keeps a local "
+            "LLM busy at most two thirds of the time (10 calls a minute at ~4 s a call on two "
+            "cores), so the stack keeps up with speech; fast remote or scripted models are "
+            "hardly limited."
         ),
     )
     max_topics: int = Field(

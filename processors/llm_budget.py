@@ -1,13 +1,17 @@
-"""The budget on LLM calls per feed (LONDI's constraint on large-model calls), processor side.
+"""The budget on LLM time per feed (LONDI's constraint on large-model calls), processor side.
 
 On two CPU cores an LLM call costs seconds while an encoder answers in milliseconds, so a feed
-keeps up with its speaker only if its LLM calls fit a rate: `llm_calls_per_minute` of the feed
-(olp/settings.py). Each worker holds one token bucket per feed that refills at that rate and
-holds at most a quarter of a minute's calls (a burst of a few chunks, not a minute of backlog).
-Every LLM request spends a token, and the calls a role must make (the primary, its re-ask on
-junk, its failover) spend even into debt; the calls that only improve or teach (the cascade's
+keeps up with its speaker only if its LLM calls leave the cores free part of the time: the feed's
+`llm_seconds_per_minute` (olp/settings.py) is how many seconds of LLM calls (their measured
+latency) each worker may spend on it per minute. Seconds, not calls: a local 135M model at 4 s
+a call and a remote model at 0.3 s cost the machine very differently, and a scripted test model
+costs nothing. Each worker holds one token bucket per feed that refills at that rate and holds at
+most a quarter of a minute's seconds (a burst of a few chunks, not a minute of backlog). Every
+LLM call spends its latency, and the calls a role must make (the primary, its re-ask on junk,
+its failover) spend even into debt; the calls that only improve or teach (the cascade's
 escalation, warm-up runs of untried models, exploration duels) are made only while the bucket
-covers them, else skipped and counted. Encoder calls are never limited.
+covers their expected latency (the model's recent mean), else skipped and counted. Encoder calls
+are never limited.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 BURST_MINUTES = 0.25
-"""The bucket holds at most this share of a minute's calls."""
+"""The bucket holds at most this share of a minute's seconds."""
+LATENCY_WEIGHT = 0.3
+"""Weight of the newest latency in a model's running mean (a few calls to follow a change)."""
 
 SKIPPED_KINDS = ("escalation", "extra")
 """What a skipped call was: the cascade's escalation, or an extra (warm-up run or duel)."""
@@ -26,7 +32,7 @@ SKIPPED_KINDS = ("escalation", "extra")
 
 @dataclass
 class TokenBucket:
-    """Calls allowed at `rate_per_s`, at most `capacity` saved up; may go into debt."""
+    """Units (here LLM seconds) allowed at `rate_per_s`, at most `capacity` saved up; may go into debt."""
 
     rate_per_s: float
     capacity: float
@@ -34,42 +40,41 @@ class TokenBucket:
     updated_s: float
 
     @classmethod
-    def per_minute(cls, calls: float, now_s: float) -> TokenBucket:
-        capacity = max(1.0, calls * BURST_MINUTES)
-        return cls(calls / 60.0, capacity, capacity, now_s)
+    def per_minute(cls, units: float, now_s: float) -> TokenBucket:
+        capacity = units * BURST_MINUTES
+        return cls(units / 60.0, capacity, capacity, now_s)
 
     def available(self, now_s: float) -> float:
-        """Calls the bucket covers at `now_s` (negative while in debt)."""
+        """Units the bucket covers at `now_s` (negative while in debt)."""
         elapsed = max(0.0, now_s - self.updated_s)
         self.tokens = min(self.capacity, self.tokens + elapsed * self.rate_per_s)
         self.updated_s = max(self.updated_s, now_s)
         return self.tokens
 
-    def spend(self, now_s: float, calls: float = 1.0) -> None:
-        self.tokens = self.available(now_s) - calls
+    def spend(self, now_s: float, units: float) -> None:
+        self.tokens = self.available(now_s) - units
 
 
 def admitted(
-    optional: Sequence[str], is_llm: Callable[[str], bool], available: float
+    optional: Sequence[str], cost: Callable[[str], float], available: float
 ) -> tuple[list[str], list[str]]:
-    """(the optional calls to make, the ones to skip), in order: encoders always, LLM calls while
-    the bucket's `available` calls cover one more each."""
+    """(the optional calls to make, the ones to skip), in order: each while the bucket's
+    `available` units cover its expected `cost` (an encoder's is 0: always made)."""
     make: list[str] = []
     skip: list[str] = []
     for model in optional:
-        if not is_llm(model):
+        expected = cost(model)
+        if expected <= 0.0 or expected <= available:
             make.append(model)
-        elif available >= 1.0:
-            make.append(model)
-            available -= 1.0
+            available -= expected
         else:
             skip.append(model)
     return make, skip
 
 
-class LlmCallBudget:
-    """One worker's buckets, made on a feed's first call from its `llm_calls_per_minute`
-    (`limit(feed)`; None: no limit)."""
+class LlmTimeBudget:
+    """One worker's buckets, made on a feed's first call from its `llm_seconds_per_minute`
+    (`limit(feed)`; None: no limit), and each LLM's recent mean latency."""
 
     def __init__(
         self,
@@ -81,23 +86,34 @@ class LlmCallBudget:
         self._buckets: dict[str, TokenBucket | None] = {}
         self._clock = clock
         self._on_skip = on_skip
+        self.latency_s: dict[str, float] = {}
+        """Each LLM's running mean latency: what an optional call of it is expected to cost."""
         self.skipped: dict[str, int] = dict.fromkeys(SKIPPED_KINDS, 0)
         """Optional LLM calls skipped so far, by kind (the demo reads these)."""
 
     def _bucket(self, feed: str) -> TokenBucket | None:
         if feed not in self._buckets:
-            calls = self._limit(feed)
-            self._buckets[feed] = None if calls is None else TokenBucket.per_minute(calls, self._clock())
+            seconds = self._limit(feed)
+            self._buckets[feed] = None if seconds is None else TokenBucket.per_minute(seconds, self._clock())
         return self._buckets[feed]
 
     def available(self, feed: str) -> float:
+        """LLM seconds the feed's bucket covers now (infinite without a limit)."""
         bucket = self._bucket(feed)
         return math.inf if bucket is None else bucket.available(self._clock())
 
-    def spend(self, feed: str) -> None:
+    def expected(self, model: str) -> float:
+        """An LLM call's expected seconds: its running mean, at least a millisecond (so a bucket
+        in debt covers no LLM call, measured or not)."""
+        return max(self.latency_s.get(model, 0.0), 0.001)
+
+    def spend(self, feed: str, model: str, seconds: float) -> None:
+        """Book one LLM call's measured latency."""
+        held = self.latency_s.get(model)
+        self.latency_s[model] = seconds if held is None else held + LATENCY_WEIGHT * (seconds - held)
         bucket = self._bucket(feed)
         if bucket is not None:
-            bucket.spend(self._clock())
+            bucket.spend(self._clock(), seconds)
 
     def skip(self, kind: str) -> None:
         self.skipped[kind] = self.skipped.get(kind, 0) + 1

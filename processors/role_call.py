@@ -10,7 +10,7 @@ when every other model failed). Cascade: when the primary's answer has a confide
 logprobs, or an encoder's `Confident` answer) below the plan's threshold, the stronger model is
 asked and its answer delivered if it parses; no confidence counts as not low. This is the
 LONDI-style switch: a cheap encoder first, the LLM only where the encoder is unsure.
-The feed's LLM call budget (processors/llm_budget.py) holds the optional LLM calls: extras and
+The feed's LLM time budget (processors/llm_budget.py) holds the optional LLM calls: extras and
 escalations it does not cover are skipped and counted; the primary, re-asks and failover spend.
 An encoder model (catalog `kind: encoder`) answers through the role's `encode` task instead of a
 prompt (processors/encoder.py): same plan, same parsed answer type, same RoleOutcome (tokens
@@ -43,7 +43,7 @@ from olp.errors import ModelCallError, OlpError, ParseError
 from processors.encoder import Confident, EncoderTask
 from processors.evidence import evidence_outcome, is_canary
 from processors.judge import JudgedCall, agreement
-from processors.llm_budget import LlmCallBudget, admitted
+from processors.llm_budget import LlmTimeBudget, admitted
 from processors.model_gateway import Completion, InputRejected, ModelGateway
 from processors.policy_view import PolicyView
 
@@ -129,7 +129,7 @@ class RoleCaller:
         rng: random.Random,
         reask: int = 1,
         judge: JudgeHook | None = None,
-        budget: LlmCallBudget | None = None,
+        budget: LlmTimeBudget | None = None,
     ) -> None:
         self.role = role
         self._gateway = gateway
@@ -141,8 +141,8 @@ class RoleCaller:
         """The judge board's `review` (processors/judge.py): may judge a sample of the parsed
         answers, and may replace an answer with the board's correction."""
         self._budget = budget
-        """The worker's LLM calls per feed (processors/llm_budget.py): optional calls it does not
-        cover are skipped."""
+        """The worker's LLM seconds per feed (processors/llm_budget.py): optional calls it does
+        not cover are skipped."""
         self._last_model: str | None = None
         self._last_success = True
 
@@ -215,16 +215,19 @@ class RoleCaller:
     def _admitted(
         self, optional: Sequence[str], kind: str, ctx: CallContext, primary: str | None = None
     ) -> list[str]:
-        """The optional calls (`kind`: extra or escalation) the feed's LLM call budget covers,
+        """The optional calls (`kind`: extra or escalation) the feed's LLM time budget covers,
         after the primary's own call; the others are skipped and counted."""
-        if self._budget is None:
+        budget = self._budget
+        if budget is None:
             return list(optional)
-        available = self._budget.available(ctx.feed)
-        if primary is not None and not self._is_encoder(primary):
-            available -= 1.0
-        make, skip = admitted(optional, lambda m: not self._is_encoder(m), available)
+
+        def cost(model: str) -> float:
+            return 0.0 if self._is_encoder(model) else budget.expected(model)
+
+        available = budget.available(ctx.feed) - (cost(primary) if primary is not None else 0.0)
+        make, skip = admitted(optional, cost, available)
         for model in skip:
-            self._budget.skip(kind)
+            budget.skip(kind)
             telemetry.record_llm_skipped(self.role, model, ctx.feed, kind)
         return make
 
@@ -276,8 +279,6 @@ class RoleCaller:
                 model, version, propensity, attempt, conversation, call.json_schema is not None
             ) as span:
                 started = time.monotonic()
-                if self._budget is not None:
-                    self._budget.spend(ctx.feed)
                 try:
                     completion = await self._gateway.complete(model, conversation, call.json_schema)
                 except InputRejected as exc:
@@ -295,8 +296,10 @@ class RoleCaller:
                         error_type=type(exc).__name__,
                     )
                     errors.append(f"{model}: {exc}")
+                    self._spend(ctx.feed, model, time.monotonic() - started)
                     await self._record(outcome_id, model, version, propensity, ctx, None, str(exc), prev)
                     return None  # a model fault: the next model, not a re-ask
+                self._spend(ctx.feed, model, completion.latency_ms / 1000.0)
                 self._annotate(span, model, ctx, completion)
                 try:
                     value = call.parse(completion.text)
@@ -318,6 +321,10 @@ class RoleCaller:
                 )
                 return _Got(value, model, completion, outcome, outcome_id)
         return None
+
+    def _spend(self, feed: str, model: str, seconds: float) -> None:
+        if self._budget is not None:
+            self._budget.spend(feed, model, seconds)
 
     def _is_encoder(self, model: str) -> bool:
         try:

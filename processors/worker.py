@@ -27,7 +27,7 @@ from olp.settings import Settings
 from olp.topics import TopicNames
 from processors.canaries import CanaryBook
 from processors.judge import JudgeBoard
-from processors.llm_budget import LlmCallBudget
+from processors.llm_budget import LlmTimeBudget
 from processors.model_gateway import ModelGateway
 from processors.policy_view import PolicyView
 from processors.role_call import RoleCaller, RoleFailed
@@ -62,16 +62,16 @@ class WorkerContext:
     canaries: CanaryBook = field(init=False)
     """The feeds' gold canaries (processors/canaries.py), loaded with the worker: a bad file
     stops the start, not a chunk."""
-    llm_budget: LlmCallBudget = field(init=False)
-    """The feeds' LLM calls per minute, shared by the worker's roles; what it skips is counted
+    llm_budget: LlmTimeBudget = field(init=False)
+    """The feeds' LLM seconds per minute, shared by the worker's roles; what it skips is counted
     in `stats` as `llm_skipped.escalation` / `llm_skipped.extra`."""
     _faust_topics: dict[str, Any] = field(default_factory=dict)
     _callers: dict[str, RoleCaller] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.canaries = CanaryBook.from_settings(self.settings, random.Random(self.rng.random()))
-        self.llm_budget = LlmCallBudget(
-            lambda feed: self.settings.feed(feed).llm_calls_per_minute,
+        self.llm_budget = LlmTimeBudget(
+            lambda feed: self.settings.feed(feed).llm_seconds_per_minute,
             on_skip=lambda kind: self.count(f"llm_skipped.{kind}"),
         )
 

@@ -1,4 +1,4 @@
-"""The budget on LLM calls per feed (processors/llm_budget.py) and the switch in the role-call shell:
+"""The budget on LLM time per feed (processors/llm_budget.py) and the switch in the role-call shell:
 a cheap encoder answers first with a confidence, the LLM is asked only below the cascade's
 threshold and only while the feed's LLM budget covers it; the primary call always runs."""
 
@@ -14,7 +14,7 @@ import pytest
 from olp.errors import ParseError
 from olp.settings import FeedSettings
 from processors.encoder import Confident
-from processors.llm_budget import LlmCallBudget, TokenBucket, admitted
+from processors.llm_budget import LlmTimeBudget, TokenBucket, admitted
 from processors.model_gateway import Completion
 from processors.policy_view import PolicyView
 from processors.role_call import CallContext, RoleCaller
@@ -26,47 +26,45 @@ CTX = CallContext("s1", "s1:0", "ecommerce", "en", "shop", 30, "0")
 
 
 def test_a_bucket_refills_at_its_rate_up_to_a_quarter_minute_and_goes_into_debt() -> None:
-    bucket = TokenBucket.per_minute(12.0, now_s=0.0)  # one call per 5 s, at most 3 saved up
+    bucket = TokenBucket.per_minute(12.0, now_s=0.0)  # 0.2 units a second, at most 3 saved up
     assert (bucket.rate_per_s, bucket.capacity, bucket.available(0.0)) == (0.2, 3.0, 3.0)
-    for _ in range(4):  # the calls a role must make spend into debt
-        bucket.spend(0.0)
+    bucket.spend(0.0, 4.0)  # the calls a role must make spend into debt
     assert bucket.available(0.0) == -1.0
     assert bucket.available(10.0) == pytest.approx(1.0)
     assert bucket.available(1000.0) == 3.0
     assert bucket.available(5.0) == 3.0  # a clock that steps back refills nothing
-    assert TokenBucket.per_minute(2.0, 0.0).capacity == 1.0
 
 
-def test_admitted_makes_encoder_calls_always_and_llm_calls_while_covered() -> None:
-    def is_llm(model: str) -> bool:
-        return model != "enc"
-
-    assert admitted(["a", "enc", "b", "c"], is_llm, 2.5) == (["a", "enc", "b"], ["c"])
-    assert admitted(["a", "enc"], is_llm, 0.99) == (["enc"], ["a"])
-    assert admitted(["a"], is_llm, float("inf")) == (["a"], [])
+def test_admitted_makes_free_calls_always_and_others_while_covered() -> None:
+    costs = {"enc": 0.0, "a": 4.0, "b": 1.0, "c": 4.0}
+    assert admitted(["a", "enc", "b", "c"], costs.__getitem__, 5.5) == (["a", "enc", "b"], ["c"])
+    assert admitted(["a", "enc"], costs.__getitem__, -3.0) == (["enc"], ["a"])
+    assert admitted(["a", "c"], costs.__getitem__, float("inf")) == (["a", "c"], [])
 
 
-def test_the_budget_is_per_feed_and_counts_what_it_skips() -> None:
+def test_the_budget_is_per_feed_learns_latencies_and_counts_what_it_skips() -> None:
     now = [0.0]
     kinds: list[str] = []
-    limits = {"shop": 6.0, "lab": None}
-    budget = LlmCallBudget(limits.get, clock=lambda: now[0], on_skip=kinds.append)
-    assert budget.available("shop") == 1.5 and budget.available("lab") == float("inf")
-    budget.spend("shop")
-    budget.spend("lab")
-    assert budget.available("shop") == 0.5
-    now[0] = 10.0
-    assert budget.available("shop") == pytest.approx(1.5)
+    limits = {"shop": 40.0, "lab": None}
+    budget = LlmTimeBudget(limits.get, clock=lambda: now[0], on_skip=kinds.append)
+    assert budget.available("shop") == 10.0 and budget.available("lab") == float("inf")
+    assert budget.expected("llm") == 0.001  # unmeasured: covered by any bucket not in debt
+    budget.spend("shop", "llm", 4.0)
+    budget.spend("lab", "llm", 2.0)
+    assert budget.available("shop") == 6.0
+    assert budget.expected("llm") == pytest.approx(4.0 + 0.3 * (2.0 - 4.0))
+    now[0] = 3.0
+    assert budget.available("shop") == pytest.approx(8.0)
     budget.skip("escalation")
     assert budget.skipped == {"escalation": 1, "extra": 0} and kinds == ["escalation"]
 
 
 def test_the_default_feed_budget_keeps_two_cores_up_with_speech() -> None:
-    per_minute = FeedSettings().llm_calls_per_minute
-    assert per_minute is not None
-    seconds_per_llm_call, chunk_seconds = 4.0, 40 / 2.5
-    assert per_minute * seconds_per_llm_call / 60.0 < 0.7  # the LLM is busy < 70% of the time
-    assert per_minute * chunk_seconds / 60.0 >= 2.0  # room for a chunk's finder call and one more
+    seconds = FeedSettings().llm_seconds_per_minute
+    assert seconds is not None
+    llm_call_s, chunk_s = 4.0, 40 / 2.5
+    assert seconds / 60.0 <= 0.7  # the local LLM is busy at most 70% of the time
+    assert seconds / 60.0 * chunk_s >= 2 * llm_call_s  # a chunk's Topic Finder call and one more
 
 
 # --- the switch in the role-call shell ------------------------------------------------------------
@@ -101,7 +99,7 @@ def parse(text: str) -> list[str]:
 
 
 async def ask(
-    confidence: float, budget: LlmCallBudget | None, primary: str = "enc", **plan: Any
+    confidence: float, budget: LlmTimeBudget | None, primary: str = "enc", **plan: Any
 ) -> tuple[list[str], Gateway, list[dict[str, Any]]]:
     policy = PolicyView({"topic_finder": ["enc", "llm"]})
     policy.apply(
@@ -132,45 +130,48 @@ async def ask(
 CASCADE = {"cascade_to": "llm", "cascade_below": 0.5}
 
 
-def budget_of(per_minute: float | None) -> LlmCallBudget:
-    return LlmCallBudget(lambda feed: per_minute if feed == "shop" else None, clock=lambda: 0.0)
+def budget_of(seconds_per_minute: float | None) -> LlmTimeBudget:
+    """A feed `shop` with this budget (10 s saved up at 40), whose LLM is known to take 4 s."""
+    budget = LlmTimeBudget(lambda feed: seconds_per_minute if feed == "shop" else None, clock=lambda: 0.0)
+    budget.latency_s["llm"] = 4.0
+    return budget
 
 
 async def test_an_unsure_encoder_escalates_to_the_llm() -> None:
-    budget = budget_of(10.0)
+    budget = budget_of(40.0)
     value, gateway, outcomes = await ask(0.3, budget, **CASCADE)
     assert value == ["From the LLM"] and gateway.asked == ["enc", "llm"]
     assert [(o["model"], o["confidence"]) for o in outcomes if o["source"] == "processor"] == [
         ("enc", 0.3),
         ("llm", None),
     ]
-    assert budget.available("shop") == 1.5 and budget.skipped["escalation"] == 0
+    assert budget.available("shop") == 6.0 and budget.skipped["escalation"] == 0
 
 
 async def test_a_sure_encoder_answers_alone() -> None:
-    budget = budget_of(10.0)
+    budget = budget_of(40.0)
     value, gateway, outcomes = await ask(0.7, budget, **CASCADE)
     assert value == ["From the encoder"] and gateway.asked == ["enc"]
     assert [o["confidence"] for o in outcomes] == [0.7]
-    assert budget.available("shop") == 2.5
+    assert budget.available("shop") == 10.0
 
 
 async def test_an_empty_budget_skips_the_escalation_and_counts_it() -> None:
-    budget = budget_of(10.0)
-    for _ in range(2):
-        budget.spend("shop")  # 0.5 calls left
-    value, gateway, outcomes = await ask(0.3, budget, **CASCADE)
+    budget = budget_of(40.0)
+    budget.spend("shop", "llm", 7.0)  # 3 s left: less than the LLM's 4 s (now 4.9 s on average)
+    value, gateway, _ = await ask(0.3, budget, **CASCADE)
     assert value == ["From the encoder"] and gateway.asked == ["enc"]
     assert budget.skipped == {"escalation": 1, "extra": 0}
 
 
 async def test_an_llm_primary_always_runs_and_its_warmup_extra_waits_for_the_budget() -> None:
-    budget = budget_of(6.0)  # 1.5 calls: the primary's, not one more
+    budget = budget_of(24.0)  # 6 s: the primary's 4 s, not another LLM call
     value, gateway, _ = await ask(0.3, budget, primary="llm", warmup=["enc", "llm"])
     assert value == ["From the LLM"] and sorted(gateway.asked) == ["enc", "llm"]  # the encoder runs
-    assert budget.skipped["extra"] == 0 and budget.available("shop") == 0.5
-    budget.spend("shop")  # in debt: the primary still runs, the LLM extra does not
-    value, gateway, _ = await ask(0.3, budget, warmup=["llm"])
+    assert budget.skipped["extra"] == 0 and budget.available("shop") == 2.0
+    value, gateway, _ = await ask(0.3, budget, primary="llm")  # in debt: the primary still runs
+    assert gateway.asked == ["llm"] and budget.available("shop") == -2.0
+    _, gateway, _ = await ask(0.3, budget, warmup=["llm"])  # the LLM extra does not
     assert gateway.asked == ["enc"] and budget.skipped == {"escalation": 0, "extra": 1}
     _, gateway, _ = await ask(0.3, None, warmup=["llm"])  # no budget: the extra runs
     assert sorted(gateway.asked) == ["enc", "llm"]

@@ -50,7 +50,8 @@ def calls() -> list[Call]:
 def test_the_switch_escalates_below_its_threshold_while_the_budget_covers_it() -> None:
     free = run_switch("t", calls(), GOLD, 0.25, None)
     assert (free.llm_calls, free.skipped, free.labelled) == (2, 0, 32)
-    # 9 calls a minute hold 2.25: the chunk's Topic Finder call leaves 1.25, one escalation fits.
-    budgeted = run_switch("t", calls(), GOLD, 0.25, 9.0)
+    # 36 LLM seconds a minute hold 9: the chunk's Topic Finder call (4 s) leaves 5, one 4 s
+    # escalation fits, the second does not.
+    budgeted = run_switch("t", calls(), GOLD, 0.25, 36.0)
     assert (budgeted.llm_calls, budgeted.skipped) == (1, 1)
     assert free.accuracy > budgeted.accuracy > run_switch("t", calls(), GOLD, 0.0, None).accuracy
