@@ -249,23 +249,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows += [run_switch(f"learned < {threshold:.3f}", calls, gold, threshold, b) for b in (None, args.budget)]
     print_table(rows, calls, gold, args)
     print(f"({time.perf_counter() - started:.1f} s)")
-    encoder_only, llm_only, learned, budgeted = rows[0], rows[1], rows[-2], rows[-1]
+    encoder_only, llm_only, budgeted = rows[0], rows[1], rows[-1]
     best_single = max(encoder_only.accuracy, llm_only.accuracy)
+    saved = 1 - budgeted.llm_calls / llm_only.llm_calls
     targets = [
         Target.at_least(
-            "learned switch: aspect accuracy >= the better single model's - 0.02",
-            learned.accuracy,
+            "learned switch under the budget: aspect accuracy >= the better single model's - 0.02",
+            budgeted.accuracy,
             best_single - 0.02,
             ".3f",
         ),
         Target.at_least(
-            "learned switch: LLM calls saved vs LLM only",
-            1 - learned.llm_calls / llm_only.llm_calls,
-            0.3,
-            ".0%",
+            "learned switch under the budget: LLM calls saved vs LLM only >= 30%", saved, 0.3, ".0%"
         ),
         Target.below(
-            "learned switch under the budget: LLM busy share of speech time", busy(budgeted, calls), 1.0
+            "learned switch under the budget: LLM busy share of speech time < 1", busy(budgeted, calls), 1.0
         ),
     ]
     print_targets(targets)
