@@ -67,7 +67,7 @@ LLM_COST = _meter.create_counter(
 LLM_SKIPPED = _meter.create_counter(
     "olp.llm.skipped",
     unit="{call}",
-    description="Optional LLM calls (escalation, extra) skipped: the feed's LLM call budget was spent.",
+    description="Optional LLM calls (escalation, extra) skipped: the feed's LLM time budget was spent.",
 )
 FEEDBACK = _meter.create_counter(
     "olp.feedback.observed", unit="{outcome}", description="Role outcomes the learner observed."
