@@ -7,11 +7,14 @@ parser's complaint -> on model faults or persistent junk, fail over (to the casc
 model first, then the next-best). Extras (warm-up of untried models, exploration duels) are asked
 the same input concurrently and recorded, but the primary's answer is delivered (an extra's only
 when every other model failed). Cascade: when the primary's answer has a confidence (token
-logprobs) below the plan's threshold, the stronger model is asked and its answer delivered if it
-parses; no confidence counts as not low.
+logprobs, or an encoder's `Confident` answer) below the plan's threshold, the stronger model is
+asked and its answer delivered if it parses; no confidence counts as not low. This is the
+LONDI-style switch: a cheap encoder first, the LLM only where the encoder is unsure.
+The feed's LLM time budget (processors/llm_budget.py) holds the optional LLM calls: extras and
+escalations it does not cover are skipped and counted; the primary, re-asks and failover spend.
 An encoder model (catalog `kind: encoder`) answers through the role's `encode` task instead of a
 prompt (processors/encoder.py): same plan, same parsed answer type, same RoleOutcome (tokens
-embedded, compute cost, measured latency); a role that gives no task cannot use encoders.
+embedded, compute cost, measured latency, confidence); a role that gives no task cannot use encoders.
 Every attempt becomes a RoleOutcome for `olp.feedback` (schemas/role_outcome.avsc) with measured
 latency, token counts, cost and confidence, and a span with the GenAI semantic-convention attributes;
 a parsed answer carries no quality (`source = processor`, `quality` null). Quality evidence
@@ -27,7 +30,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from opentelemetry import trace
@@ -37,9 +40,10 @@ from olp import telemetry
 from olp.call_plan import CallPlan
 from olp.catalog import ModelSpec
 from olp.errors import ModelCallError, OlpError, ParseError
-from processors.encoder import EncoderTask
+from processors.encoder import Confident, EncoderTask
 from processors.evidence import evidence_outcome, is_canary
 from processors.judge import JudgedCall, agreement
+from processors.llm_budget import LlmTimeBudget, admitted
 from processors.model_gateway import Completion, InputRejected, ModelGateway
 from processors.policy_view import PolicyView
 
@@ -125,6 +129,7 @@ class RoleCaller:
         rng: random.Random,
         reask: int = 1,
         judge: JudgeHook | None = None,
+        budget: LlmTimeBudget | None = None,
     ) -> None:
         self.role = role
         self._gateway = gateway
@@ -135,6 +140,9 @@ class RoleCaller:
         self._judge = judge
         """The judge board's `review` (processors/judge.py): may judge a sample of the parsed
         answers, and may replace an answer with the board's correction."""
+        self._budget = budget
+        """The worker's LLM seconds per feed (processors/llm_budget.py): optional calls it does
+        not cover are skipped."""
         self._last_model: str | None = None
         self._last_success = True
 
@@ -155,7 +163,7 @@ class RoleCaller:
         plan = self._policy.choose(self.role, self._rng, allowed_models)
         call = _Call(messages, parse, ctx, json_schema, plan, version, encode)
         prev = (self._last_model, self._last_success)  # the state the extras act from
-        extras = [m for m, _ in plan.extras if m != plan.primary]
+        extras = self._admitted([m for m, _ in plan.extras if m != plan.primary], "extra", ctx, plan.primary)
         # Failover: the cascade's stronger model first (a junk answer is as low as confidence
         # gets), then the fallbacks; models already running as extras are not asked twice.
         order = [plan.primary]
@@ -165,7 +173,7 @@ class RoleCaller:
         errors: list[str] = []
         primary, *others = await asyncio.gather(
             self._first_usable(call, order, errors),
-            *(self._try(call, m, p, errors, prev) for m, p in plan.extras if m != plan.primary),
+            *(self._try(call, m, p, errors, prev) for m, p in plan.extras if m in extras),
         )
         got = primary
         escalated: _Got[T] | None = None
@@ -176,6 +184,7 @@ class RoleCaller:
             and plan.escalate_below is not None
             and (confidence := _confidence(got.completion)) is not None
             and confidence < plan.escalate_below
+            and self._admitted([plan.escalate_to], "escalation", ctx)
         ):
             # Confidence cascade: the cheap answer is unsure; the stronger model's answer wins if usable.
             escalated = await self._try(call, plan.escalate_to, 1.0, errors)
@@ -202,6 +211,25 @@ class RoleCaller:
                 )
             )
         return Answer(value, got.model, got.outcome)
+
+    def _admitted(
+        self, optional: Sequence[str], kind: str, ctx: CallContext, primary: str | None = None
+    ) -> list[str]:
+        """The optional calls (`kind`: extra or escalation) the feed's LLM time budget covers,
+        after the primary's own call; the others are skipped and counted."""
+        budget = self._budget
+        if budget is None:
+            return list(optional)
+
+        def cost(model: str) -> float:
+            return 0.0 if self._is_encoder(model) else budget.expected(model)
+
+        available = budget.available(ctx.feed) - (cost(primary) if primary is not None else 0.0)
+        make, skip = admitted(optional, cost, available)
+        for model in skip:
+            budget.skip(kind)
+            telemetry.record_llm_skipped(self.role, model, ctx.feed, kind)
+        return make
 
     async def _evidence(
         self, got: _Got[T], answered: Sequence[_Got[T]], ctx: CallContext, grade: Grade | None
@@ -268,8 +296,10 @@ class RoleCaller:
                         error_type=type(exc).__name__,
                     )
                     errors.append(f"{model}: {exc}")
+                    self._spend(ctx.feed, model, time.monotonic() - started)
                     await self._record(outcome_id, model, version, propensity, ctx, None, str(exc), prev)
                     return None  # a model fault: the next model, not a re-ask
+                self._spend(ctx.feed, model, completion.latency_ms / 1000.0)
                 self._annotate(span, model, ctx, completion)
                 try:
                     value = call.parse(completion.text)
@@ -291,6 +321,10 @@ class RoleCaller:
                 )
                 return _Got(value, model, completion, outcome, outcome_id)
         return None
+
+    def _spend(self, feed: str, model: str, seconds: float) -> None:
+        if self._budget is not None:
+            self._budget.spend(feed, model, seconds)
 
     def _is_encoder(self, model: str) -> bool:
         try:
@@ -325,6 +359,8 @@ class RoleCaller:
                 errors.append(f"{model}: {exc}")
                 await self._record(outcome_id, model, version, propensity, ctx, None, str(exc), prev)
                 return None
+            if isinstance(value, Confident):
+                value, completion = value.value, replace(completion, confidence=value.confidence)
             self._annotate(span, model, ctx, completion)
             outcome = await self._record(outcome_id, model, version, propensity, ctx, completion, None, prev)
             return _Got(value, model, completion, outcome, outcome_id)

@@ -27,6 +27,7 @@ from olp.settings import Settings
 from olp.topics import TopicNames
 from processors.canaries import CanaryBook
 from processors.judge import JudgeBoard
+from processors.llm_budget import LlmTimeBudget
 from processors.model_gateway import ModelGateway
 from processors.policy_view import PolicyView
 from processors.role_call import RoleCaller, RoleFailed
@@ -61,11 +62,18 @@ class WorkerContext:
     canaries: CanaryBook = field(init=False)
     """The feeds' gold canaries (processors/canaries.py), loaded with the worker: a bad file
     stops the start, not a chunk."""
+    llm_budget: LlmTimeBudget = field(init=False)
+    """The feeds' LLM seconds per minute, shared by the worker's roles; what it skips is counted
+    in `stats` as `llm_skipped.escalation` / `llm_skipped.extra`."""
     _faust_topics: dict[str, Any] = field(default_factory=dict)
     _callers: dict[str, RoleCaller] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.canaries = CanaryBook.from_settings(self.settings, random.Random(self.rng.random()))
+        self.llm_budget = LlmTimeBudget(
+            lambda feed: self.settings.feed(feed).llm_seconds_per_minute,
+            on_skip=lambda kind: self.count(f"llm_skipped.{kind}"),
+        )
 
     def topic(self, name: str) -> Any:
         """The Faust topic object for a topic name (bytes in, bytes out: we encode ourselves)."""
@@ -222,6 +230,7 @@ class WorkerContext:
                 self.rng,
                 self.settings.reask_on_junk,
                 judge=self.board.review if self.board is not None else None,
+                budget=self.llm_budget,
             )
         return self._callers[role]
 

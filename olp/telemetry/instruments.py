@@ -64,6 +64,11 @@ LLM_TOKENS = _meter.create_histogram(
 LLM_COST = _meter.create_counter(
     "olp.llm.cost", unit="USD", description="Measured dollar cost of LLM calls (budget spend)."
 )
+LLM_SKIPPED = _meter.create_counter(
+    "olp.llm.skipped",
+    unit="{call}",
+    description="Optional LLM calls (escalation, extra) skipped: the feed's LLM time budget was spent.",
+)
 FEEDBACK = _meter.create_counter(
     "olp.feedback.observed", unit="{outcome}", description="Role outcomes the learner observed."
 )
@@ -176,6 +181,12 @@ def record_sent(topic: str) -> None:
             "messaging.system": "kafka",
         },
     )
+
+
+@safely
+def record_llm_skipped(role: str, model: str, feed: str, kind: str) -> None:
+    attrs = {gen_ai.GEN_AI_REQUEST_MODEL: model, "olp.role": role, "olp.feed": feed, "olp.call": kind}
+    LLM_SKIPPED.add(1, attrs)
 
 
 @safely

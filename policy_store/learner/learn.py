@@ -19,6 +19,7 @@ from policy_store.learner.params import RoleRLParams
 from policy_store.learner.state import Member, RoleState
 
 PROCESSOR = "processor"
+AGREEMENT = "agreement"
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Observation:
             self.before,
             self.ctx,
             params.evidence_weight(self.source) if labelled else 0.0,
+            self.source if labelled else "",
         )
 
 
@@ -171,7 +173,9 @@ def learn_calibration(
     rs: RoleState, obs: Observation, members: Sequence[Member], params: RoleRLParams
 ) -> None:
     """Ours: the model's confidence calibration, and what labelled calls on the same input tell
-    about escalating from one to the other, in both orders (labelled calls only)."""
+    about escalating from one to the other, in both orders (labelled calls only). A pair whose
+    two labels are both agreement teaches the calibration but not the co-runs: agreement scores
+    the two answers alike, so it would say escalating never changes the outcome."""
     if obs.label is None:
         return
     success = success_of(obs.label, params.failure_quality)
@@ -179,7 +183,7 @@ def learn_calibration(
     if obs.confidence is not None:
         rs.calibration.setdefault(obs.model, Calibration()).add(obs.confidence, success, window)
     for other in members:
-        if other.labelled:
+        if other.labelled and not (obs.source == AGREEMENT and other.source == AGREEMENT):
             rs.coruns.add(other.model, other.success, other.confidence, obs.model, success, window)
             rs.coruns.add(obs.model, success, obs.confidence, other.model, other.success, window)
 

@@ -102,6 +102,8 @@ class Member:
     ctx: str = "*"
     label_weight: float = 1.0
     """The label's source weight (`RoleRLParams.evidence_weight`)."""
+    source: str = ""
+    """The label's source (RoleOutcome `source`); "" for a record without one."""
 
 
 class InputGroups:

@@ -1,0 +1,121 @@
+"""The budget on LLM time per feed (LONDI's constraint on large-model calls), processor side.
+
+On two CPU cores an LLM call costs seconds while an encoder answers in milliseconds, so a feed
+keeps up with its speaker only if its LLM calls leave the cores free part of the time: the feed's
+`llm_seconds_per_minute` (olp/settings.py) is how many seconds of LLM calls (their measured
+latency) each worker may spend on it per minute. Seconds, not calls: a local 135M model at 4 s
+a call and a remote model at 0.3 s cost the machine very differently, and a scripted test model
+costs nothing. Each worker holds one token bucket per feed that refills at that rate and holds at
+most a quarter of a minute's seconds (a burst of a few chunks, not a minute of backlog). Every
+LLM call spends its latency, and the calls a role must make (the primary, its re-ask on junk,
+its failover) spend even into debt; the calls that only improve or teach (the cascade's
+escalation, warm-up runs of untried models, exploration duels) are made only while the bucket
+covers their expected latency (the model's recent mean), else skipped and counted. Encoder calls
+are never limited.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+BURST_MINUTES = 0.25
+"""The bucket holds at most this share of a minute's seconds."""
+LATENCY_WEIGHT = 0.3
+"""Weight of the newest latency in a model's running mean (a few calls to follow a change)."""
+
+SKIPPED_KINDS = ("escalation", "extra")
+"""What a skipped call was: the cascade's escalation, or an extra (warm-up run or duel)."""
+
+
+@dataclass
+class TokenBucket:
+    """Units (here LLM seconds) allowed at `rate_per_s`, at most `capacity` saved up; may go into debt."""
+
+    rate_per_s: float
+    capacity: float
+    tokens: float
+    updated_s: float
+
+    @classmethod
+    def per_minute(cls, units: float, now_s: float) -> TokenBucket:
+        capacity = units * BURST_MINUTES
+        return cls(units / 60.0, capacity, capacity, now_s)
+
+    def available(self, now_s: float) -> float:
+        """Units the bucket covers at `now_s` (negative while in debt)."""
+        elapsed = max(0.0, now_s - self.updated_s)
+        self.tokens = min(self.capacity, self.tokens + elapsed * self.rate_per_s)
+        self.updated_s = max(self.updated_s, now_s)
+        return self.tokens
+
+    def spend(self, now_s: float, units: float) -> None:
+        self.tokens = self.available(now_s) - units
+
+
+def admitted(
+    optional: Sequence[str], cost: Callable[[str], float], available: float
+) -> tuple[list[str], list[str]]:
+    """(the optional calls to make, the ones to skip), in order: each while the bucket's
+    `available` units cover its expected `cost` (an encoder's is 0: always made)."""
+    make: list[str] = []
+    skip: list[str] = []
+    for model in optional:
+        expected = cost(model)
+        if expected <= 0.0 or expected <= available:
+            make.append(model)
+            available -= expected
+        else:
+            skip.append(model)
+    return make, skip
+
+
+class LlmTimeBudget:
+    """One worker's buckets, made on a feed's first call from its `llm_seconds_per_minute`
+    (`limit(feed)`; None: no limit), and each LLM's recent mean latency."""
+
+    def __init__(
+        self,
+        limit: Callable[[str], float | None],
+        clock: Callable[[], float] = time.monotonic,
+        on_skip: Callable[[str], None] | None = None,
+    ) -> None:
+        self._limit = limit
+        self._buckets: dict[str, TokenBucket | None] = {}
+        self._clock = clock
+        self._on_skip = on_skip
+        self.latency_s: dict[str, float] = {}
+        """Each LLM's running mean latency: what an optional call of it is expected to cost."""
+        self.skipped: dict[str, int] = dict.fromkeys(SKIPPED_KINDS, 0)
+        """Optional LLM calls skipped so far, by kind (the demo reads these)."""
+
+    def _bucket(self, feed: str) -> TokenBucket | None:
+        if feed not in self._buckets:
+            seconds = self._limit(feed)
+            self._buckets[feed] = None if seconds is None else TokenBucket.per_minute(seconds, self._clock())
+        return self._buckets[feed]
+
+    def available(self, feed: str) -> float:
+        """LLM seconds the feed's bucket covers now (infinite without a limit)."""
+        bucket = self._bucket(feed)
+        return math.inf if bucket is None else bucket.available(self._clock())
+
+    def expected(self, model: str) -> float:
+        """An LLM call's expected seconds: its running mean, at least a millisecond (so a bucket
+        in debt covers no LLM call, measured or not)."""
+        return max(self.latency_s.get(model, 0.0), 0.001)
+
+    def spend(self, feed: str, model: str, seconds: float) -> None:
+        """Book one LLM call's measured latency."""
+        held = self.latency_s.get(model)
+        self.latency_s[model] = seconds if held is None else held + LATENCY_WEIGHT * (seconds - held)
+        bucket = self._bucket(feed)
+        if bucket is not None:
+            bucket.spend(self._clock(), seconds)
+
+    def skip(self, kind: str) -> None:
+        self.skipped[kind] = self.skipped.get(kind, 0) + 1
+        if self._on_skip is not None:
+            self._on_skip(kind)
