@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from opentelemetry import trace
@@ -37,7 +37,7 @@ from olp import telemetry
 from olp.call_plan import CallPlan
 from olp.catalog import ModelSpec
 from olp.errors import ModelCallError, OlpError, ParseError
-from processors.encoder import EncoderTask
+from processors.encoder import Confident, EncoderTask
 from processors.evidence import evidence_outcome, is_canary
 from processors.judge import JudgedCall, agreement
 from processors.model_gateway import Completion, InputRejected, ModelGateway
@@ -318,6 +318,8 @@ class RoleCaller:
             started = time.monotonic()
             try:
                 value, completion = await self._gateway.encode(model, call.encode)
+                if isinstance(value, Confident):  # the role gets the plain answer, the outcome the confidence
+                    value, completion = value.value, replace(completion, confidence=value.confidence)
             except ModelCallError as exc:
                 elapsed = time.monotonic() - started
                 error_type = type(exc).__name__

@@ -27,6 +27,7 @@ from processors.domain import (
     sentences_from_avro,
     topic_draft,
 )
+from processors.encoder import find_task
 from processors.gold import finder_score
 from processors.role_agent import register_role
 from processors.role_call import CallContext
@@ -207,6 +208,7 @@ async def find_topics(worker: WorkerContext, chunk: Record) -> None:
         answer_schema(chunk["domain"], feed.max_topics),
         feed.models,
         grade=grade_with(reference, lambda gold, names: finder_score(names, gold)),
+        encode=find_task(str(chunk["chunk_id"]), [s.text for s in sentences], chunk["lang"], feed.max_topics),
     )
     topics = [topic_draft(name) for name in answer.value]
     result = {"chunk": chunk, "stage": ROLE, "topics": topics, "trail": [f"{ROLE}={answer.model}"]}
