@@ -107,7 +107,7 @@ def measure_finder(stream: LabelledStream, embedder: Embedder, chunk_size: int) 
     for start in range(0, len(sentences), chunk_size):
         chunk = sentences[start : start + chunk_size]
         texts, ids = [s.text for s in chunk], [s.id for s in chunk]
-        found = find_task(f"{id(stream)}:{start}", texts, stream.lang, MAX_TOPICS)(embedder)
+        found = find_task(f"{id(stream)}:{start}", texts, stream.domain, stream.lang, MAX_TOPICS)(embedder)
         located = locate_task(f"{id(stream)}:{start}", texts, ids, found.value)(embedder).value
         documents += [
             {"name": n, "first_id": a, "last_id": b} for n, (a, b) in zip(found.value, located, strict=True)

@@ -260,18 +260,27 @@ def aspect_task(
 
 CANDIDATES_PER_TOPIC = 30
 """Candidate names embedded per topic segment (the most recurring ones): bounds the cost."""
+TOPIC_CUTS = {"ecommerce": (0.4, 7)}
+"""Per domain, (depth threshold, shortest topic) of `similarity.topic_starts`: a host sells a
+product for dozens of sentences of chatter that dips often, a news story is a few sentences
+(chosen on OLP-MINI English live streams and the news canaries)."""
 
 
-def find_task(chunk_id: str, texts: Sequence[str], lang: str, max_topics: int) -> ConfidentTask[list[str]]:
+def find_task(
+    chunk_id: str, texts: Sequence[str], domain: str, lang: str, max_topics: int
+) -> ConfidentTask[list[str]]:
     """The chunk's topic names in order (Topic Finder): cut where the talk changes
     (`similarity.topic_starts`), name each segment with the phrase of its own that best matches
     it (processors/keyphrases.py), and name a topic met twice once (`similarity.naming_confidence`
-    says how surely). A chunk without a candidate phrase is a failed call, so
-    the role fails over to a model that can name things."""
+    says how surely). A chunk without a candidate phrase is a failed call, so the role fails
+    over to a model that can name things."""
 
     def find(e: Embedder) -> Confident[list[str]]:
         vectors = e.chunk(chunk_id, texts)
-        starts, _ = similarity.topic_starts(vectors)
+        threshold, shortest = TOPIC_CUTS.get(
+            domain, (similarity.DEPTH_THRESHOLD, similarity.MIN_TOPIC_SENTENCES)
+        )
+        starts = similarity.topic_starts(vectors, threshold, shortest)
         names, scores = [], []
         for start, end in zip(starts, [*starts[1:], len(texts)], strict=True):
             named = name_segment(e, vectors[start:end], texts[start:end], lang)

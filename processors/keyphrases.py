@@ -29,19 +29,24 @@ _STOP_WORDS = """a about above after again against all am an and any are aren't 
     gonna wanna gotta got get gets go going goes went come comes coming know think want need say
     said see look let make made right well now one two three four five six seven eight nine ten
     thing things something anything everything lot lots little much many way really actually
-    literally basically guys girl girls y'all ya everybody everyone anybody somebody today tonight
+    literally basically ahead huh alright ooh sorry guys girl girls y'all ya everybody everyone
+    anybody somebody today tonight
     will can may might must shall us please thank thanks good great nice new little big
     still even back again kind sort maybe sure time day year years people first last next number
     show love tell try put take give use talk mean feel along across around every another
     stuff guy man honey babe im youre lets dont thats ive theyre whats gorgeous beautiful amazing
     awesome pretty cute perfect obsessed absolutely definitely totally super easy best better
-    love loving eleven twelve twenty thirty forty fifty sixty seventy eighty ninety hundred
+    love loving eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen
+    twenty thirty forty fifty sixty seventy eighty ninety hundred
     thousand dollar dollars bucks percent price prices order orders link links cart sale sales
-    discount deal deals shipping buy buying sell check code stock enough"""
+    discount deal deals shipping buy buying sell check code stock enough color colour colors colours
+    size sizes quality red white black brown pink grey gray blue green yellow purple dark affordable
+    cheap expensive popular rare final favorite favourite heavier lighter wear carry inside side"""
 STOP_WORDS = frozenset(_STOP_WORDS.split())
 """English words that do not begin or end a name: function words, the fillers of spoken talk
 (a live host says "okay you guys" more often than any product's name), numbers, and the words of
-selling any product (price, order, link), which name an aspect of a product, not the product."""
+selling any product (price, order, link, colour, size), which name an aspect of a product, not
+the product, and the adjectives a host praises every product with."""
 
 INNER_WORDS = frozenset({"of", "and", "for", "with", "the", "a", "in", "on", "to", "&"})
 """Stop words a name may hold inside ("bottle of wine", "salt and pepper"); any other (a pronoun,

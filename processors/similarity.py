@@ -170,9 +170,12 @@ def aspect_examples(
 TILING_WINDOW = 4
 """Sentences on each side of a gap whose mean vectors are compared (TextTiling's block size)."""
 MIN_TOPIC_SENTENCES = 6
-"""No topic is shorter: a host spends more than a few sentences on a product, a reporter on a story."""
+"""No topic is shorter: a reporter spends more than a few sentences on a story."""
 DEPTH_THRESHOLD = 0.3
-"""How far the similarity across a gap must dip below the peaks on both sides to cut there."""
+"""How far the similarity across a gap must dip below the peaks on both sides to cut there.
+Measured with MiniLM-L6: the cut between two news stories 0.34; inside live-stream chatter
+(OLP-MINI English) dips of 0.2-0.6 are common, so live streams ask for longer topics
+(processors/encoder.py `TOPIC_CUTS`)."""
 RECURRENCE_WEIGHT = 0.5
 """Weight of how much a phrase's words recur in its topic against its similarity to the topic."""
 WORD_BONUS = 0.03
@@ -213,21 +216,18 @@ def topic_starts(
     threshold: float = DEPTH_THRESHOLD,
     min_len: int = MIN_TOPIC_SENTENCES,
     window: int = TILING_WINDOW,
-) -> tuple[list[int], list[float]]:
-    """(position of each topic's first sentence, the depth of the cut before it; 0 for the first):
-    the deepest gaps first, each kept when it is deep enough and leaves no topic shorter than
-    `min_len` sentences."""
+) -> list[int]:
+    """The position of each topic's first sentence: the deepest gaps first, each cut when it is
+    at least `threshold` deep and leaves no topic shorter than `min_len` sentences."""
     depths = depth_scores(gap_similarity(sentences, window))
-    cuts: dict[int, float] = {}
+    cuts: list[int] = []
     for g in np.argsort(-depths, kind="stable"):
-        start = int(g) + 1
         if depths[g] < threshold:
             break
-        edges = sorted([0, *cuts, len(sentences)])
-        if all(abs(start - e) >= min_len for e in edges):
-            cuts[start] = float(depths[g])
-    starts = sorted(cuts)
-    return [0, *starts], [0.0, *(cuts[s] for s in starts)]
+        start = int(g) + 1
+        if all(abs(start - edge) >= min_len for edge in [0, *cuts, len(sentences)]):
+            cuts.append(start)
+    return [0, *sorted(cuts)]
 
 
 def phrase_scores(

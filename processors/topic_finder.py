@@ -208,7 +208,13 @@ async def find_topics(worker: WorkerContext, chunk: Record) -> None:
         answer_schema(chunk["domain"], feed.max_topics),
         feed.models,
         grade=grade_with(reference, lambda gold, names: finder_score(names, gold)),
-        encode=find_task(str(chunk["chunk_id"]), [s.text for s in sentences], chunk["lang"], feed.max_topics),
+        encode=find_task(
+            str(chunk["chunk_id"]),
+            [s.text for s in sentences],
+            chunk["domain"],
+            chunk["lang"],
+            feed.max_topics,
+        ),
     )
     topics = [topic_draft(name) for name in answer.value]
     result = {"chunk": chunk, "stage": ROLE, "topics": topics, "trail": [f"{ROLE}={answer.model}"]}
