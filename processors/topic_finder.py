@@ -2,7 +2,8 @@
 
 Spec section 3, "Topic Finder". Reads `olp.chunks` (Chunk), writes `olp.found` (RoleResult with
 topic names only). Pure logic: the prompt, the JSON schema for grammar-constrained answers, and
-a defensive parser of the answer.
+a defensive parser of the answer. An encoder model answers instead with phrases the speaker says
+(processors/encoder.py `find_task`), with a confidence the cheap-first switch escalates on.
 """
 
 from __future__ import annotations
