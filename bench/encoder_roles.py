@@ -11,6 +11,9 @@ processors/gold.py), cut into chunks of `--chunk-size` sentences as the Chunk Sp
   topic (the content rule the name rule replaced: `content gap` > 0 would separate them);
 - Content Organizer, given the gold spans: aspect accuracy (share of sentences under their gold
   aspect), against 1/len(aspects) for a random guess;
+- Topic Finder (no gold given): gold topics found by the names it picks, and the encoder chain
+  finder -> locator scored as the demo scores documents (processors/gold.py `score_against_gold`:
+  products found, span recall), with its mean confidence and milliseconds per chunk;
 and the cost: milliseconds per sentence of embedding (cold cache, one thread) and tokens/s (the
 cost rule of launcher/embedded.py `LocalEncoder`). Exits 0 with a message when the encoder is absent.
 """
@@ -23,13 +26,15 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from launcher.embedded import installed_encoders
 from launcher.stack import local_encoder_spec
 from processors import similarity
 from processors.domain import span_iou
-from processors.encoder import Embedder, EncoderPool, written_examples
-from processors.gold import LabelledStream, load_labelled
+from processors.encoder import Embedder, EncoderPool, find_task, locate_task, written_examples
+from processors.gold import LabelledStream, load_labelled, score_against_gold
+from processors.topic_finder import MAX_TOPICS
 
 DEFAULT_FILES = ("sample_livestream.gold.json", "canaries_news_en.json", "canaries_ecommerce_zh.json")
 
@@ -91,6 +96,45 @@ def measure(stream: LabelledStream, embedder: Embedder, chunk_size: int, tally: 
             tally.labelled += len(own)
 
 
+def measure_finder(name: str, stream: LabelledStream, embedder: Embedder, chunk_size: int) -> dict[str, Any]:
+    """The encoder finder on each chunk, its names located by the encoder locator: the documents'
+    score against the gold labels, the names, the mean confidence and the finder's own seconds per
+    chunk (the sentence vectors are embedded beforehand: the roles of a chunk share them)."""
+    sentences = list(stream.sentences)
+    documents: list[dict[str, Any]] = []
+    names: list[str] = []
+    confidences: list[float] = []
+    finding_s = 0.0
+    for start in range(0, len(sentences), chunk_size):
+        chunk = sentences[start : start + chunk_size]
+        texts, ids, key = [s.text for s in chunk], [s.id for s in chunk], f"finder:{name}:{start}"
+        embedder.chunk(key, texts)
+        started = time.perf_counter()
+        found = find_task(key, texts, stream.domain, stream.lang, MAX_TOPICS)(embedder)
+        finding_s += time.perf_counter() - started
+        located = locate_task(key, texts, ids, found.value)(embedder).value
+        documents += [
+            {"name": n, "first_id": a, "last_id": b} for n, (a, b) in zip(found.value, located, strict=True)
+        ]
+        names += found.value
+        confidences.append(found.confidence)
+    chunks = max(len(confidences), 1)
+    return {
+        **score_against_gold(documents, stream),
+        "names": names,
+        "confidence": sum(confidences) / chunks,
+        "s_per_chunk": finding_s / chunks,
+    }
+
+
+def print_finder(name: str, stream: LabelledStream, got: dict[str, Any]) -> None:
+    print(
+        f"{name:34} {stream.lang:4} {int(got['products_found']):3d}/{int(got['products']):<3d}"
+        f" {got['span_recall']:11.2f} {got['confidence']:10.2f} {1000 * got['s_per_chunk']:8.0f}"
+        f"  {' | '.join(got['names'])}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunk-size", type=int, default=40)
@@ -119,6 +163,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" {tally.aspects_right / max(tally.labelled, 1):10.2f} {1 / len(stream.aspects):6.2f}"
             f" {1000 * tally.embed_s / n:7.1f} {tally.tokens / max(tally.embed_s, 1e-9):6.0f}"
         )
+    print(
+        "\nTopic Finder (encoder), chain finder -> locator\n"
+        f"{'stream':34} {'lang':4} found {'span recall':>11}"
+        f" {'confidence':>10} {'ms/chunk':>8}  names (ms: the finder's own, sentence vectors given)"
+    )
+    for name in args.files.split(","):
+        stream = load_labelled(name)
+        print_finder(name, stream, measure_finder(name, stream, embedder, args.chunk_size))
     return 0
 
 

@@ -3,8 +3,8 @@ them and how many calls each takes at once. Loaded from YAML.
 
 Two kinds of model: `chat`, an OpenAI-compatible chat-completions endpoint (`base_url`), and
 `encoder`, a sentence-embedding model run in the processor's own process (`encoder`: its ONNX
-file and tokenizer). An encoder can only fill the roles that are similarity at heart
-(`ENCODER_ROLES`): it cannot name things, so the Topic Finder's pool never holds one.
+file and tokenizer). An encoder can fill the roles in `ENCODER_ROLES`; it writes no text, so it
+cannot judge.
 
 API keys are never in the catalog: a model names the *environment variable* that holds its key,
 resolved by the model gateway when it calls.
@@ -32,9 +32,10 @@ StructuredOutput = Literal["json_schema", "llama_cpp", "json_object", "none"]
 
 TokenLimitField = Literal["max_tokens", "max_completion_tokens"]
 ModelKind = Literal["chat", "encoder"]
-ENCODER_ROLES = frozenset({"topic_locator", "relationship_checker", "content_organizer"})
-"""The roles an encoder model can fill (processors/encoder.py): locating a named topic, same topic
-or not, the aspect of a sentence. The Topic Finder must name things, which an encoder cannot."""
+ENCODER_ROLES = frozenset({"topic_finder", "topic_locator", "relationship_checker", "content_organizer"})
+"""The roles an encoder model can fill (processors/encoder.py): naming topics with phrases the
+speaker says (it cannot invent a name: a learned switch escalates to a chat model), locating a
+named topic, same topic or not, the aspect of a sentence."""
 
 
 class AzureDeployment(BaseModel):

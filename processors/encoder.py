@@ -27,9 +27,10 @@ import numpy as np
 
 from olp.catalog import EncoderFiles, ModelSpec
 from olp.errors import ConfigError, ModelCallError
-from processors import similarity
+from processors import keyphrases, similarity
 
 T = TypeVar("T")
+U = TypeVar("U")
 Vectors = np.ndarray
 """Rows of L2-normalised float32 sentence embeddings."""
 
@@ -135,11 +136,6 @@ class Embedder:
             return np.stack([self._texts[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
 
 
-EncoderTask = Callable[[Embedder], T]
-"""What a role asks of an encoder: its parsed answer (or a `Confident` one), computed from the
-embedder."""
-
-
 @dataclass(frozen=True, slots=True)
 class Confident(Generic[T]):
     """An encoder answer with how sure the encoder is of it, in [0, 1] (higher is surer): the
@@ -148,6 +144,17 @@ class Confident(Generic[T]):
 
     value: T
     confidence: float
+
+    def map(self, convert: Callable[[T], U]) -> Confident[U]:
+        """The converted answer, as sure as this one (a role shell reshaping a task's answer)."""
+        return Confident(convert(self.value), self.confidence)
+
+
+EncoderTask = Callable[[Embedder], T | Confident[T]]
+"""What a role asks of an encoder: its parsed answer, or that answer with the encoder's
+confidence, computed from the embedder."""
+ConfidentTask = Callable[[Embedder], Confident[T]]
+"""An encoder task that says how sure it is (every task of this module)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,17 +209,28 @@ def written_examples() -> dict[str, Any]:
 
 def locate_task(
     chunk_id: str, texts: Sequence[str], ids: Sequence[int], names: Sequence[str]
-) -> EncoderTask[list[tuple[int, int]]]:
-    """The span of every named topic (Topic Locator)."""
-    return lambda e: similarity.locate_spans(e.chunk(chunk_id, texts), e.texts(names), ids)
+) -> ConfidentTask[list[tuple[int, int]]]:
+    """The span of every named topic (Topic Locator); sure when the spans talk about their names
+    more than the rest of the chunk does."""
+
+    def locate(e: Embedder) -> Confident[list[tuple[int, int]]]:
+        vectors, name_vectors = e.chunk(chunk_id, texts), e.texts(names)
+        spans = similarity.locate_spans(vectors, name_vectors, ids)
+        margin = similarity.span_margin(vectors, name_vectors, spans, ids)
+        return Confident(spans, similarity.margin_confidence(margin))
+
+    return locate
 
 
-def relation_task(name_a: str, name_b: str) -> EncoderTask[bool]:
-    """Whether two neighbouring topics' names name one topic (Relationship Checker)."""
+def relation_task(name_a: str, name_b: str) -> ConfidentTask[bool]:
+    """Whether two neighbouring topics' names name one topic (Relationship Checker); sure when
+    their cosine lies far from the threshold."""
 
-    def related(e: Embedder) -> bool:
+    def related(e: Embedder) -> Confident[bool]:
         a, b = e.texts([name_a, name_b])
-        return similarity.same_topic(a, b)
+        return Confident(
+            similarity.same_topic(a, b), similarity.margin_confidence(similarity.name_margin(a, b))
+        )
 
     return related
 
@@ -223,14 +241,69 @@ def aspect_task(
     positions: Sequence[int],
     ids: Sequence[int],
     examples: Mapping[str, Sequence[str]],
-) -> EncoderTask[dict[str, list[int]]]:
-    """Aspect -> ids of the sentences at `positions` of the chunk (Content Organizer)."""
+) -> ConfidentTask[dict[str, list[int]]]:
+    """Aspect -> ids of the sentences at `positions` of the chunk (Content Organizer); sure when
+    the sentences are much nearer their aspect than the runner-up."""
 
-    def label(e: Embedder) -> dict[str, list[int]]:
+    def label(e: Embedder) -> Confident[dict[str, list[int]]]:
         vectors = e.chunk(chunk_id, texts)[list(positions)]
         every = e.texts([t for x in examples.values() for t in x])  # one batch for all aspects
         bounds = np.cumsum([0, *(len(x) for x in examples.values())])
         by_aspect = {a: every[bounds[i] : bounds[i + 1]] for i, a in enumerate(examples)}
-        return similarity.label_aspects(vectors, ids, by_aspect)
+        margin = similarity.aspect_margin(vectors, by_aspect)
+        return Confident(
+            similarity.label_aspects(vectors, ids, by_aspect), similarity.margin_confidence(margin)
+        )
 
     return label
+
+
+CANDIDATES_PER_TOPIC = 30
+"""Candidate names embedded per topic segment (the most recurring ones): bounds the cost."""
+TOPIC_CUTS = {"ecommerce": (0.4, 7)}
+"""Per domain, (depth threshold, shortest topic) of `similarity.topic_starts`: a host sells a
+product for dozens of sentences of chatter that dips often, a news story is a few sentences
+(chosen on OLP-MINI English live streams and the news canaries)."""
+
+
+def find_task(
+    chunk_id: str, texts: Sequence[str], domain: str, lang: str, max_topics: int
+) -> ConfidentTask[list[str]]:
+    """The chunk's topic names in order (Topic Finder): cut where the talk changes
+    (`similarity.topic_starts`), name each segment with the phrase of its own that best matches
+    it (processors/keyphrases.py), and name a topic met twice once (`similarity.naming_confidence`
+    says how surely). A chunk without a candidate phrase is a failed call, so the role fails
+    over to a model that can name things."""
+
+    def find(e: Embedder) -> Confident[list[str]]:
+        vectors = e.chunk(chunk_id, texts)
+        threshold, shortest = TOPIC_CUTS.get(
+            domain, (similarity.DEPTH_THRESHOLD, similarity.MIN_TOPIC_SENTENCES)
+        )
+        starts = similarity.topic_starts(vectors, threshold, shortest)
+        names, scores = [], []
+        for start, end in zip(starts, [*starts[1:], len(texts)], strict=True):
+            named = name_segment(e, vectors[start:end], texts[start:end], lang)
+            if named is not None:
+                names.append(named[0])
+                scores.append(named[1])
+        if not names:
+            raise ModelCallError("no candidate name in the chunk")
+        keep = similarity.distinct_names(e.texts(names), scores)[:max_topics]
+        confidence = similarity.naming_confidence([scores[i] for i in keep])
+        return Confident([names[i][:1].upper() + names[i][1:] for i in keep], confidence)
+
+    return find
+
+
+def name_segment(e: Embedder, vectors: Vectors, texts: Sequence[str], lang: str) -> tuple[str, float] | None:
+    """The best-scored candidate phrase of one segment with its score; None without candidates."""
+    counts = keyphrases.candidate_phrases(texts, lang)
+    phrases = keyphrases.shortlist(counts, texts, lang, CANDIDATES_PER_TOPIC)
+    if not phrases:
+        return None
+    recurrence = keyphrases.recurrence(phrases, texts, lang)
+    extra = [max(len(keyphrases.phrase_units(p, lang)) - 1, 0) for p in phrases]
+    scores = similarity.phrase_scores(vectors, e.texts(phrases), recurrence, extra)
+    best = int(np.argmax(scores))
+    return phrases[best], float(scores[best])

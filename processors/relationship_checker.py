@@ -43,7 +43,7 @@ from processors.domain import (
     span_iou,
     topic_draft,
 )
-from processors.encoder import Embedder, relation_task
+from processors.encoder import Confident, Embedder, relation_task
 from processors.gold import checker_score
 from processors.role_agent import register_role
 from processors.role_call import CallContext, RoleFailed
@@ -263,8 +263,8 @@ async def check_relationships(worker: WorkerContext, located: Record) -> None:
     async def ask(index: int, a: TopicSpan, b: TopicSpan) -> RelationVerdict | None:
         related = relation_task(a.name, b.name)
 
-        def encode(embedder: Embedder) -> RelationVerdict:
-            return RelationVerdict(related(embedder))
+        def encode(embedder: Embedder) -> Confident[RelationVerdict]:
+            return related(embedder).map(RelationVerdict)
 
         try:
             answer = await caller.ask(

@@ -352,6 +352,10 @@ class RoleCaller:
             started = time.monotonic()
             try:
                 value, completion = await self._gateway.encode(model, call.encode)
+                if isinstance(value, Confident):  # the role (and a judge) get the plain answer,
+                    # the outcome the encoder's confidence
+                    plain = replace(completion, text=repr(value.value)[:2000], confidence=value.confidence)
+                    value, completion = value.value, plain
             except ModelCallError as exc:
                 elapsed = time.monotonic() - started
                 error_type = type(exc).__name__

@@ -2,7 +2,8 @@
 
 Spec section 3, "Topic Finder". Reads `olp.chunks` (Chunk), writes `olp.found` (RoleResult with
 topic names only). Pure logic: the prompt, the JSON schema for grammar-constrained answers, and
-a defensive parser of the answer.
+a defensive parser of the answer. An encoder model answers instead with phrases the speaker says
+(processors/encoder.py `find_task`), with a confidence the cheap-first switch escalates on.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from processors.domain import (
     sentences_from_avro,
     topic_draft,
 )
+from processors.encoder import find_task
 from processors.gold import finder_score
 from processors.role_agent import register_role
 from processors.role_call import CallContext
@@ -207,6 +209,13 @@ async def find_topics(worker: WorkerContext, chunk: Record) -> None:
         answer_schema(chunk["domain"], feed.max_topics),
         feed.models,
         grade=grade_with(reference, lambda gold, names: finder_score(names, gold)),
+        encode=find_task(
+            str(chunk["chunk_id"]),
+            [s.text for s in sentences],
+            chunk["domain"],
+            chunk["lang"],
+            feed.max_topics,
+        ),
     )
     topics = [topic_draft(name) for name in answer.value]
     result = {"chunk": chunk, "stage": ROLE, "topics": topics, "trail": [f"{ROLE}={answer.model}"]}

@@ -35,7 +35,7 @@ from processors.domain import (
     sentences_from_avro,
     topic_draft,
 )
-from processors.encoder import Embedder, locate_task
+from processors.encoder import Confident, Embedder, locate_task
 from processors.evidence import call_outcome, evidence_outcome, is_canary, model_of
 from processors.gold import LabelledStream, locator_score
 from processors.role_agent import register_role
@@ -284,8 +284,8 @@ async def _locate_each(
     async def locate(index: int) -> Located:
         name = names[index]
 
-        def encode(embedder: Embedder) -> tuple[int, int]:
-            return spans(embedder)[index]
+        def encode(embedder: Embedder) -> Confident[tuple[int, int]]:
+            return spans(embedder).map(lambda found: found[index])
 
         try:
             answer = await caller.ask(
@@ -316,8 +316,10 @@ async def _locate_together(
     ids = [s.id for s in sentences]
     spans_of = locate_task(str(chunk["chunk_id"]), [s.text for s in sentences], ids, names)
 
-    def encode(embedder: Embedder) -> list[TopicSpan]:
-        return [TopicSpan(name, *span) for name, span in zip(names, spans_of(embedder), strict=True)]
+    def encode(embedder: Embedder) -> Confident[list[TopicSpan]]:
+        return spans_of(embedder).map(
+            lambda found: [TopicSpan(name, *span) for name, span in zip(names, found, strict=True)]
+        )
 
     try:
         answer = await caller.ask(

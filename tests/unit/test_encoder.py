@@ -97,7 +97,7 @@ FILES = {"model_file": "/m.onnx", "tokenizer_file": "/tokenizer.json"}
 def test_an_encoder_entry_names_its_files_instead_of_a_base_url() -> None:
     spec = ModelSpec(name="e", kind="encoder", encoder=EncoderFiles(**FILES))
     assert spec.is_local and spec.base_url is None and spec.can_fill("content_organizer")
-    assert not spec.can_fill("topic_finder")
+    assert spec.can_fill("topic_finder") and not spec.can_fill("format_checker")
     with pytest.raises(ValidationError, match=r"needs `encoder: \{model_file, tokenizer_file\}`"):
         ModelSpec(name="e", kind="encoder")
     with pytest.raises(ValidationError, match="remove `base_url`"):
@@ -112,16 +112,17 @@ def test_an_encoder_entry_names_its_files_instead_of_a_base_url() -> None:
         EncoderFiles(**FILES, sha256="not-hex")
 
 
-def test_the_topic_finder_is_never_offered_an_encoder(tmp_path: Path) -> None:
+def test_the_model_roles_are_offered_the_encoder_and_other_roles_are_not(tmp_path: Path) -> None:
     chat = ModelSpec(name="c", base_url="http://127.0.0.1:1/v1")
     enc = ModelSpec(name="e", kind="encoder", encoder=EncoderFiles(**FILES), price_in_per_mtok=0.03)
     catalog = Catalog(models=(chat, enc))
-    assert catalog.pool("topic_finder") == ("c",)
+    assert catalog.pool("topic_finder") == ("c", "e")
     assert catalog.pool("topic_locator") == ("c", "e")
+    assert catalog.pool("format_checker") == ("c",)
     with pytest.raises(
-        ValidationError, match=r"role topic_finder cannot be filled by the encoder models \['e'\]"
+        ValidationError, match=r"role format_checker cannot be filled by the encoder models \['e'\]"
     ):
-        Catalog(models=(chat, enc), roles={"topic_finder": ("c", "e")})
+        Catalog(models=(chat, enc), roles={"format_checker": ("c", "e")})
     with pytest.raises(ValidationError, match="no chat model"):
         Catalog(models=(enc,))
     dump_catalog(catalog, tmp_path / "catalog.yaml")
@@ -228,7 +229,9 @@ async def test_a_role_choosing_an_encoder_answers_with_a_role_outcome() -> None:
         organizer = RoleCaller(
             "content_organizer", gateway, PolicyView({"content_organizer": ("enc",)}), emit, random.Random(1)
         )
-        answer = await organizer.ask([], lambda text: {}, CallContext.for_chunk(CHUNK), encode=task)
+        answer = await organizer.ask(
+            [], lambda text: dict[str, list[int]](), CallContext.for_chunk(CHUNK), encode=task
+        )
         assert answer.value == {"Wig talk": [1, 2], "Cup talk": [3, 4]}
         assert encoders[0].calls[-1] == ["wig", "cup"] and outcomes[-1]["tokens_in"] == 2
 

@@ -1,0 +1,149 @@
+"""Candidate topic names taken from a transcript's own words, for the encoder's Topic Finder.
+
+An encoder cannot invent a name, but it can pick the phrase the speaker says ("human hair wig",
+"chili crisp"). The candidates are word n-grams that neither start nor end with a stop word
+(KeyBERT's candidate rule); for languages written without spaces, character n-grams of a run of
+CJK characters that neither start nor end with a function character. Each candidate carries how
+often its words recur in the text: a product is named again and again while the host sells it,
+so recurrence separates its name from a phrase said once. Pure text, no vectors: the similarity
+half lives in processors/similarity.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+_STOP_WORDS = """a about above after again against all am an and any are aren't as at be because been before
+    being below between both but by can can't could couldn't did didn't do does doesn't doing don't
+    down during each few for from further had hadn't has hasn't have haven't having he he'd he'll
+    he's her here here's hers herself him himself his how how's i i'd i'll i'm i've if in into is
+    isn't it it's its itself let's me more most mustn't my myself no nor not of off on once only or
+    other ought our ours ourselves out over own same shan't she she'd she'll she's should shouldn't
+    so some such than that that's the their theirs them themselves then there there's these they
+    they'd they'll they're they've this those through to too under until up very was wasn't we
+    we'd we'll we're we've were weren't what what's when when's where where's which while who
+    who's whom why why's with won't would wouldn't you you'd you'll you're you've your yours
+    yourself yourselves also just like really okay ok yeah yes oh um uh hmm ah wow hey hi hello
+    gonna wanna gotta got get gets go going goes went come comes coming know think want need say
+    said see look let make made right well now one two three four five six seven eight nine ten
+    thing things something anything everything lot lots little much many way really actually
+    literally basically ahead huh alright ooh sorry guys girl girls y'all ya everybody everyone
+    anybody somebody today tonight
+    will can may might must shall us please thank thanks good great nice new little big
+    still even back again kind sort maybe sure time day year years people first last next number
+    show love tell try put take give use talk mean feel along across around every another
+    stuff guy man honey babe im youre lets dont thats ive theyre whats gorgeous beautiful amazing
+    awesome pretty cute perfect obsessed absolutely definitely totally super easy best better
+    love loving eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen
+    twenty thirty forty fifty sixty seventy eighty ninety hundred
+    thousand dollar dollars bucks percent price prices order orders link links cart sale sales
+    discount deal deals shipping buy buying sell check code stock enough color colour colors colours
+    size sizes quality red white black brown pink grey gray blue green yellow purple dark affordable
+    cheap expensive popular rare final favorite favourite heavier lighter wear carry inside side"""
+STOP_WORDS = frozenset(_STOP_WORDS.split())
+"""English words that do not begin or end a name: function words, the fillers of spoken talk
+(a live host says "okay you guys" more often than any product's name), numbers, and the words of
+selling any product (price, order, link, colour, size), which name an aspect of a product, not
+the product, and the adjectives a host praises every product with."""
+
+INNER_WORDS = frozenset({"of", "and", "for", "with", "the", "a", "in", "on", "to", "&"})
+"""Stop words a name may hold inside ("bottle of wine", "salt and pepper"); any other (a pronoun,
+a filler) marks a piece of a sentence, not a name."""
+
+CJK_STOP_CHARS = frozenset(
+    "的了是在我你他她它们这那就也都和与及吗呢啊吧哦嗯呀哈个把被给让对很还又再要会能说有没不一款些种下"
+)
+"""Chinese function characters a name does not begin or end with."""
+
+MAX_WORDS = 4
+CJK_CHARS = (2, 6)
+"""Length range of a Chinese candidate, in characters (a product name is a few characters)."""
+
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)?", re.UNICODE)
+_CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
+
+
+def writes_without_spaces(lang: str) -> bool:
+    return lang.split("-")[0].lower() in ("zh", "ja")
+
+
+def words(text: str) -> list[str]:
+    """The text's words, lower-cased (curly apostrophes made straight, so "don’t" is a stop word)."""
+    return [w.replace("’", "'") for w in _WORD.findall(text.casefold())]
+
+
+def _word_grams(text: str, max_words: int) -> set[str]:
+    tokens = words(text)
+    grams = set()
+    for n in range(1, max_words + 1):
+        for i in range(len(tokens) - n + 1):
+            gram = tokens[i : i + n]
+            if gram[0] in STOP_WORDS or gram[-1] in STOP_WORDS or any(t.isdigit() for t in gram):
+                continue
+            if any(t in STOP_WORDS and t not in INNER_WORDS for t in gram[1:-1]):
+                continue
+            if n == 1 and len(gram[0]) < 3:  # "tv" is a name, but most two-letter words are noise
+                continue
+            grams.add(" ".join(gram))
+    return grams
+
+
+def _char_grams(text: str, sizes: tuple[int, int]) -> set[str]:
+    grams = set()
+    for run in _CJK_RUN.findall(text):
+        for n in range(sizes[0], sizes[1] + 1):
+            for i in range(len(run) - n + 1):
+                gram = run[i : i + n]
+                if gram[0] not in CJK_STOP_CHARS and gram[-1] not in CJK_STOP_CHARS:
+                    grams.add(gram)
+    return grams
+
+
+def phrase_units(phrase: str, lang: str) -> list[str]:
+    """The units whose recurrence scores a phrase: its non-stop words, or its characters."""
+    if writes_without_spaces(lang):
+        return [c for c in phrase if c not in CJK_STOP_CHARS]
+    return [w for w in phrase.split() if w not in STOP_WORDS]
+
+
+def candidate_phrases(sentences: Sequence[str], lang: str) -> Counter[str]:
+    """Candidate names -> the number of sentences that say them."""
+    counts: Counter[str] = Counter()
+    for text in sentences:
+        if writes_without_spaces(lang):
+            counts.update(_char_grams(text, CJK_CHARS))
+        else:
+            counts.update(_word_grams(text, MAX_WORDS))
+    return counts
+
+
+def recurrence(phrases: Sequence[str], sentences: Sequence[str], lang: str) -> list[float]:
+    """Per phrase, the share of the sentences that say its most said unit: a name whose head word
+    ("wig") runs through the segment scores high, one said in passing low; the qualifiers
+    ("human hair") are chosen by the similarity half of the score."""
+    said = [set(phrase_units(s, lang)) if writes_without_spaces(lang) else set(words(s)) for s in sentences]
+    unit_share: dict[str, float] = {}
+    scores = []
+    for phrase in phrases:
+        units = phrase_units(phrase, lang) or [phrase]
+        for unit in units:
+            if unit not in unit_share:
+                unit_share[unit] = sum(unit in s for s in said) / max(len(said), 1)
+        scores.append(max(unit_share[u] for u in units))
+    return scores
+
+
+def shortlist(counts: Counter[str], sentences: Sequence[str], lang: str, limit: int) -> list[str]:
+    """The `limit` candidates whose units recur most (ties: the longer phrase, said more often):
+    only these are embedded, which bounds the encoder's cost per segment. A phrase of several
+    words must be said in two sentences at least (when any is): a name is repeated, a piece of
+    a sentence is not."""
+    repeated = [p for p, n in counts.items() if n >= 2 or len(phrase_units(p, lang)) <= 1]
+    phrases = repeated or list(counts)
+    shares = recurrence(phrases, sentences, lang)
+    ranked = sorted(
+        zip(phrases, shares, strict=True), key=lambda p: (-p[1], -len(p[0].split()), -counts[p[0]], p[0])
+    )
+    return [p for p, _ in ranked[:limit]]
