@@ -363,8 +363,6 @@ class RoleCaller:
                 errors.append(f"{model}: {exc}")
                 await self._record(outcome_id, model, version, propensity, ctx, None, str(exc), prev)
                 return None
-            if isinstance(value, Confident):
-                value, completion = value.value, replace(completion, confidence=value.confidence)
             self._annotate(span, model, ctx, completion)
             outcome = await self._record(outcome_id, model, version, propensity, ctx, completion, None, prev)
             return _Got(value, model, completion, outcome, outcome_id)
