@@ -236,19 +236,26 @@ def call_table(outcomes: Iterable[Mapping[str, Any]], stream_id: str, encoders: 
 
 
 def print_calls(table: CallTable) -> None:
+    """One row per role: its LLM calls and prompt tokens (the server's count), in all and per
+    chunk of the stream, and its encoder calls."""
+    from rich import box
     from rich.table import Table
 
-    grid = Table("role", "LLM calls", "prompt tokens", "per chunk", "encoder calls", title_justify="left")
+    grid = Table(box=box.SIMPLE_HEAD, title_justify="left", show_edge=False, pad_edge=False)
     grid.title = (
-        f"model calls on the stream's {table.chunks} chunks (prompt tokens as the server counts them)"
+        f"model calls on the stream's {table.chunks} chunks (tokens: the LLM prompt tokens the"
+        " server counted; encoder: encoder calls)"
     )
+    grid.add_column("role", no_wrap=True)
+    for header in ("LLM calls", "tokens", "calls/chunk", "tokens/chunk", "encoder"):
+        grid.add_column(header, justify="right")
     total = RoleCalls()
     for role, calls in table.roles.items():
         grid.add_row(safe(role), *_call_cells(calls, table.chunks))
         total.llm_calls += calls.llm_calls
         total.prompt_tokens += calls.prompt_tokens
         total.encoder_calls += calls.encoder_calls
-    grid.add_row("[bold]all roles[/]", *_call_cells(total, table.chunks))
+    grid.add_row("all roles", *_call_cells(total, table.chunks), style="bold")
     console.print(grid)
     if table.canary_chunks:
         console.print(
@@ -257,10 +264,15 @@ def print_calls(table: CallTable) -> None:
         )
 
 
-def _call_cells(calls: RoleCalls, chunks: int) -> tuple[str, str, str, str]:
+def _call_cells(calls: RoleCalls, chunks: int) -> tuple[str, ...]:
     per = max(chunks, 1)
-    per_chunk = f"{calls.llm_calls / per:.1f} calls, {calls.prompt_tokens / per:.0f} tokens"
-    return str(calls.llm_calls), str(calls.prompt_tokens), per_chunk, str(calls.encoder_calls)
+    return (
+        str(calls.llm_calls),
+        str(calls.prompt_tokens),
+        f"{calls.llm_calls / per:.1f}",
+        f"{calls.prompt_tokens / per:.0f}",
+        str(calls.encoder_calls),
+    )
 
 
 def read_outcomes(settings: Settings, timeout_s: float = 30.0) -> list[dict[str, Any]]:

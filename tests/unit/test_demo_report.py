@@ -17,6 +17,7 @@ from launcher.demo_report import (
     SentenceLags,
     call_table,
     group_rss_mb,
+    print_calls,
     print_memory,
     print_speed,
     process_groups,
@@ -152,3 +153,18 @@ def test_the_speed_lines_keep_the_real_time_factor_and_add_the_lag() -> None:
         print_speed(145, 70.0, None, paced=True)
     out = printed(captured)
     assert "real-time factor 0.83" in out and "at most 1 by construction" in out and "p50" not in out
+
+
+def test_the_call_table_prints_a_row_per_role_and_the_total_per_chunk() -> None:
+    outcomes = [
+        outcome("relationship_checker", "smollm2", 900, "s1:0"),
+        outcome("relationship_checker", "smollm2", 700, "s1:1"),
+        outcome("content_organizer", "minilm", 60, "s1:1"),
+    ]
+    with console.capture() as captured:
+        print_calls(call_table(outcomes, "s1", encoders={"minilm"}))
+    out = printed(captured)
+    assert "model calls on the stream's 2 chunks" in out
+    assert "relationship_checker 2 1600 1.0 800 0" in out  # not cut to fit the terminal
+    assert "content_organizer 0 0 0.0 0 1" in out
+    assert "all roles 2 1600 1.0 800 1" in out
