@@ -19,16 +19,17 @@ import contextlib
 import json
 import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-import olp
 from launcher.cli_dlq import COMMANDS as DLQ_COMMANDS
 from launcher.cli_feeds import COMMANDS as FEED_COMMANDS
 from launcher.console import (
@@ -42,11 +43,16 @@ from launcher.console import (
     secret_values,
     serve_http,
 )
+from launcher.demo_report import SAMPLE, SPEECH_SENTENCES_PER_S
 from olp.settings import Settings
 
-SAMPLE = Path(olp.__file__).parent / "data" / "sample_livestream.jsonl"
-SPEECH_SENTENCES_PER_S = 2.5
-"""The pace of a live host, the benchmarks' too: what a real-time factor of 1 must keep up with."""
+if TYPE_CHECKING:
+    from launcher.clients import DeadLetterSummary, DocumentView
+    from launcher.demo_report import SentenceLags
+    from launcher.stack import EmbeddedStack
+
+PACES = {"max": 0.0, "live": 1 / SPEECH_SENTENCES_PER_S}
+"""Seconds between two replayed sentences: as fast as the broker takes them, or a speaker's pace."""
 
 
 @click.group()
@@ -158,13 +164,23 @@ def _load_segments(path: Path, stream_id: str, feed: str, domain: str, lang: str
     return segments
 
 
-def _replay_with_bar(settings: Settings, segments: list[dict[str, Any]], pace_s: float) -> None:
+def _replay_with_bar(
+    settings: Settings,
+    segments: list[dict[str, Any]],
+    pace_s: float,
+    on_sent: Callable[[Mapping[str, Any]], None] | None = None,
+) -> None:
     from launcher.clients import replay
+
+    def sent(segment: Mapping[str, Any]) -> None:
+        bar.advance(task)
+        if on_sent is not None:
+            on_sent(segment)
 
     with progress_bar() as bar:
         task = bar.add_task("replaying", total=len(segments))
         with friendly_errors():
-            replay(settings, segments, on_sent=lambda _s: bar.advance(task), pace_s=pace_s)
+            replay(settings, segments, on_sent=sent, pace_s=pace_s)
 
 
 @main.command("replay")
@@ -175,16 +191,16 @@ def _replay_with_bar(settings: Settings, segments: list[dict[str, Any]], pace_s:
 @click.option("--lang", default="en", show_default=True)
 @click.option(
     "--pace",
-    type=click.Choice(["max", "live"]),
+    type=click.Choice(list(PACES)),
     default="max",
     show_default=True,
-    help="live: ~2.5 sentences per second, like a speaker.",
+    help=f"live: {SPEECH_SENTENCES_PER_S} sentences per second, like a speaker.",
 )
 def replay_cmd(path: Path, stream_id: str | None, feed: str, domain: str, lang: str, pace: str) -> None:
     """Replay a transcript file (OLP-MINI `[[id, text], ...]` or JSONL) into olp.transcripts."""
     settings = cli_settings()
     segments = _load_segments(path, stream_id or path.stem, feed, domain, lang)
-    _replay_with_bar(settings, segments, 0.4 if pace == "live" else 0.0)
+    _replay_with_bar(settings, segments, PACES[pace])
     console.print(f"replayed {len(segments)} segments of stream {segments[0]['stream_id']}")
 
 
@@ -286,54 +302,107 @@ def up(secure: bool) -> None:
 )
 @click.option("--stream-id", default="demo-live-1", show_default=True)
 @click.option(
+    "--pace",
+    type=click.Choice(list(PACES)),
+    default="max",
+    show_default=True,
+    help=f"live: {SPEECH_SENTENCES_PER_S} sentences per second, like a speaker; the lag of the final "
+    "documents behind the speaker is what to watch then.",
+)
+@click.option(
     "--timeout", "timeout_s", default=1800, show_default=True, help="Give up after this many seconds."
 )
-def demo(transcript: Path, stream_id: str, timeout_s: int) -> None:
-    """Embedded stack + a live-commerce transcript -> organised documents, printed as produced."""
-    from launcher.clients import DeadLetterSummary, DocumentView, follow_results
+def demo(transcript: Path, stream_id: str, pace: str, timeout_s: int) -> None:
+    """Embedded stack + a live-commerce transcript -> organised documents, printed as produced;
+    then the real-time factor, the lag, the quality, the memory and the model calls per chunk."""
+    from launcher import demo_report as report
+    from olp.catalog import load_catalog
 
     started = time.monotonic()
     segments = _load_segments(transcript, stream_id, "default", "ecommerce", "en")
-    segment_ids = [int(s["segment_id"]) for s in segments]
     with _stack(_run_dir()) as stack:
         assert stack.settings is not None
-        first_segment = time.monotonic()  # models are loaded: the real-time clock starts here
-        _replay_with_bar(stack.settings, segments, 0.0)
-        console.print("[bold]documents[/] (newest version of each topic, as the roles produce them)")
-        view = DocumentView()
-        deadline = time.monotonic() + timeout_s
-        for result in follow_results(stack.settings):
-            if isinstance(result, DeadLetterSummary):
-                if result.stream_id == stream_id:
-                    view.apply_dead_letter(result)
-                    ids = "a record"
-                    if result.segment_ids:
-                        ids = f"sentences {min(result.segment_ids)}-{max(result.segment_ids)}"
-                    console.print(
-                        f"[bold red]dead letter[/] ({safe(result.stage)}): {ids}: {safe(result.error[:300])}"
-                    )
-            elif result is not None and result["stream_id"] == stream_id and view.apply(result):
-                print_document(result)
-            if view.covers(stream_id, segment_ids):
-                processing_s = time.monotonic() - first_segment
-                break
-            if time.monotonic() > deadline:
-                raise click.ClickException(
-                    f"no complete documents after {timeout_s}s; logs in {stack.run_dir}"
-                )
-            stack.check_alive()
+        lags = report.SentenceLags()
+        with report.MemorySampler(lambda: report.stack_processes(stack.pids())) as memory:
+            first_segment = time.monotonic()  # models are loaded: the real-time clock starts here
+            view = _replay_and_follow(stack, segments, PACES[pace], lags, timeout_s)
+            processing_s = time.monotonic() - first_segment
+        documents = view.stream(stream_id)
         console.rule("organised transcript")
-        for doc in view.stream(stream_id):
+        for doc in documents:
             print_document(doc, full=True)
         console.rule("policy")
         _print_policy(stack.policy())
-        _print_quality(view.stream(stream_id), transcript, len(segments), processing_s)
+        console.rule("measured")
+        catalog = load_catalog(stack.settings.catalog_path)
+        encoders = {m.name for m in catalog.models if m.kind == "encoder"}
+        report.print_calls(report.call_table(report.read_outcomes(stack.settings), stream_id, encoders))
+        report.print_memory(memory.peak)
+        report.print_speed(len(segments), processing_s, report.summarise_lags(lags.lags()), pace == "live")
+        report.print_quality(documents, transcript)
         dead = len(view.dead_lettered.get(stream_id, ()))
         console.print(
-            f"[bold green]done[/]: {len(segments)} sentences -> {len(view.stream(stream_id))} topics "
+            f"[bold green]done[/]: {len(segments)} sentences -> {len(documents)} topics "
             + (f"({dead} sentences dead-lettered, see above) " if dead else "")
             + f"in {time.monotonic() - started:.0f}s; logs in {stack.run_dir}"
         )
+
+
+class _ReaderGone(Exception):
+    """The demo stopped following (an error, Ctrl-C): the replay thread stops too."""
+
+
+def _replay_and_follow(
+    stack: EmbeddedStack, segments: list[dict[str, Any]], pace_s: float, lags: SentenceLags, timeout_s: int
+) -> DocumentView:
+    """Replay the segments in a thread while printing the stream's documents as they arrive;
+    returns the `DocumentView` once every sentence lies in a final document or a dead letter.
+    `lags` (`launcher.demo_report.SentenceLags`) learns when each sentence left and was final."""
+    from launcher.clients import DeadLetterSummary, DocumentView, follow_results
+
+    settings = stack.settings
+    assert settings is not None
+    stream_id = str(segments[0]["stream_id"])
+    segment_ids = [int(s["segment_id"]) for s in segments]
+    view, stopping = DocumentView(), threading.Event()
+    deadline = time.monotonic() + timeout_s
+
+    def sent(segment: Mapping[str, Any]) -> None:
+        lags.sent(int(segment["segment_id"]), time.monotonic())
+        if stopping.is_set():
+            raise _ReaderGone
+
+    with ThreadPoolExecutor(1, "replay") as pool:
+        replaying = pool.submit(_replay_with_bar, settings, segments, pace_s, sent)
+        console.print("[bold]documents[/] (newest version of each topic, as the roles produce them)")
+        try:
+            for result in follow_results(settings):
+                if isinstance(result, DeadLetterSummary):
+                    if result.stream_id == stream_id:
+                        view.apply_dead_letter(result)
+                        _print_dead_letter(result)
+                elif result is not None and result["stream_id"] == stream_id and view.apply(result):
+                    lags.document(result, time.monotonic())
+                    print_document(result)
+                if replaying.done():
+                    replaying.result()  # the replay's error, if it failed
+                if view.covers(stream_id, segment_ids):
+                    return view
+                if time.monotonic() > deadline:
+                    raise click.ClickException(
+                        f"no complete documents after {timeout_s}s; logs in {stack.run_dir}"
+                    )
+                stack.check_alive()
+        finally:
+            stopping.set()
+    raise AssertionError("follow_results ended")  # it follows until told to stop
+
+
+def _print_dead_letter(letter: DeadLetterSummary) -> None:
+    ids = "a record"
+    if letter.segment_ids:
+        ids = f"sentences {min(letter.segment_ids)}-{max(letter.segment_ids)}"
+    console.print(f"[bold red]dead letter[/] ({safe(letter.stage)}): {ids}: {safe(letter.error[:300])}")
 
 
 EVIDENCE_SOURCES = ("canary", "judge", "agreement", "downstream", "human", "failure", "unlabelled")
@@ -358,29 +427,6 @@ def _print_evidence(data: Mapping[str, Any]) -> None:
                 gap,
             )
     console.print(table)
-
-
-def _print_quality(
-    documents: list[dict[str, Any]], transcript: Path, sentences: int, processing_s: float
-) -> None:
-    """The demo's yardsticks: how fast against the speaker, and, for the bundled sample, how
-    good against its hand-written gold labels (processors/gold.py)."""
-    speech_s = sentences / SPEECH_SENTENCES_PER_S
-    console.print(
-        f"real-time factor {speech_s / processing_s:.2f} ({speech_s:.0f} s of speech at"
-        f" {SPEECH_SENTENCES_PER_S} sentences/s in {processing_s:.0f} s of processing)"
-    )
-    if transcript.resolve() != SAMPLE.resolve():
-        return
-    from launcher.stack import SAMPLE_GOLD
-    from processors.gold import load_labelled, score_against_gold
-
-    score = score_against_gold(documents, load_labelled(SAMPLE_GOLD))
-    console.print(
-        f"quality against the sample's gold labels: products found {score['products_found']:.0f}"
-        f"/{score['products']:.0f}, topic span recall {score['span_recall']:.2f},"
-        f" aspect accuracy {score['aspect_accuracy']:.2f}"
-    )
 
 
 for _command in (*FEED_COMMANDS, *DLQ_COMMANDS):

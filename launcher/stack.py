@@ -402,6 +402,11 @@ class EmbeddedStack:
         with urllib.request.urlopen(f"{self.api_url}/v1/policy", timeout=5) as resp:
             return dict(json.load(resp))
 
+    def pids(self) -> dict[str, int]:
+        """Child name -> pid: the broker, the model servers and the services."""
+        own = {c.name: c.proc.pid for c in self.children if c.proc is not None}
+        return {**own, **(self.services.pids() if self.services else {})}
+
     def check_alive(self) -> None:
         if self.services is not None:
             self.services.check_alive()
