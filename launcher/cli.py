@@ -332,7 +332,9 @@ def demo(transcript: Path, stream_id: str, pace: str, timeout_s: int) -> None:
         for doc in documents:
             print_document(doc, full=True)
         console.rule("policy")
-        _print_policy(stack.policy())
+        policy = stack.policy()
+        _print_policy(policy)
+        report.print_calibration(report.calibrations(policy))
         console.rule("measured")
         catalog = load_catalog(stack.settings.catalog_path)
         encoders = {m.name for m in catalog.models if m.kind == "encoder"}

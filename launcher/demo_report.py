@@ -259,7 +259,8 @@ def print_calls(table: CallTable) -> None:
     console.print(grid)
     if table.canary_chunks:
         console.print(
-            f"gold canaries beside it: {table.canary_chunks} chunks, {table.canary_llm_calls} LLM calls,"
+            f"gold canaries beside it: {table.canary_chunks} chunk{'s' if table.canary_chunks != 1 else ''},"
+            f" {table.canary_llm_calls} LLM calls,"
             f" {table.canary_prompt_tokens} prompt tokens"
         )
 
@@ -328,4 +329,66 @@ def print_quality(documents: list[dict[str, Any]], transcript: Path) -> None:
         f"quality against the sample's gold labels: products found {score['products_found']:.0f}"
         f"/{score['products']:.0f}, topic span recall {score['span_recall']:.2f},"
         f" aspect accuracy {score['aspect_accuracy']:.2f}"
+    )
+
+
+CALIBRATION_TOLERANCE = 0.15
+"""How far a learned quality estimate may sit from the canary-measured score (issue target)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """One role and model: the learner's quality estimate against the gold canaries' score."""
+
+    role: str
+    model: str
+    estimate: float
+    canary: float
+    canary_n: float
+
+    @property
+    def gap(self) -> float:
+        return abs(self.estimate - self.canary)
+
+
+def calibrations(policy: Mapping[str, Any]) -> list[Calibration]:
+    """Every role and model of `/v1/policy` whose estimate the canaries measured."""
+    rows = []
+    for role in policy.get("roles") or ():
+        for model, ev in sorted((role.get("evidence") or {}).items()):
+            if ev.get("canary_mean") is not None:
+                rows.append(
+                    Calibration(
+                        str(role["role"]),
+                        str(model),
+                        float(ev["quality"]),
+                        float(ev["canary_mean"]),
+                        float(ev.get("canary") or 0.0),
+                    )
+                )
+    return rows
+
+
+def print_calibration(rows: Sequence[Calibration]) -> None:
+    """The learner's calibration after the run: estimate vs canary score per role and model."""
+    from rich.table import Table
+
+    if not rows:
+        console.print("calibration: no canary scored a model (canaries off?)")
+        return
+    grid = Table("role", "model", "estimate k", "canary k", "canary n", "gap", box=None)
+    for row in rows:
+        flag = "[red]" if row.gap > CALIBRATION_TOLERANCE else ""
+        grid.add_row(
+            row.role,
+            row.model,
+            f"{row.estimate:+.2f}",
+            f"{row.canary:+.2f}",
+            f"{row.canary_n:g}",
+            f"{flag}{row.gap:.2f}",
+        )
+    console.print(grid)
+    within = sum(row.gap <= CALIBRATION_TOLERANCE for row in rows)
+    console.print(
+        f"calibration: {within} of {len(rows)} estimates within {CALIBRATION_TOLERANCE} of their canary score"
     )

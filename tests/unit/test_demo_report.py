@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from launcher import demo_report
 from launcher.console import console
 from launcher.demo_report import (
     CLI,
@@ -168,3 +169,22 @@ def test_the_call_table_prints_a_row_per_role_and_the_total_per_chunk() -> None:
     assert "relationship_checker 2 1600 1.0 800 0" in out  # not cut to fit the terminal
     assert "content_organizer 0 0 0.0 0 1" in out
     assert "all roles 2 1600 1.0 800 1" in out
+
+
+def test_calibration_rows_and_verdict_line(capsys: pytest.CaptureFixture[str]) -> None:
+    policy = {
+        "roles": [
+            {
+                "role": "topic_finder",
+                "evidence": {
+                    "smollm2": {"quality": -0.8, "quality_sd": 0.1, "canary": 3, "canary_mean": -0.5},
+                    "minilm": {"quality": 0.4, "quality_sd": 0.2, "canary": 2, "canary_mean": 0.45},
+                    "untested": {"quality": 0.0, "quality_sd": 1.0},
+                },
+            }
+        ]
+    }
+    rows = demo_report.calibrations(policy)
+    assert [(r.model, round(r.gap, 2)) for r in rows] == [("minilm", 0.05), ("smollm2", 0.3)]
+    demo_report.print_calibration(rows)
+    assert "calibration: 1 of 2 estimates within 0.15" in capsys.readouterr().out
