@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,11 +150,24 @@ def build_learner(
         if feed.budget_usd_per_hour is not None
     }
     if saved is None:
-        pools = {role: list(catalog.pool(role)) for role in ROLES}
+        # Cheapest first: with nothing learned, the start assigns a pool's first model and runs
+        # the others beside it as they fit the budgets, so a cold stack answers at the cheap
+        # model's speed (an encoder's milliseconds, not an LLM's seconds) while it learns.
+        pools = {role: cheapest_first(catalog, catalog.pool(role)) for role in ROLES}
         return make_learner(settings.learner.policy, pools, settings.learner.knob_overrides(), budgets, rng)
     learner = RoleRL.restore(saved, rng)
     learner.budgets.configure(budgets)  # the settings, not the snapshot, say what is limited
     return learner
+
+
+TYPICAL_CALL_TOKENS = (1000, 100)
+"""Prompt and answer tokens of a typical role call: what "cheapest" compares."""
+
+
+def cheapest_first(catalog: Catalog, models: Sequence[str]) -> list[str]:
+    """`models` by the catalog price of a typical call, cheapest first (stable: ties keep the
+    catalog's order)."""
+    return sorted(models, key=lambda m: catalog.model(m).cost_usd(*TYPICAL_CALL_TOKENS))
 
 
 def load_state(settings: Settings, catalog: Catalog, seed: int | None = None) -> PolicyState:
