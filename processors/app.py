@@ -46,6 +46,9 @@ from schemas.codec import make_codec
 
 log = logging.getLogger("olp.processors")
 
+SETTLE_TIMEOUT_S = 10.0
+"""How long a stopping worker waits for extras still running to record their outcomes."""
+
 REGISTER: dict[str, Callable[[WorkerContext], Any]] = {
     "chunk_splitter": splitter_agent.register,
     "topic_finder": topic_finder.register,
@@ -140,6 +143,7 @@ class _Lifecycle(Service):
             )
 
     async def on_stop(self) -> None:
+        await self.worker.settle(SETTLE_TIMEOUT_S)
         if self.worker.board is not None:
             await self.worker.board.close()
         if self._session is not None:

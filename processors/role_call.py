@@ -5,11 +5,13 @@ its propensity and the policy version, extras, cascade, failover order) -> ask t
 the gateway -> parse the answer with the role's pure parser -> on junk, re-ask once with the
 parser's complaint -> on model faults or persistent junk, fail over (to the cascade's stronger
 model first, then the next-best). Extras (warm-up of untried models, exploration duels) are asked
-the same input concurrently and recorded, but the primary's answer is delivered (an extra's only
-when every other model failed). Cascade: when the primary's answer has a confidence (token
-logprobs, or an encoder's `Confident` answer) below the plan's threshold, the stronger model is
-asked and its answer delivered if it parses; no confidence counts as not low. This is the
-LONDI-style switch: a cheap encoder first, the LLM only where the encoder is unsure.
+the same input concurrently and recorded, but the primary's answer is delivered without waiting
+for them (an extra's only when every other model failed); their outcomes and the evidence that
+compares them follow when they answer (`settle` waits for them). Cascade: when the primary's
+answer has a confidence (token logprobs, or an encoder's `Confident` answer) below the plan's
+threshold, the stronger model is asked and its answer delivered if it parses; no confidence
+counts as not low. This is the LONDI-style switch: a cheap encoder first, the LLM only where
+the encoder is unsure.
 The feed's LLM time budget (processors/llm_budget.py) holds the optional LLM calls: extras and
 escalations it does not cover are skipped and counted; the primary, re-asks and failover spend.
 An encoder model (catalog `kind: encoder`) answers through the role's `encode` task instead of a
@@ -26,6 +28,7 @@ is scored by the role's `grade` (`source = canary`) and none is judged.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -48,6 +51,7 @@ from processors.model_gateway import Completion, InputRejected, ModelGateway
 from processors.policy_view import PolicyView
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 FeedbackSink = Callable[[dict[str, Any]], Awaitable[None]]
 JudgeHook = Callable[[JudgedCall], Awaitable[Any]]
 Grade = Callable[[Any], float | None]
@@ -145,6 +149,8 @@ class RoleCaller:
         not cover are skipped."""
         self._last_model: str | None = None
         self._last_success = True
+        self._settling: set[asyncio.Future[None]] = set()
+        """Extras still running after their call's answer was delivered."""
 
     async def ask(
         self,
@@ -171,10 +177,14 @@ class RoleCaller:
             if m is not None and m not in order and m not in extras:
                 order.append(m)
         errors: list[str] = []
-        primary, *others = await asyncio.gather(
-            self._first_usable(call, order, errors),
-            *(self._try(call, m, p, errors, prev) for m, p in plan.extras if m in extras),
-        )
+        running = [
+            asyncio.ensure_future(self._try(call, m, p, errors, prev)) for m, p in plan.extras if m in extras
+        ]
+        primary = await self._first_usable(call, order, errors)
+        others: list[_Got[T] | None] = []
+        if primary is None and running:  # an extra's answer is not lost when every other failed
+            others = list(await asyncio.gather(*running))
+            running = []
         got = primary
         escalated: _Got[T] | None = None
         if (
@@ -194,7 +204,12 @@ class RoleCaller:
         if got is None:
             raise RoleFailed(f"{self.role}: no model gave a usable answer: {'; '.join(errors)[:1000]}")
         answered = [g for g in (primary, escalated, *others) if g is not None]
-        await self._evidence(got, answered, ctx, grade)
+        if running:
+            # Extras (warm-up runs, duels) teach the learner but never hold up the answer: a
+            # local LLM beside an encoder takes seconds where the encoder took milliseconds.
+            self._settle_later(self._evidence_after(running, got, answered, ctx, grade))
+        else:
+            await self._evidence(got, answered, ctx, grade)
         value = got.value
         if self._judge is not None and not is_canary(ctx.stream_id):
             value = await self._judge(
@@ -211,6 +226,37 @@ class RoleCaller:
                 )
             )
         return Answer(value, got.model, got.outcome)
+
+    async def _evidence_after(
+        self,
+        running: Sequence[asyncio.Future[_Got[T] | None]],
+        got: _Got[T],
+        answered: list[_Got[T]],
+        ctx: CallContext,
+        grade: Grade | None,
+    ) -> None:
+        """The evidence of a call once its extras have answered too."""
+        extras = await asyncio.gather(*running)
+        await self._evidence(got, [*answered, *(g for g in extras if g is not None)], ctx, grade)
+
+    def _settle_later(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Future[None]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: recording a call's extras failed: %r", self.role, task.exception())
+
+    async def settle(self, timeout_s: float | None = None) -> None:
+        """Wait for the extras still running (their outcomes and evidence); at shutdown, those
+        not done within `timeout_s` are cancelled: only feedback is lost, never a document."""
+        if not self._settling:
+            return
+        _done, pending = await asyncio.wait(set(self._settling), timeout=timeout_s)
+        for task in pending:
+            task.cancel()
 
     def _admitted(
         self, optional: Sequence[str], kind: str, ctx: CallContext, primary: str | None = None

@@ -218,6 +218,10 @@ class WorkerContext:
             await on_failure(record)
         return type(failure).__name__
 
+    async def settle(self, timeout_s: float) -> None:
+        """Let the roles' detached extras record their outcomes before the producer stops."""
+        await asyncio.gather(*(c.settle(timeout_s) for c in self._callers.values()))
+
     def caller(self, role: str) -> RoleCaller:
         if role not in self._callers:
             if self.gateway is None:

@@ -68,6 +68,7 @@ async def ask(
 
     caller = RoleCaller("topic_finder", Gateway(answers), policy, emit, random.Random(1), judge=judge)  # type: ignore[arg-type]
     answer = await caller.ask([{"role": "user", "content": "go"}], parse, ctx, grade=grade)
+    await caller.settle()  # extras record their outcomes after the answer
     return answer, outcomes, judged
 
 

@@ -124,6 +124,7 @@ async def ask(
     gateway = Gateway(confidence)
     caller = RoleCaller("topic_finder", gateway, policy, emit, random.Random(1), budget=budget)  # type: ignore[arg-type]
     answer = await caller.ask([{"role": "user", "content": "go"}], parse, CTX, encode=lambda embedder: None)
+    await caller.settle()  # extras record their outcomes after the answer
     return answer.value, gateway, outcomes
 
 

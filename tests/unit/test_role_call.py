@@ -3,6 +3,7 @@ RoleOutcome per attempt (spec sections 3-4)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import Iterator
@@ -57,6 +58,7 @@ async def call(server: ScriptedLLM, policy: PolicyView) -> tuple[Any, list[dict[
         )
         try:
             answer = await caller.ask([{"role": "user", "content": "go"}], parse, CTX)
+            await caller.settle()  # extras record their outcomes after the answer
         except RoleFailed as exc:
             return exc, outcomes
     return answer, outcomes
@@ -176,6 +178,7 @@ async def run_plan(
     caller = RoleCaller("topic_finder", gateway, policy, emit, random.Random(1))  # type: ignore[arg-type]
     try:
         answer: Any = await caller.ask([{"role": "user", "content": "go"}], parse, CTX)
+        await caller.settle()  # extras record their outcomes after the answer
     except RoleFailed as exc:
         answer = exc
     return answer, [o for o in outcomes if o["source"] in sources]
@@ -190,6 +193,37 @@ async def test_extras_run_on_the_same_input_and_are_recorded_but_the_primary_ans
     assert {m: o["propensity"] for m, o in by_model.items()} == {"a": 1.0, "b": 1.0, "c": 1.0}
     assert by_model["b"]["event_id"] == "s1:0:topic_finder:0:b:0"
     assert all(o["prev_model"] is None for o in outcomes), "the extras act from the state before the input"
+
+
+class SlowExtraGateway(ScriptedGateway):
+    """Model "c" answers only when released: a local LLM running beside an encoder."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        super().__init__(answers)
+        self.release = asyncio.Event()
+
+    async def complete(self, model: str, messages: Any, json_schema: Any = None) -> Completion:
+        if model == "c":
+            await self.release.wait()
+        return await super().complete(model, messages, json_schema)
+
+
+async def test_the_answer_does_not_wait_for_an_extra_whose_outcome_follows() -> None:
+    gateway = SlowExtraGateway({"a": topics("from a"), "c": topics("from c")})
+    policy = PolicyView({"topic_finder": ["a", "c"]})
+    policy.apply({**assignment("a"), "candidates": ["a", "c"], "mode": "role_rl", "warmup": ["c"]})
+    outcomes: list[dict[str, Any]] = []
+
+    async def emit(outcome: dict[str, Any]) -> None:
+        outcomes.append(outcome)
+
+    caller = RoleCaller("topic_finder", gateway, policy, emit, random.Random(1))  # type: ignore[arg-type]
+    answer = await asyncio.wait_for(caller.ask([{"role": "user", "content": "go"}], parse, CTX), 5)
+    assert answer.model == "a" and [o["model"] for o in outcomes] == ["a"]
+    gateway.release.set()
+    await caller.settle(timeout_s=5)
+    assert sorted(o["model"] for o in outcomes if o["source"] == "processor") == ["a", "c"]
+    assert {o["model"] for o in outcomes if o["source"] == "agreement"} == {"a", "c"}
 
 
 async def test_an_extras_answer_is_used_only_when_every_other_model_failed() -> None:
