@@ -160,7 +160,8 @@ def chat(transcript: str, task: str) -> Prompt:
 
     The transcript comes first so that all calls about one chunk share a long identical prefix:
     llama.cpp servers reuse its evaluated KV cache, so the chunk is read once, not once per call
-    (prompt evaluation dominates the cost of small local models).
+    (prompt evaluation dominates the cost of small local models). For the same reason a role's
+    `task` starts with what all its calls about the chunk share and ends with what this call asks.
     """
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
