@@ -17,8 +17,8 @@ has in common with the call before it: what llama.cpp reuses from its KV cache w
 evaluates), sends the calls in that order with `max_tokens` 1 and prints, per role, the prompt
 tokens the server reports (`usage.prompt_tokens`), the tokens it actually evaluated (from its
 `prompt eval time = ... / N tokens` log line) and the seconds per call. `--cache-mb N` turns on
-the server's prompt cache (`cache: true`, RAM); `--interleave` puts a foreign call (a canary
-chunk's Topic Finder prompt) between the role stages of each chunk, as canaries and other streams
+the server's prompt cache (`cache: true`, RAM); `--interleave` puts a foreign call (the Topic
+Finder prompt of the next canary chunk) between the role stages of each chunk, as canaries and other streams
 do in the running pipeline, which is when only that cache can find the chunk's prefix again.
 """
 
@@ -199,7 +199,7 @@ def evaluated_since(log: Path, offset: int) -> tuple[int | None, int]:
     return (sum(int(n) for n in found) if found else None), len(data)
 
 
-def live(calls: Sequence[Call], foreign: Prompt | None, cache_mb: int) -> list[dict[str, Any]]:
+def live(calls: Sequence[Call], foreign: Sequence[Prompt], cache_mb: int) -> list[dict[str, Any]]:
     run_dir = Path(tempfile.mkdtemp(prefix="olp-prompt-tokens-"))
     child, url = start_model_server(
         run_dir, {MODEL_ALIAS: smollm2_weights()}, n_ctx=8192, prompt_cache_mb=cache_mb, verbose=True
@@ -209,8 +209,8 @@ def live(calls: Sequence[Call], foreign: Prompt | None, cache_mb: int) -> list[d
         ask(url, [{"role": "user", "content": "Say hi."}])  # warm-up outside the measurement
         offset = child.log_path.stat().st_size
         for n, call in enumerate(calls):
-            if foreign is not None and n > 0 and call.role != calls[n - 1].role:
-                ask(url, foreign)
+            if foreign and n > 0 and call.role != calls[n - 1].role:
+                ask(url, foreign[n % len(foreign)])
                 _, offset = evaluated_since(child.log_path, offset)
             tokens, seconds = ask(url, call.prompt)
             evaluated, offset = evaluated_since(child.log_path, offset)
@@ -266,10 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from launcher.embedded import PROMPT_CACHE_MB
 
         cache_mb = PROMPT_CACHE_MB if args.cache_mb is None else args.cache_mb
-        foreign = None
+        foreign = []
         if args.interleave:
-            canary = canary_chunks(load_labelled(Path("canaries_news_en.json")), args.chunk_size)[0]
-            foreign = topic_finder.build_prompt(list(canary.sentences), canary.domain, canary.lang)
+            files = ("canaries_news_en.json", "canaries_ecommerce_zh.json")
+            canaries = [c for f in files for c in canary_chunks(load_labelled(Path(f)), args.chunk_size)]
+            foreign = [topic_finder.build_prompt(list(c.sentences), c.domain, c.lang) for c in canaries]
         rows = live(calls, foreign, cache_mb)
         print(f"live, SmolLM2 server, prompt cache {cache_mb} MB, interleaved: {args.interleave}")
         print_table(rows, ("tokens", "evaluated", "seconds"))
