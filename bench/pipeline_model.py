@@ -39,7 +39,7 @@ SAMPLE_TEXTS: list[str] = [
 LAP = len(SAMPLE_TEXTS)
 
 _ID_LINE = re.compile(r"^\[(\d+)\] ", re.MULTILINE)
-_RANGE = re.compile(r"^Sentences (\d+) to (\d+), about", re.MULTILINE)
+_RANGE = re.compile(r"Sentences (\d+) to (\d+) are about")
 _QUOTED = re.compile(r'"([^"]+)"')
 
 

@@ -24,7 +24,7 @@ PRODUCTS: list[tuple[str, int, int]] = [
 """(name, first id, last id) of each product; ids 69-71 are an off-topic aside."""
 
 _ID_LINE = re.compile(r"^\[(\d+)\] (.*)$", re.MULTILINE)
-_RANGE = re.compile(r"^Sentences (\d+) to (\d+), about", re.MULTILINE)
+_RANGE = re.compile(r"Sentences (\d+) to (\d+) are about")
 _TOPIC = re.compile(r'^The (?:product|topic): "([^"]+)"$', re.MULTILINE)
 
 

@@ -24,6 +24,7 @@ from processors.domain import (
     aspect_key,
     chat,
     extract_json,
+    language_name,
     render_transcript,
     sentences_from_avro,
 )
@@ -81,19 +82,19 @@ def build_prompt(
     the answer's length is bounded (asked for id lists, SmolLM2 repeats ids until max_tokens)
     and each label is written right after its sentence's id (asked for a bare list, even
     Qwen2.5-1.5B lost track and cycled through the aspect names). The whole chunk is shown first
-    and the aspects after it, both the same for every call about the chunk (the prefix the model
-    server caches); the last line names the topic and the ids to label. The answer holds aspect
-    names only, so no language line.
+    (the prefix the model server caches); the task names the topic and the ids to label.
     """
     what = "product" if domain == "ecommerce" else "topic"
     groups = [f"- {a}: {_HINTS[aspect_key(a)]}" if aspect_key(a) in _HINTS else f"- {a}" for a in aspects]
     first, last = topic_sentences[0].id, topic_sentences[-1].id
     task = "\n".join(
         [
-            "Label each sentence named below with the one aspect that fits it best:",
+            f'Sentences {first} to {last} are about the {what} "{topic_name}".',
+            "Label each of these sentences with the one aspect that fits it best:",
             *groups,
-            'JSON: {"labels": {...}}: each key the id of one of these sentences, its value the aspect name.',
-            f'Sentences {first} to {last}, about the {what} "{topic_name}".',
+            f"The transcript is in {language_name(lang)}.",
+            'Answer with JSON: {"labels": {...}}, where each key is the id of one sentence from '
+            f"{first} to {last} and its value is that sentence's aspect name.",
         ]
     )
     return chat(render_transcript(chunk_sentences), task)

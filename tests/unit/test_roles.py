@@ -159,7 +159,8 @@ def test_only_the_roles_that_write_names_get_the_language_line() -> None:
 
 def test_calls_of_one_role_about_one_chunk_differ_only_in_their_last_line() -> None:
     """The instructions come before what a call asks about, so the calls of a role about one
-    chunk share them too, not only the transcript."""
+    chunk share them too, not only the transcript. (Not the Content Organizer's: with its aspect
+    list first SmolLM2 labelled worse.)"""
     spans = [TopicSpan(WIG, 100, 107), TopicSpan(SNEAKERS, 110, 115), TopicSpan("Coupon", 116, 118)]
     pairs = {
         "locator": [
@@ -168,10 +169,6 @@ def test_calls_of_one_role_about_one_chunk_differ_only_in_their_last_line() -> N
         "checker": [
             relationship_checker.build_prompt(CHUNK, a, b, "ecommerce", "en")
             for a, b in relationship_checker.adjacent_pairs(spans)
-        ],
-        "organizer": [
-            content_organizer.build_prompt(CHUNK, CHUNK[:5], WIG, ECOMMERCE, "ecommerce", "en"),
-            content_organizer.build_prompt(CHUNK, CHUNK[5:], SNEAKERS, ECOMMERCE, "ecommerce", "en"),
         ],
     }
     for role, (first, second) in pairs.items():
@@ -605,8 +602,8 @@ WIG_IDS = [100, 101, 103, 106, 107]
 def test_organizer_prompt_lists_aspects_with_hints() -> None:
     user = _user(content_organizer.build_prompt(CHUNK, CHUNK[:5], WIG, ECOMMERCE, "ecommerce", "en"))
     assert "- Price: prices, discounts, coupons, deals" in user
-    assert user.endswith(f'\nSentences 100 to {CHUNK[4].id}, about the product "{WIG}".')
-    assert '{"labels": {...}}: each key the id of one of these sentences' in user
+    assert f'Sentences 100 to {CHUNK[4].id} are about the product "{WIG}".' in user
+    assert '{"labels": {...}}, where each key is the id of one sentence from 100 to 107' in user
     custom = _user(
         content_organizer.build_prompt(CHUNK, CHUNK[:5], WIG, ["Shipping", "Facts"], "ecommerce", "en")
     )
