@@ -38,32 +38,30 @@ MAX_NAME_CHARS = 120
 
 _TASKS = {
     "ecommerce": (
-        "List the products the host is selling, for example an item that gets a price. Name each "
-        "in two to five words, not a whole sentence."
+        "List the products the host is selling in this live-stream transcript, for example an "
+        "item that gets a price. Name each product in two to five words, not a whole sentence."
     ),
     "news": (
-        "List the news topics. When several topics belong to one bigger story, give only the "
-        "bigger story. Give each a short name."
+        "List the news topics in this transcript. When several topics belong to one bigger "
+        "story, give only the bigger story. Give each topic a short name."
     ),
     "meeting": (
-        "List the agenda items: the subjects the speakers spend several turns on, not single "
-        "remarks. Name each in two to six words, not a sentence."
+        "List the agenda items this meeting discusses: the subjects the speakers spend several "
+        "turns on, not single remarks. Name each subject in two to six words, not a sentence."
     ),
 }
-_DEFAULT_TASK = "List the main topics. Give each a short name."
+_DEFAULT_TASK = "List the main topics of this transcript. Give each topic a short name."
 
 
 def build_prompt(sentences: Sequence[Sentence], domain: str, lang: str) -> Prompt:
-    """Ask for the chunk's topic names, in order of first appearance, as JSON.
-
-    No example names: a small model copies them into its answer.
-    """
+    """Ask for the chunk's topic names, in order of first appearance, as JSON."""
     task = "\n".join(
         [
             _TASKS.get(domain, _DEFAULT_TASK),
-            "In the order they first appear, each once.",
+            "Keep the order in which they first appear. Name each one only once.",
             language_line(lang),
-            'JSON: {"topics": [...]}',
+            # No example names: a small model copies them into its answer.
+            'Answer with JSON: {"topics": [...]}, a list of short names.',
         ]
     )
     return chat(render_transcript(sentences), task)
