@@ -117,8 +117,8 @@ def answer(body: dict[str, Any]) -> str:
         names = list(dict.fromkeys(p for p in (product_of(i) for i in ids) if p))
         return json.dumps({"topics": names or ["Chat"]})
     if role == "topic_locator":
-        named = [q for q in _QUOTED.findall(task) if "#" in q]
-        return json.dumps(_span(named[0] if named else "", ids))
+        named = [q for q in _QUOTED.findall(task) if "#" in q]  # the topic asked about comes last
+        return json.dumps(_span(named[-1] if named else "", ids))
     if role == "topic_locator_batch":
         names = [q for q in _QUOTED.findall(task) if "#" in q]
         return json.dumps({"spans": [{"topic": n, **_span(n, ids)} for n in dict.fromkeys(names)]})

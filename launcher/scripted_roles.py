@@ -25,7 +25,7 @@ PRODUCTS: list[tuple[str, int, int]] = [
 
 _ID_LINE = re.compile(r"^\[(\d+)\] (.*)$", re.MULTILINE)
 _RANGE = re.compile(r"Sentences (\d+) to (\d+) are about")
-_TOPIC = re.compile(r'sentences about the (?:product|topic) "([^"]+)"')
+_TOPIC = re.compile(r'^The (?:product|topic): "([^"]+)"$', re.MULTILINE)
 
 
 def aspect_of(text: str) -> str:

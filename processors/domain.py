@@ -160,7 +160,9 @@ def chat(transcript: str, task: str) -> Prompt:
 
     The transcript comes first so that all calls about one chunk share a long identical prefix:
     llama.cpp servers reuse its evaluated KV cache, so the chunk is read once, not once per call
-    (prompt evaluation dominates the cost of small local models).
+    (prompt evaluation dominates the cost of small local models). For the same reason the Topic
+    Locator's and the Relationship Checker's tasks start with what all their calls about the chunk
+    share and end with what the call asks.
     """
     return [
         {"role": "system", "content": SYSTEM_PROMPT},

@@ -56,11 +56,11 @@ DEFAULT_IOU_THRESHOLD = 0.5
 MAX_NAME_CHARS = 120
 
 _QUESTIONS = {
-    "ecommerce": 'Are "{a}" and "{b}" the same product?',
-    "news": 'Are "{a}" and "{b}" the same news story, or parts of one bigger story?',
-    "meeting": 'Are "{a}" and "{b}" the same agenda item of the meeting?',
+    "ecommerce": "Are {a} and {b} the same product?",
+    "news": "Are {a} and {b} the same news story, or parts of one bigger story?",
+    "meeting": "Are {a} and {b} the same agenda item of the meeting?",
 }
-_DEFAULT_QUESTION = 'Are "{a}" and "{b}" the same topic?'
+_DEFAULT_QUESTION = "Are {a} and {b} the same topic?"
 _DIFFERENT = {
     # Small models lean to "true" for anything that shares a theme; say what "false" covers.
     "ecommerce": "Answer false when they are two different products, even of the same kind.",
@@ -84,20 +84,23 @@ def iou_threshold(domain: str) -> float:
 
 def build_prompt(sentences: Sequence[Sentence], a: TopicSpan, b: TopicSpan, domain: str, lang: str) -> Prompt:
     """Ask whether two adjacent topics are one. The whole chunk is shown (the shared prefix that
-    the model server caches across this chunk's calls); the task names both spans."""
-    question = _QUESTIONS.get(domain, _DEFAULT_QUESTION).format(a=a.name, b=b.name)
+    the model server caches across this chunk's calls), then the instructions, the same for every
+    pair of the chunk, and last the question that names both spans."""
+    question = _QUESTIONS.get(domain, _DEFAULT_QUESTION).format(a=_named_span(a), b=_named_span(b))
     task = "\n".join(
         [
-            question,
-            f'"{a.name}" is in sentences {a.first_id} to {a.last_id}. '
-            f'"{b.name}" is in sentences {b.first_id} to {b.last_id}.',
-            'Answer with JSON: {"related": true or false, "name": ...}.',
             _DIFFERENT.get(domain, _DEFAULT_DIFFERENT),
             "If they are the same, name is one short name that fits both; if not, name is empty.",
             language_line(lang),
+            'JSON: {"related": true or false, "name": ...}',
+            question,
         ]
     )
     return chat(render_transcript(sentences), task)
+
+
+def _named_span(span: TopicSpan) -> str:
+    return f'"{span.name}" (sentences {span.first_id} to {span.last_id})'
 
 
 def answer_schema() -> JsonSchema:

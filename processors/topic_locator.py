@@ -29,7 +29,6 @@ from processors.domain import (
     chat,
     extract_json,
     id_schema,
-    language_line,
     name_key,
     render_transcript,
     sentences_from_avro,
@@ -50,21 +49,21 @@ _NAME_KEYS = ("topic", "name", "product", "title")
 def build_prompt(
     sentences: Sequence[Sentence], topic: str, all_topics: Sequence[str], domain: str, lang: str
 ) -> Prompt:
-    """Ask where one topic starts and ends, naming the chunk's other topics as boundaries."""
+    """Ask where one topic starts and ends, naming the chunk's other topics as boundaries.
+
+    Everything but the last line is the same for every topic of the chunk, so the model server
+    evaluates it once per chunk (`processors.domain.chat`); the topic asked about comes last.
+    The locator writes no names, so no language line.
+    """
     what = "product" if domain == "ecommerce" else "topic"
-    others = [t for t in all_topics if name_key(t) != name_key(topic)]
-    lines = [
-        f'Find the sentences about the {what} "{topic}".',
-        "Give the id of the first sentence about it and the id of the last sentence about it.",
-        f"The first one is where the {what} is introduced; the last one is the last sentence "
-        f"about it before the talk moves on to something else.",
-        "An id is the number in [ ] at the start of a line.",
-    ]
-    if others:
-        lines.append("Other " + what + "s in the transcript: " + "; ".join(f'"{t}"' for t in others) + ".")
+    lines = []
+    if any(name_key(t) != name_key(topic) for t in all_topics):
+        lines.append(f"The {what}s: " + "; ".join(f'"{t}"' for t in all_topics) + ".")
     lines += [
-        language_line(lang),
-        'Answer with JSON: {"first_id": <id>, "last_id": <id>}.',
+        f"Give the ids (the numbers in [ ]) of the first and the last sentence about the {what} "
+        f"below: the first introduces it, the last is the last one before the talk moves on.",
+        'JSON: {"first_id": <id>, "last_id": <id>}',
+        f'The {what}: "{topic}"',
     ]
     return chat(render_transcript(sentences), "\n".join(lines))
 
@@ -93,16 +92,13 @@ def build_batch_prompt(
 ) -> Prompt:
     """Ask for the first and last sentence id of every topic in one call."""
     what = "product" if domain == "ecommerce" else "topic"
-    listing = "\n".join(f'- "{t}"' for t in topics)
-    example = ", ".join(f'{{"topic": "{t}", "first_id": 0, "last_id": 0}}' for t in topics[:2])
+    example = ", ".join(f'{{"topic": "{t}", "first_id": <id>, "last_id": <id>}}' for t in topics[:2])
     task = "\n".join(
         [
-            f"For each {what} below, give the id of the first and the last sentence about it.",
-            "An id is the number in [ ] at the start of a line.",
-            f"The {what}s:",
-            listing,
-            language_line(lang),
-            f'Answer with JSON like {{"spans": [{example}]}}, one entry per {what}, in this order.',
+            f"For each {what} below, give the ids (the numbers in [ ]) of the first and the last "
+            f"sentence about it.",
+            *(f'- "{t}"' for t in topics),
+            f'JSON: {{"spans": [{example}]}}, one entry per {what}, in this order.',
         ]
     )
     return chat(render_transcript(sentences), task)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +113,14 @@ def test_multi_model_server_config() -> None:
         ("b", "/m/b.gguf", 32768),
     ]
     assert config["port"] == 8000 and config["host"] == "127.0.0.1"
+
+
+def test_model_server_prompt_cache_is_a_ram_cache_of_the_given_size() -> None:
+    """Beside the prefix llama.cpp always reuses from the call before, the RAM cache keeps earlier
+    calls' states, for when another chunk's call came in between."""
+    models: Any = local_model_config(8000, {"a": Path("/m/a.gguf")}, prompt_cache_mb=48)["models"]
+    assert [(m["cache"], m["cache_type"], m["cache_size"], m["verbose"]) for m in models] == [
+        (True, "ram", 48 * 2**20, False)
+    ]
+    off: Any = local_model_config(8000, {"a": Path("/m/a.gguf")}, prompt_cache_mb=0)["models"][0]  # type: ignore[index]
+    assert "cache" not in off
