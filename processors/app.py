@@ -46,7 +46,7 @@ from schemas.codec import make_codec
 
 log = logging.getLogger("olp.processors")
 
-SETTLE_TIMEOUT_S = 10.0
+SETTLE_TIMEOUT_S = 5.0
 """How long a stopping worker waits for extras still running to record their outcomes."""
 
 REGISTER: dict[str, Callable[[WorkerContext], Any]] = {

@@ -204,12 +204,11 @@ class RoleCaller:
         if got is None:
             raise RoleFailed(f"{self.role}: no model gave a usable answer: {'; '.join(errors)[:1000]}")
         answered = [g for g in (primary, escalated, *others) if g is not None]
+        await self._evidence(got, answered, ctx, grade)
         if running:
             # Extras (warm-up runs, duels) teach the learner but never hold up the answer: a
             # local LLM beside an encoder takes seconds where the encoder took milliseconds.
-            self._settle_later(self._evidence_after(running, got, answered, ctx, grade))
-        else:
-            await self._evidence(got, answered, ctx, grade)
+            self._settle_later(self._evidence_after(running, got, ctx, grade))
         value = got.value
         if self._judge is not None and not is_canary(ctx.stream_id):
             value = await self._judge(
@@ -231,13 +230,13 @@ class RoleCaller:
         self,
         running: Sequence[asyncio.Future[_Got[T] | None]],
         got: _Got[T],
-        answered: list[_Got[T]],
         ctx: CallContext,
         grade: Grade | None,
     ) -> None:
-        """The evidence of a call once its extras have answered too."""
+        """The evidence the extras give once they have answered: their canary scores, or their
+        agreement with the delivered answer."""
         extras = await asyncio.gather(*running)
-        await self._evidence(got, [*answered, *(g for g in extras if g is not None)], ctx, grade)
+        await self._evidence(got, [g for g in extras if g is not None], ctx, grade)
 
     def _settle_later(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
