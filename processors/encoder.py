@@ -269,6 +269,10 @@ TALK_ASPECTS = {"ecommerce": ("Opening", "Price", "Order Urging")}
 """Per domain, the aspects whose labelled examples are talk around any topic (greeting, price,
 urging to buy), not about one: a candidate nearer those examples than the domain's other ones
 names the sale ("voucher", "share the livestream"), not the product (`similarity.talk_penalty`)."""
+WEAKEST_NAME = 0.45
+"""Score below which a segment's best name is chatter's: no phrase both fits it and recurs in it
+(`similarity.phrase_scores`; on OLP-MINI English, products' names score 0.5-0.85, the best
+phrases of the chatter between them 0.3-0.45: "scratch", "pure", "style")."""
 SHARED_CANDIDATES = 3
 """Neighbouring segments whose best few candidates share a word ("wig" / "headband wigs") are
 one topic (merged)."""
@@ -321,8 +325,8 @@ def find_task(
 def one_topic(e: Embedder, a: Naming, b: Naming, lang: str) -> bool:
     """Do two neighbouring segments talk about one topic: their names name one topic, or their
     best few candidates share a word (a product is still named on both sides of a dip)?"""
-    if not a or not b:
-        return True  # a segment without a name of its own belongs to its neighbour
+    if min(a[0][1] if a else 0.0, b[0][1] if b else 0.0) < WEAKEST_NAME:
+        return True  # a segment without a name of its own is chatter: it belongs to its neighbour
     first_a, first_b = e.texts([a[0][0], b[0][0]])
     shared = keyphrases.head_words([p for p, _ in a[:SHARED_CANDIDATES]], lang) & keyphrases.head_words(
         [p for p, _ in b[:SHARED_CANDIDATES]], lang

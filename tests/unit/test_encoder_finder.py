@@ -19,6 +19,7 @@ from olp.settings import Settings
 from olp.topics import TopicNames
 from processors import keyphrases, similarity
 from processors.encoder import (
+    WEAKEST_NAME,
     Confident,
     Embedder,
     EncoderPool,
@@ -146,6 +147,9 @@ def test_neighbouring_segments_are_one_topic_by_a_shared_word_or_alike_names() -
     assert not one_topic(e, wig, [("headband style", 0.8), ("x", 0.1), ("y", 0.1), ("wigs", 0.1)], "en")
     assert one_topic(e, wig, [("kettle", 0.8)], "en")  # cosine 0.995: one topic by name
     assert one_topic(e, wig, [], "en")  # a segment without a name joins its neighbour
+    weak = [("headband style", WEAKEST_NAME - 0.01)]
+    assert one_topic(e, wig, weak, "en") and one_topic(e, weak, wig, "en")  # chatter joins too
+    assert not one_topic(e, wig, [("headband style", WEAKEST_NAME)], "en")
 
 
 def test_names_of_one_topic_are_kept_once_at_the_first_place_as_the_best_scored() -> None:
