@@ -16,7 +16,7 @@ from policy_store.learner.cascade import Calibration, success_of
 from policy_store.learner.estimates import ROLE_LEVEL, Estimate, context_key, state_context_key
 from policy_store.learner.paper import Call, q_update, quality, reward_of, state_key
 from policy_store.learner.params import RoleRLParams
-from policy_store.learner.state import Member, RoleState
+from policy_store.learner.state import LABEL_SUM, Member, RoleState
 
 PROCESSOR = "processor"
 AGREEMENT = "agreement"
@@ -122,6 +122,39 @@ def learn_paper(rs: RoleState, obs: Observation, members: Sequence[Member], para
     call = Call(obs.model, r, obs.after(params), obs.weight)
     others = [Call(m.model, m.reward, m.state, m.weight) for m in members if m.labelled]
     rs.last_state = q_update(rs.q, params, obs.state_before(params), call, others)
+
+
+EXACT_SOURCES = ("canary", "judge", "human")
+"""Evidence that scores one answer on its own: what tells how reliable a model is as a partner."""
+UNKNOWN_PARTNER = 0.5
+"""Reliability of a partner no exact evidence has scored yet: agreement with it counts a quarter."""
+
+
+def agreement_partner(outcome: Mapping[str, Any]) -> str | None:
+    """The model an agreement label compared the call with (processors/evidence.py: the event id
+    ends in `:agree:<model>`)."""
+    head, sep, partner = str(outcome.get("event_id") or "").rpartition(":agree:")
+    return partner if sep and head else None
+
+
+def partner_reliability(counts: Mapping[str, float]) -> float:
+    """How far agreeing with a model says "right", from what the exact sources measured of it:
+    (mean k + 1) / 2 in [0, 1]. Agreeing with a model that is mostly wrong says little (two small
+    models agreeing on junk, or a good model disagreeing with junk), so an agreement label weighs
+    the partner's reliability squared, like a label of noise (1 - r) / 2 would."""
+    n = sum(counts.get(source, 0.0) for source in EXACT_SOURCES)
+    if n <= 0:
+        return UNKNOWN_PARTNER
+    k_sum = sum(counts.get(source + LABEL_SUM, 0.0) for source in EXACT_SOURCES)
+    return min(1.0, max(0.0, (k_sum / n + 1.0) / 2.0))
+
+
+def weigh_agreement(obs: Observation, outcome: Mapping[str, Any], rs: RoleState) -> Observation:
+    """An agreement label, weighted by its partner's reliability in this role."""
+    partner = agreement_partner(outcome) if obs.source == AGREEMENT else None
+    if partner is None:
+        return obs
+    return replace(obs, weight=obs.weight * partner_reliability(rs.evidence.get(partner, {})) ** 2)
 
 
 def learn_estimates(

@@ -16,7 +16,13 @@ from policy_store.learner.budget import Budget, Budgets, BudgetStatus
 from policy_store.learner.cascade import CascadePlan, search_cascade
 from policy_store.learner.decide import Situation, decide, decide_paper
 from policy_store.learner.estimates import ROLE_LEVEL, Estimate, ModelScore, context_key, score_models
-from policy_store.learner.learn import learn_calibration, learn_estimates, learn_paper, observation
+from policy_store.learner.learn import (
+    learn_calibration,
+    learn_estimates,
+    learn_paper,
+    observation,
+    weigh_agreement,
+)
 from policy_store.learner.paper import (
     board_weight_update,
     combine_verdicts,
@@ -230,7 +236,7 @@ class RoleRL:
     def _learn(
         self, role: str, rs: RoleState, outcome: Mapping[str, Any], weight: float, seen: Member | None
     ) -> None:
-        obs = observation(outcome, weight, self.params)
+        obs = weigh_agreement(observation(outcome, weight, self.params), outcome, rs)
         if seen is not None:
             obs = obs.completing(seen)
         group = self.groups.of(outcome, self.params.group_capacity)

@@ -141,3 +141,31 @@ def test_evidence_shows_what_each_source_says_beside_the_estimate() -> None:
     assert shown["judge"] == 1.0 and shown["judge_mean"] == pytest.approx(-1.0)
     assert not any(key.endswith(".k_sum") for key in shown)
     assert RoleRL.restore(learner.snapshot()).evidence("qa") == learner.evidence("qa")
+
+
+def agreement_learner(partner_canary_k: float | None) -> RoleRL:
+    """Model "a" disagrees with "b" four times; the canaries scored "b" first (or never)."""
+    learner = RoleRL({"qa": ["a", "b"]}, PARAMS)
+    if partner_canary_k is not None:
+        for i in range(3):
+            learner.observe(record(f"c{i}", "b", quality=partner_canary_k, source="canary"))
+    learner.observe(record("a1", "a", quality=0.5, source="canary"))
+    for i in range(4):
+        # Current-policy records (no staleness correction): only the partner weighting differs.
+        learner.observe(record(f"x{i}:agree:b", "a", quality=-1.0, source="agreement", policy_version=99))
+    return learner
+
+
+def test_agreement_weighs_the_partners_measured_reliability() -> None:
+    """Disagreeing with a model the canaries found wrong is no evidence against "a"; disagreeing
+    with one they found right is; an unscored partner counts a quarter (r = 0.5)."""
+    junk_partner = agreement_learner(-1.0).evidence("qa")["a"]
+    good_partner = agreement_learner(1.0).evidence("qa")["a"]
+    unknown_partner = agreement_learner(None).evidence("qa")["a"]
+    canary_only = RoleRL({"qa": ["a", "b"]}, PARAMS)
+    canary_only.observe(record("a1", "a", quality=0.5, source="canary"))
+    assert junk_partner["agreement"] == 0.0
+    assert junk_partner["quality"] == pytest.approx(canary_only.evidence("qa")["a"]["quality"])
+    assert good_partner["agreement"] == pytest.approx(4.0)
+    assert unknown_partner["agreement"] == pytest.approx(1.0)
+    assert good_partner["quality"] < unknown_partner["quality"] < junk_partner["quality"]
