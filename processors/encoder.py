@@ -260,25 +260,10 @@ def aspect_task(
 
 CANDIDATES_PER_TOPIC = 30
 """Candidate names embedded per topic segment (the most recurring ones): bounds the cost."""
-TOPIC_CUTS = {"ecommerce": (0.4, 14)}
+TOPIC_CUTS = {"ecommerce": (0.4, 7)}
 """Per domain, (depth threshold, shortest topic) of `similarity.topic_starts`: a host sells a
 product for dozens of sentences of chatter that dips often, a news story is a few sentences
-(chosen on OLP-MINI English live streams and the news canaries: with 8 sentences at least, 1.8
-names per 40-sentence chunk, with 14, 1.4, and fewer of them chatter)."""
-TALK_ASPECTS = {"ecommerce": ("Opening", "Price", "Order Urging")}
-"""Per domain, the aspects whose labelled examples are talk around any topic (greeting, price,
-urging to buy), not about one: a candidate nearer those examples than the domain's other ones
-names the sale ("voucher", "share the livestream"), not the product (`similarity.talk_penalty`)."""
-WEAKEST_NAME = 0.45
-"""Score below which a segment's best name is chatter's: no phrase both fits it and recurs in it
-(`similarity.phrase_scores`; on OLP-MINI English, products' names score 0.5-0.85, the best
-phrases of the chatter between them 0.3-0.45: "scratch", "pure", "style")."""
-SHARED_CANDIDATES = 3
-"""Neighbouring segments whose best few candidates share a word ("wig" / "headband wigs") are
-one topic (merged)."""
-
-Naming = list[tuple[str, float]]
-"""A segment's candidate names with their scores, best first."""
+(chosen on OLP-MINI English live streams and the news canaries)."""
 
 
 def find_task(
@@ -286,10 +271,9 @@ def find_task(
 ) -> ConfidentTask[list[str]]:
     """The chunk's topic names in order (Topic Finder): cut where the talk changes
     (`similarity.topic_starts`), name each segment with the phrase of its own that best matches
-    it (processors/keyphrases.py), merge neighbouring segments that name one topic (the cut was
-    a dip inside it) and name a topic met twice once (`similarity.naming_confidence` says how
-    surely). A chunk without a candidate phrase is a failed call, so the role fails over to a
-    model that can name things."""
+    it (processors/keyphrases.py), and name a topic met twice once (`similarity.naming_confidence`
+    says how surely). A chunk without a candidate phrase is a failed call, so the role fails
+    over to a model that can name things."""
 
     def find(e: Embedder) -> Confident[list[str]]:
         vectors = e.chunk(chunk_id, texts)
@@ -297,24 +281,14 @@ def find_task(
             domain, (similarity.DEPTH_THRESHOLD, similarity.MIN_TOPIC_SENTENCES)
         )
         starts = similarity.topic_starts(vectors, threshold, shortest)
-        talk = talk_examples(e, domain, lang)
-
-        def named(i: int) -> Naming:
-            end = starts[i + 1] if i + 1 < len(starts) else len(texts)
-            return name_segment(e, vectors[starts[i] : end], texts[starts[i] : end], lang, talk)
-
-        namings = [named(i) for i in range(len(starts))]
-        i = 0
-        while i + 1 < len(starts):
-            if one_topic(e, namings[i], namings[i + 1], lang):
-                del starts[i + 1], namings[i + 1]
-                namings[i] = named(i)
-            else:
-                i += 1
-        best = [n[0] for n in namings if n]
-        if not best:
+        names, scores = [], []
+        for start, end in zip(starts, [*starts[1:], len(texts)], strict=True):
+            named = name_segment(e, vectors[start:end], texts[start:end], lang)
+            if named is not None:
+                names.append(named[0])
+                scores.append(named[1])
+        if not names:
             raise ModelCallError("no candidate name in the chunk")
-        names, scores = [n for n, _ in best], [s for _, s in best]
         keep = similarity.distinct_names(e.texts(names), scores)[:max_topics]
         confidence = similarity.naming_confidence([scores[i] for i in keep])
         return Confident([names[i][:1].upper() + names[i][1:] for i in keep], confidence)
@@ -322,53 +296,14 @@ def find_task(
     return find
 
 
-def one_topic(e: Embedder, a: Naming, b: Naming, lang: str) -> bool:
-    """Do two neighbouring segments talk about one topic: their names name one topic, or their
-    best few candidates share a word (a product is still named on both sides of a dip)?"""
-    if min(a[0][1] if a else 0.0, b[0][1] if b else 0.0) < WEAKEST_NAME:
-        return True  # a segment without a name of its own is chatter: it belongs to its neighbour
-    first_a, first_b = e.texts([a[0][0], b[0][0]])
-    shared = keyphrases.head_words([p for p, _ in a[:SHARED_CANDIDATES]], lang) & keyphrases.head_words(
-        [p for p, _ in b[:SHARED_CANDIDATES]], lang
-    )
-    return bool(shared) or similarity.same_topic(first_a, first_b)
-
-
-def talk_examples(e: Embedder, domain: str, lang: str) -> tuple[Vectors, Vectors] | None:
-    """The vectors of the domain's talk examples and of its other examples (`TALK_ASPECTS`);
-    None for a domain without talk aspects."""
-    talk_aspects = TALK_ASPECTS.get(domain)
-    by_lang = written_examples().get(domain, {})
-    written: dict[str, list[str]] = by_lang.get(lang) or by_lang.get("en") or {}
-    if not talk_aspects or not written:
-        return None
-    talk = [t for a, x in written.items() if a in talk_aspects for t in x]
-    other = [t for a, x in written.items() if a not in talk_aspects for t in x]
-    return (e.texts(talk), e.texts(other)) if talk and other else None
-
-
-def name_segment(
-    e: Embedder,
-    vectors: Vectors,
-    texts: Sequence[str],
-    lang: str,
-    talk: tuple[Vectors, Vectors] | None = None,
-) -> Naming:
-    """The segment's candidate phrases with their scores, best first; empty without candidates.
-    `talk`: the talk and other example vectors whose contrast discounts sale talk."""
+def name_segment(e: Embedder, vectors: Vectors, texts: Sequence[str], lang: str) -> tuple[str, float] | None:
+    """The best-scored candidate phrase of one segment with its score; None without candidates."""
     counts = keyphrases.candidate_phrases(texts, lang)
     phrases = keyphrases.shortlist(counts, texts, lang, CANDIDATES_PER_TOPIC)
     if not phrases:
-        return []
-    describing = texts
-    if talk is not None:  # a product's name recurs where the host describes it, not where she sells
-        mask = similarity.describing(vectors, *talk)
-        describing = [t for t, m in zip(texts, mask, strict=True) if m] or texts
-    recurrence = keyphrases.recurrence(phrases, describing, lang)
+        return None
+    recurrence = keyphrases.recurrence(phrases, texts, lang)
     extra = [max(len(keyphrases.phrase_units(p, lang)) - 1, 0) for p in phrases]
-    phrase_vectors = e.texts(phrases)
-    scores = similarity.phrase_scores(vectors, phrase_vectors, recurrence, extra)
-    if talk is not None:
-        scores = scores - similarity.TALK_WEIGHT * similarity.talk_penalty(phrase_vectors, *talk)
-    order = np.argsort(-scores, kind="stable")
-    return [(phrases[int(i)], float(scores[int(i)])) for i in order]
+    scores = similarity.phrase_scores(vectors, e.texts(phrases), recurrence, extra)
+    best = int(np.argmax(scores))
+    return phrases[best], float(scores[best])

@@ -147,12 +147,3 @@ def shortlist(counts: Counter[str], sentences: Sequence[str], lang: str, limit: 
         zip(phrases, shares, strict=True), key=lambda p: (-p[1], -len(p[0].split()), -counts[p[0]], p[0])
     )
     return [p for p, _ in ranked[:limit]]
-
-
-def head_words(phrases: Sequence[str], lang: str) -> set[str]:
-    """The units of the phrases, an English plural's "s" dropped ("wigs" is "wig"): what two
-    lists of candidate names share when they name one product."""
-    units = {u for p in phrases for u in phrase_units(p, lang)}
-    if writes_without_spaces(lang):
-        return units
-    return {u[:-1] if len(u) > 3 and u.endswith("s") and not u.endswith("ss") else u for u in units}

@@ -176,16 +176,8 @@ DEPTH_THRESHOLD = 0.3
 Measured with MiniLM-L6: the cut between two news stories 0.34; inside live-stream chatter
 (OLP-MINI English) dips of 0.2-0.6 are common, so live streams ask for longer topics
 (processors/encoder.py `TOPIC_CUTS`)."""
-DEPTH_SPREAD = 1.5
-"""Standard deviations above the chunk's mean depth a cut must reach (`typical_depth`)."""
 RECURRENCE_WEIGHT = 0.5
 """Weight of how much a phrase's words recur in its topic against its similarity to the topic."""
-TALK_WEIGHT = 1.0
-"""Weight of a phrase's nearness to talk examples over its nearness to the other examples,
-subtracted from its score (`talk_penalty`). Measured with MiniLM-L6 on OLP-MINI English: product
-names lie 0.2 nearer or at most 0.06 farther from the talk examples than from the product
-descriptions ("yoga mat", "knee high boot"), chatter 0.1-0.5 farther ("channel", "share the
-livestream", "shipped")."""
 WORD_BONUS = 0.03
 """Score per word beyond the first: "human hair wig" over "wig" when they fit the topic alike
 (a product's name is a few words)."""
@@ -226,25 +218,16 @@ def topic_starts(
     window: int = TILING_WINDOW,
 ) -> list[int]:
     """The position of each topic's first sentence: the deepest gaps first, each cut when it is
-    at least `threshold` deep, clearly deeper than the chunk's typical dip (`typical_depth`),
-    and leaves no topic shorter than `min_len` sentences."""
+    at least `threshold` deep and leaves no topic shorter than `min_len` sentences."""
     depths = depth_scores(gap_similarity(sentences, window))
-    cutoff = max(threshold, typical_depth(depths))
     cuts: list[int] = []
     for g in np.argsort(-depths, kind="stable"):
-        if depths[g] < cutoff:
+        if depths[g] < threshold:
             break
         start = int(g) + 1
         if all(abs(start - edge) >= min_len for edge in [0, *cuts, len(sentences)]):
             cuts.append(start)
     return [0, *sorted(cuts)]
-
-
-def typical_depth(depths: np.ndarray, spread: float = DEPTH_SPREAD) -> float:
-    """The mean depth plus `spread` standard deviations: a chunk of chatter dips everywhere, and
-    only a dip that stands out of its own chunk's dips is a change of topic (TextTiling cuts at
-    a cutoff relative to the depths' mean and deviation, too)."""
-    return float(depths.mean() + spread * depths.std()) if len(depths) else 0.0
 
 
 def phrase_scores(
@@ -257,27 +240,6 @@ def phrase_scores(
     lexical = RECURRENCE_WEIGHT * np.asarray(recurrence, dtype=np.float32)
     scores: np.ndarray = phrases @ centre + lexical + WORD_BONUS * np.asarray(extra_words, dtype=np.float32)
     return scores
-
-
-def talk_penalty(phrases: np.ndarray, talk: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """Per phrase, how much nearer its nearest talk example is than its nearest other example
-    (0 when it is not nearer): class-based contrast with labelled background talk, so the words
-    a host says about every product ("voucher", "comment", "shipped") lose to the product's own
-    name even when they recur as often."""
-    if len(phrases) == 0:
-        return np.zeros(0, dtype=np.float32)
-    gap = (phrases @ talk.T).max(axis=1) - (phrases @ other.T).max(axis=1)
-    penalty: np.ndarray = np.clip(gap, 0.0, None)
-    return penalty
-
-
-def describing(sentences: np.ndarray, talk: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """Per sentence, is it nearer the other examples than the talk examples (it describes the
-    topic rather than greeting, pricing or urging)?"""
-    if len(sentences) == 0:
-        return np.zeros(0, dtype=bool)
-    mask: np.ndarray = (sentences @ other.T).max(axis=1) > (sentences @ talk.T).max(axis=1)
-    return mask
 
 
 def naming_confidence(scores: Sequence[float]) -> float:
