@@ -289,9 +289,11 @@ class EmbeddedStack:
     canaries: Path | None = SAMPLE_GOLD
     """Gold canaries of the default feed (processors/canaries.py): chunks of the sample stream
     with its gold labels; None: none. Left to the user when they configure feeds (OLP_FEEDS*)."""
-    canary_rate: float = 0.5
+    canary_rate: float = 1.0
     """Canary chunks per real chunk: the demo's sample is short, and the canaries are what
-    measures quality on a pool with no judge."""
+    measures quality on a pool with no judge. One per chunk fits 2 cores in real time because
+    the encoders answer them in milliseconds and the LLM runs on them only as the feed's LLM
+    time budget allows."""
     calibrate: bool = False
     """Measure each local model's speed at start-up and price it from that (cost rule in
     launcher/embedded.py); otherwise the speeds recorded on the reference machine price it."""
