@@ -28,8 +28,11 @@ catalog price the cost rule derives from it.
 Real-time factor = seconds of transcript / seconds of wall time, where the transcript's duration
 is its sentence count / 2.5 (a live host speaks about 2.5 ASR sentences per second). RTF >= 1
 keeps up with a live stream (the target, for the default pool per language; `--check` exits 3
-below it). Bounded time: `--files 1 --sentences 40 --choices free` takes about 3-5 minutes on a
-quiet 2-core machine, the default (3 choices, 120 sentences) about 10-20.
+below it). Bounded time: `--files 1 --sentences 40 --choices free` (run_all's quick mode) took
+under 2 minutes on a quiet 2-core machine (stack start-up ~16 s, English 25 s, Chinese 55 s); the
+default (3 choices, 120 sentences) takes three stacks and about 3 x 4 minutes; `--files 5
+--sentences 0` is the full development set (hours). Few sentences mean few canaries: the canary
+credit grows by `--canary-rate` per real chunk of `--chunk-size` sentences.
 
 Writes the documents of every run to `<out>/<choice or model>.<lang>.<file>.json` and a summary
 to `<out>/summary.json`. Exits 0 with a message when the data is absent.
@@ -214,7 +217,10 @@ def run_choice(
     """Every file through a fresh stack under one model choice; the rows and the feedback."""
     langs = list(dict.fromkeys(lang for lang, _ in files))
     rows: list[dict[str, Any]] = []
-    log = lambda line: bar.console.print(f"[dim]{choice:8} {line}[/]")  # noqa: E731
+
+    def log(line: str) -> None:
+        bar.console.print(f"[dim]{choice:8} {line}[/]")
+
     with ChoiceRun(
         choice, args.out / "run" / choice, feeds(langs, args.chunk_size, args.canary_rate), log
     ) as run:

@@ -9,16 +9,19 @@ sentence, "speaker: text", cut to `--turn-chars`) go through the embedded stack 
 whole pipeline on Kafka, once per model choice (bench/stack_runner.py: `llm` = every role on the
 local LLM, the SmolLM2-only pipeline; `encoder` = every role an encoder can fill on the encoder;
 `free` = Role-RL picks per role and context from the default pool). The feed is domain `meeting`
-with the bundled English news canaries (the only English non-commerce gold set), so the learner
-has a quality signal. Scores per meeting are bench/segmentation_eval.py's `segmentation_scores`
-against QMSum's `topic_list` spans (recall with one-to-one matching, precision, Pk, WindowDiff).
+with the bundled English news canaries (the only English non-commerce gold set) and their
+aspects, so the learner has a quality signal. Scores per meeting are bench/segmentation_eval.py's
+`segmentation_scores` against QMSum's `topic_list` spans (recall with one-to-one matching,
+precision, Pk, WindowDiff).
 
 Prints a progress bar, a table per choice (means over meetings; canary k per role beside them)
 and the models that served each role on the real chunks; target: the learner's free choice
 recalls no less than the SmolLM2-only pipeline (both must be run; `--check` exits 3 when not).
-Bounded time: `--meetings 2 --choices free,llm` takes about 5-10 minutes on a quiet 2-core machine
-(the two shortest meetings have about 90 turns each); the default (10 meetings, 3 choices) about
-an hour. Exits 0 with a message when the data is absent.
+Bounded time: `--meetings 1 --choices free,llm` (run_all's quick mode) stays under 10 minutes on
+a quiet 2-core machine (the shortest meeting, 78 turns after empty ones are dropped, took 139-216 s
+per choice on a machine loaded 5-6 times over its cores); the second shortest (91 turns, more
+topics) took 14 minutes there, so the default (10 meetings, 3 choices) is a run of hours.
+Exits 0 with a message when the data is absent.
 """
 
 from __future__ import annotations
@@ -49,11 +52,12 @@ from launcher.console import progress_bar
 from launcher.embedded import installed_local_models
 from olp.feeds import to_segments, with_end_marker
 from olp.feeds.formats import Row
-from olp.settings import ROLES
+from olp.settings import DEFAULT_ASPECTS, ROLES
 
 FEED = "qmsum"
-MEETING_ASPECTS = ("Decisions", "Proposals", "Problems", "Updates")
-"""Aspects of a meeting's sentences (the domain has no default set; recall does not use them)."""
+MEETING_ASPECTS = DEFAULT_ASPECTS["news"]
+"""Aspects of a meeting's sentences: the domain has no default set, and the news canaries are
+scored only on a feed with their aspects (recall does not use them)."""
 FIRST_ID = 1
 """Segment id of turn 0: transcript ids start at 1, as in the bundled sample."""
 METRICS = ("recall", "precision", "recall_any", "pk", "window_diff", "predicted_topics")
@@ -93,7 +97,10 @@ def run_choice(
         "canary_rate": args.canary_rate,
     }
     rows = []
-    log = lambda line: bar.console.print(f"[dim]{choice:8} {line}[/]")  # noqa: E731
+
+    def log(line: str) -> None:
+        bar.console.print(f"[dim]{choice:8} {line}[/]")
+
     with ChoiceRun(choice, args.out.parent / "run" / f"qmsum-{choice}", {FEED: feed}, log) as run:
         for meeting in meetings:
             bar.update(task, description=f"{choice} {meeting.meeting_id}")

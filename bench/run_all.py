@@ -139,7 +139,7 @@ REGISTRY: tuple[Benchmark, ...] = (
     Benchmark(
         "qmsum_recall.py",
         "QMSum topic recall through the stack per model choice",
-        quick=("--meetings", "2", "--choices", "free,llm"),
+        quick=("--meetings", "1", "--choices", "free,llm"),
         timeout_s=7200,
         needs_llm=True,
         outputs=("qmsum_recall",),

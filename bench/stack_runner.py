@@ -241,4 +241,5 @@ class ChoiceRun:
     def policy(self) -> dict[str, str]:
         """Role -> the learner's role-level choice now (GET /v1/policy)."""
         assert self.stack is not None
-        return {str(r["role"]): str(r["model"]) for r in self.stack.policy()["roles"]}
+        roles: list[dict[str, Any]] = list(self.stack.policy()["roles"])  # type: ignore[call-overload]
+        return {str(r["role"]): str(r["model"]) for r in roles}
