@@ -112,9 +112,13 @@ def role_canary_cells(
 
 
 def print_tables(*tables: Any) -> None:
-    """Rich tables, wide enough for their columns when the output is a file, not a terminal."""
+    """Rich tables, wide enough for their columns when the output is a file, not a terminal
+    (rich caps a print's width at its console's, 80 columns for a file)."""
+    from rich.console import Console
+
+    out = console if console.is_terminal else Console(width=160)
     for table in tables:
-        console.print(table, width=None if console.is_terminal else 160)
+        out.print(table)
 
 
 def covered(documents: Sequence[Mapping[str, Any]], segment_ids: Iterable[int]) -> int:
