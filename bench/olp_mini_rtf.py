@@ -248,11 +248,12 @@ def run_choice(
                     "documents": len(result.documents),
                     "topics": [d["name"] for d in result.documents],
                     "dead_lettered": result.dead_lettered,
+                    "complete": result.complete,
                 }
             )
             log(
                 f"{lang} {path.name}: {result.sentences} sentences in {result.wall_s:.0f}s,"
-                f" RTF {result.rtf:.2f}"
+                f" RTF {result.rtf:.2f}" + ("" if result.complete else " (INCOMPLETE: --timeout reached)")
             )
         outcomes = run.feedback()
         return {
@@ -270,7 +271,7 @@ def print_summary(runs: Sequence[Mapping[str, Any]]) -> list[Target]:
     from rich.table import Table
 
     speed = Table(
-        "choice", "lang", "files", "sentences", "wall s", "RTF", "dead",
+        "choice", "lang", "files", "sentences", "wall s", "RTF", "dead", "timed out",
         *(f"k {ROLE_COLUMNS[r]}" for r in ROLES),
         title="OLP-MINI: speed and canary quality k in [-1, 1] (calls) per model choice",
     )  # fmt: skip
@@ -285,9 +286,18 @@ def print_summary(runs: Sequence[Mapping[str, Any]]) -> list[Target]:
             rows = [r for r in run["rows"] if r["lang"] == lang]
             n, wall = sum(r["sentences"] for r in rows), sum(r["wall_s"] for r in rows)
             factor, dead = rtf(n, wall), sum(r["dead_lettered"] for r in rows)
+            late = sum(not r.get("complete", True) for r in rows)
             cells = role_canary_cells(scores, lang)
             speed.add_row(
-                run["choice"], lang, str(len(rows)), str(n), f"{wall:.0f}", f"{factor:.2f}", str(dead), *cells
+                run["choice"],
+                lang,
+                str(len(rows)),
+                str(n),
+                f"{wall:.0f}",
+                f"{factor:.2f}",
+                str(dead),
+                str(late),
+                *cells,
             )
             if run["choice"] == "free":
                 targets.append(

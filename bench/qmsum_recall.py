@@ -123,13 +123,14 @@ def run_choice(
                     "wall_s": round(result.wall_s, 1),
                     "rtf": round(result.rtf, 3),
                     "dead_lettered": result.dead_lettered,
+                    "complete": result.complete,
                     "topics": [d["name"] for d in result.documents],
                     **scores,
                 }
             )
             log(
                 f"{meeting.meeting_id}: recall {scores['recall']:.3f}, {len(result.documents)} topics,"
-                f" {result.wall_s:.0f}s"
+                f" {result.wall_s:.0f}s" + ("" if result.complete else " (INCOMPLETE: --timeout reached)")
             )
         outcomes = run.feedback()
         return {
@@ -147,6 +148,7 @@ def print_summary(runs: Sequence[Mapping[str, Any]]) -> list[Target]:
 
     table = Table(
         "choice", "meetings", "recall", "prec.", "rec.any", "Pk", "WD", "topics", "s/meeting", "dead",
+        "timed out",
         *(f"k {ROLE_COLUMNS[r]}" for r in ROLES),
         title="QMSum topic segmentation, OLP mode, per model choice (means; Pk/WD lower is better; "
         "k: canary score (calls))",
@@ -164,6 +166,7 @@ def print_summary(runs: Sequence[Mapping[str, Any]]) -> list[Target]:
             f"{means.get('predicted_topics', 0.0):.1f}",
             f"{wall:.0f}",
             str(sum(r["dead_lettered"] for r in run["rows"])),
+            str(sum(not r.get("complete", True) for r in run["rows"])),
             *role_canary_cells(canary_scores(run["outcomes"])),
         )
         for (role, lang), shares in model_shares(run["outcomes"]).items():
