@@ -130,10 +130,20 @@ REGISTRY: tuple[Benchmark, ...] = (
     ),
     Benchmark(
         "olp_mini_rtf.py",
-        "OLP-MINI real-time factor per model",
-        quick=("--limit", "1"),
+        "OLP-MINI real-time factor and canary quality per model choice",
+        quick=("--files", "1", "--sentences", "40", "--choices", "free"),
         timeout_s=7200,
         needs_llm=True,
+        targets=True,
+    ),
+    Benchmark(
+        "qmsum_recall.py",
+        "QMSum topic recall through the stack per model choice",
+        quick=("--meetings", "1", "--choices", "free,llm"),
+        timeout_s=7200,
+        needs_llm=True,
+        outputs=("qmsum_recall",),
+        targets=True,
     ),
 )
 NOT_BENCHMARKS = {"run_all.py", "pipeline_model.py", "__main__.py"}
