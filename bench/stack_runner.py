@@ -4,7 +4,7 @@ benchmarks (spec section 9): bench/olp_mini_rtf.py and bench/segmentation_eval.p
 A *model choice* says who fills each role (`role_pins`): `free` leaves every role to Role-RL
 (the default pool: the local LLM and the encoder, the learner picks per role and context), `llm`
 pins every role to the local LLM, `encoder` pins the roles an encoder can fill
-(`olp.catalog.ENCODER_ROLES`) to the encoder and the Topic Finder to the LLM. Pins go through the
+(`olp.catalog.ENCODER_ROLES`, the Topic Finder among them) to the encoder. Pins go through the
 policy store's operator API (`PUT /v1/policy/{role}/pin`), as an operator would set them.
 
 `ChoiceRun` starts a fresh `launcher.stack.EmbeddedStack` per choice (the learner starts from
