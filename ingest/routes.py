@@ -107,6 +107,7 @@ def feed_view(app: web.Application, name: str) -> dict[str, Any]:
         "aspects": list(feed.aspect_names()),
         "models": list(feed.models) if feed.models is not None else None,
         "budget_usd_per_hour": feed.budget_usd_per_hour,
+        "llm_seconds_per_minute": feed.llm_seconds_per_minute,
         "limits": ingest.limits_for(name).model_dump(),
         "news": [
             {

@@ -110,6 +110,7 @@ async def test_feed_configuration_is_visible(client: TestClient) -> None:
         "aspects": ["Opening", "Order Urging", "Price", "Product Description"],
         "models": ["m1"],
         "budget_usd_per_hour": 2.5,
+        "llm_seconds_per_minute": 40.0,
         "limits": {
             "rate_per_s": 1.0,
             "burst": 5,
