@@ -163,9 +163,12 @@ def test_feedback_changes_policy_and_processor_calls_new_model(
             settings,
             f"{topic_prefix}policy",
             "Assignment",
-            lambda r: any(a["role"] == "topic_finder" and a["model"] == "model-b" for a in r),
+            lambda r: [a["model"] for a in r if a["role"] == "topic_finder"][-1:] == ["model-b"],
         )
-        switched = next(a for a in policy if a["role"] == "topic_finder" and a["model"] == "model-b")
+        # The newest decision once the stream is done: a start-phase record may name model-b
+        # before model-a's failures arrive (both run on the first chunk), so not the first one.
+        switched = [a for a in policy if a["role"] == "topic_finder"][-1]
+        assert switched["model"] == "model-b"
         assert switched["q_values"]["model-b"] > switched["q_values"]["model-a"]
         finder_calls = [m for m, body in server.requests if role_of(body) == "topic_finder"]
         # First chunk: model-a is assigned and untried model-b runs beside it (the paper's initial

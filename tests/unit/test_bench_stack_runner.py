@@ -34,9 +34,9 @@ def test_each_choice_pins_the_roles_an_operator_would() -> None:
         "relationship_checker": "llm",
         "content_organizer": "llm",
     }
-    # An encoder cannot name things: the Topic Finder stays on the LLM.
+    # The encoder names topics extractively: every role it can fill, the Topic Finder too.
     assert role_pins("encoder", "llm", "enc") == {
-        "topic_finder": "llm",
+        "topic_finder": "enc",
         "topic_locator": "enc",
         "relationship_checker": "enc",
         "content_organizer": "enc",

@@ -25,7 +25,7 @@ def test_the_embedded_default_turns_the_samples_canaries_on(
 ) -> None:
     monkeypatch.delenv("OLP_FEEDS", raising=False)
     env = EmbeddedStack(run_dir=tmp_path)._quality_env()
-    assert env == {"OLP_FEEDS__DEFAULT__CANARIES": str(SAMPLE_GOLD), "OLP_FEEDS__DEFAULT__CANARY_RATE": "0.5"}
+    assert env == {"OLP_FEEDS__DEFAULT__CANARIES": str(SAMPLE_GOLD), "OLP_FEEDS__DEFAULT__CANARY_RATE": "1.0"}
     assert len(load_labelled(SAMPLE_GOLD).topics) == 5
     assert EmbeddedStack(run_dir=tmp_path, canaries=None, judges=())._quality_env() == {
         "OLP_JUDGES": '{"models": []}'
