@@ -129,6 +129,12 @@ REGISTRY: tuple[Benchmark, ...] = (
         needs_llm=True,
     ),
     Benchmark(
+        "switch_eval.py",
+        "the cheap-first switch: LLM calls saved at equal quality on the gold sample",
+        quick=("--train-passes", "2"),
+        targets=True,
+    ),
+    Benchmark(
         "olp_mini_rtf.py",
         "OLP-MINI real-time factor and canary quality per model choice",
         quick=("--files", "1", "--sentences", "40", "--choices", "free"),
