@@ -255,14 +255,7 @@ def run_choice(
                 f"{lang} {path.name}: {result.sentences} sentences in {result.wall_s:.0f}s,"
                 f" RTF {result.rtf:.2f}" + ("" if result.complete else " (INCOMPLETE: --timeout reached)")
             )
-        outcomes = run.feedback()
-        return {
-            "choice": choice,
-            "pins": run.pins,
-            "policy": run.policy(),
-            "rows": rows,
-            "outcomes": outcomes,
-        }
+        return run.summary(rows)
 
 
 def print_summary(runs: Sequence[Mapping[str, Any]]) -> list[Target]:

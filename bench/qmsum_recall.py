@@ -132,14 +132,7 @@ def run_choice(
                 f"{meeting.meeting_id}: recall {scores['recall']:.3f}, {len(result.documents)} topics,"
                 f" {result.wall_s:.0f}s" + ("" if result.complete else " (INCOMPLETE: --timeout reached)")
             )
-        outcomes = run.feedback()
-        return {
-            "choice": choice,
-            "pins": run.pins,
-            "policy": run.policy(),
-            "rows": rows,
-            "outcomes": outcomes,
-        }
+        return run.summary(rows)
 
 
 def print_summary(runs: Sequence[Mapping[str, Any]]) -> list[Target]:

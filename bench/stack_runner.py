@@ -251,3 +251,15 @@ class ChoiceRun:
         assert self.stack is not None
         roles: list[dict[str, Any]] = list(self.stack.policy()["roles"])  # type: ignore[call-overload]
         return {str(r["role"]): str(r["model"]) for r in roles}
+
+    def summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """What a bench keeps of this choice: its pins, the learner's choices, the rows the bench
+        measured and every RoleOutcome of the run."""
+        outcomes = self.feedback()  # first: the policy read after it has learned them all
+        return {
+            "choice": self.choice,
+            "pins": self.pins,
+            "policy": self.policy(),
+            "rows": rows,
+            "outcomes": outcomes,
+        }
