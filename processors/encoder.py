@@ -164,6 +164,8 @@ class Encoded:
     value: Any
     tokens: int
     latency_ms: float
+    confidence: float | None = None
+    """How sure the task was (`Confident`), None when it did not say."""
 
 
 class EncoderPool:
@@ -192,7 +194,10 @@ class EncoderPool:
         embedder = self.embedder(spec)
         before = embedder.tokens
         value = task(embedder)
-        return Encoded(value, embedder.tokens - before, (time.perf_counter() - started) * 1000.0)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        if isinstance(value, Confident):
+            return Encoded(value.value, embedder.tokens - before, latency_ms, value.confidence)
+        return Encoded(value, embedder.tokens - before, latency_ms)
 
 
 # --- the roles' encoder tasks (pure maths in processors/similarity.py) ------------------------

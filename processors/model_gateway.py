@@ -156,7 +156,8 @@ class ModelGateway:
 
     async def encode(self, model: str, task: EncoderTask[Any]) -> tuple[Any, Completion]:
         """Run a role's encoder task on the encoder `model` in a thread: (the parsed answer, its
-        Completion with the tokens embedded and their compute price, text the answer's repr)."""
+        Completion with the tokens embedded and their compute price, the task's confidence, text
+        the answer's repr for a judge)."""
         spec = self.catalog.model(model)
         if spec.kind != "encoder":
             raise ModelCallError(f"model {model} is a {spec.kind} model, not an encoder")
@@ -175,6 +176,7 @@ class ModelGateway:
             latency_ms=done.latency_ms,
             cost_usd=spec.cost_usd(done.tokens, 0),
             finish_reason="stop",
+            confidence=done.confidence,
         )
         return done.value, completion
 

@@ -33,7 +33,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from opentelemetry import trace
@@ -43,7 +43,7 @@ from olp import telemetry
 from olp.call_plan import CallPlan
 from olp.catalog import ModelSpec
 from olp.errors import ModelCallError, OlpError, ParseError
-from processors.encoder import Confident, EncoderTask
+from processors.encoder import EncoderTask
 from processors.evidence import evidence_outcome, is_canary
 from processors.judge import JudgedCall, agreement
 from processors.llm_budget import LlmTimeBudget, admitted
@@ -397,10 +397,6 @@ class RoleCaller:
             started = time.monotonic()
             try:
                 value, completion = await self._gateway.encode(model, call.encode)
-                if isinstance(value, Confident):  # the role (and a judge) get the plain answer,
-                    # the outcome the encoder's confidence
-                    plain = replace(completion, text=repr(value.value)[:2000], confidence=value.confidence)
-                    value, completion = value.value, plain
             except ModelCallError as exc:
                 elapsed = time.monotonic() - started
                 error_type = type(exc).__name__

@@ -234,6 +234,9 @@ async def test_a_role_choosing_an_encoder_answers_with_a_role_outcome() -> None:
         )
         assert answer.value == {"Wig talk": [1, 2], "Cup talk": [3, 4]}
         assert encoders[0].calls[-1] == ["wig", "cup"] and outcomes[-1]["tokens_in"] == 2
+        # The task was sure (each sentence's aspect far ahead of the other): the gateway hands the
+        # role the plain answer and records the confidence, what the cheap-first switch reads.
+        assert outcomes[-1]["confidence"] == pytest.approx(1.0)
 
 
 async def test_an_encoder_without_a_task_fails_over_and_is_charged_a_failure() -> None:

@@ -13,7 +13,6 @@ import pytest
 
 from olp.errors import ParseError
 from olp.settings import FeedSettings
-from processors.encoder import Confident
 from processors.llm_budget import LlmTimeBudget, TokenBucket, admitted
 from processors.model_gateway import Completion
 from processors.policy_view import PolicyView
@@ -87,8 +86,9 @@ class Gateway:
 
     async def encode(self, model: str, task: Any) -> tuple[Any, Completion]:
         self.asked.append(model)
-        completion = Completion(model, "", 200, 0, 5.0, 2e-8, "stop")
-        return Confident(["From the encoder"], self.confidence), completion
+        # As ModelGateway.encode: the task's Confident answer unwrapped, its confidence on the Completion.
+        completion = Completion(model, "", 200, 0, 5.0, 2e-8, "stop", confidence=self.confidence)
+        return ["From the encoder"], completion
 
 
 def parse(text: str) -> list[str]:
