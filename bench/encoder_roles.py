@@ -135,17 +135,24 @@ def print_finder(name: str, stream: LabelledStream, got: dict[str, Any]) -> None
     )
 
 
+def load_embedder(name: str) -> Embedder | None:
+    """The installed encoder `name`, loaded and sha256-checked; None (said) when not installed."""
+    if name not in installed_encoders():
+        print(f"encoder {name} is not installed (make install installs it): nothing measured")
+        return None
+    return EncoderPool().embedder(local_encoder_spec(name))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunk-size", type=int, default=40)
     parser.add_argument("--encoder", default="minilm-l6-int8")
     parser.add_argument("--files", default=",".join(DEFAULT_FILES))
     args = parser.parse_args(argv)
-    if args.encoder not in installed_encoders():
-        print(f"encoder {args.encoder} is not installed (make install installs it): nothing measured")
-        return 0
     started = time.perf_counter()
-    embedder = EncoderPool().embedder(local_encoder_spec(args.encoder))
+    embedder = load_embedder(args.encoder)
+    if embedder is None:
+        return 0
     print(f"encoder {args.encoder}: loaded and sha256-checked in {time.perf_counter() - started:.2f}s")
     print(
         f"{'stream':34} {'lang':4} {'sent':>5} {'span recall':>11} {'IoU':>5} {'names':>5}"

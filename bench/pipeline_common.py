@@ -33,6 +33,7 @@ from typing import Any
 
 from pipeline_model import synthetic_text
 
+from launcher.demo_report import memory_mb
 from launcher.embedded import ChildProcess, start_broker
 from launcher.stack import ServiceStack
 from olp.catalog import Catalog, ModelSpec
@@ -150,13 +151,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return memory_mb(pid)
 
 
 @contextlib.contextmanager

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from launcher.demo_report import memory_mb
 from launcher.embedded import smollm2_weights, start_model_server, stopping
 from olp.settings import FeedSettings
 from processors import chunk_splitter, content_organizer, relationship_checker, topic_finder, topic_locator
@@ -224,18 +225,8 @@ def live(calls: Sequence[Call], foreign: Sequence[Prompt], cache_mb: int) -> lis
                 }
             )
         if child.proc is not None:
-            print(f"model server peak RSS: {peak_rss_mb(child.proc.pid):.0f} MB")
+            print(f"model server peak RSS: {memory_mb(child.proc.pid, 'VmHWM'):.0f} MB")
     return rows
-
-
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident memory (Linux /proc; 0 where there is none)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-    return int(match.group(1)) / 1024 if match else 0.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,14 +36,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
+from encoder_roles import load_embedder
 from targets import Target, add_check_argument, exit_code, print_targets
 
-from launcher.embedded import installed_encoders
-from launcher.stack import local_encoder_spec
 from policy_store.learner import RoleRL, RoleRLParams
 from processors import similarity
 from processors.content_organizer import MAX_LABELS_PER_CALL, parts
-from processors.encoder import Embedder, EncoderPool, written_examples
+from processors.encoder import Embedder, written_examples
 from processors.evidence import evidence_outcome
 from processors.gold import LabelledStream, load_labelled, organizer_score
 from processors.llm_budget import TokenBucket
@@ -228,11 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--encoder", default="minilm-l6-int8")
     add_check_argument(parser)
     args = parser.parse_args(argv)
-    if args.encoder not in installed_encoders():
-        print(f"encoder {args.encoder} is not installed (make install installs it): nothing measured")
-        return 0
     started = time.perf_counter()
-    embedder = EncoderPool().embedder(local_encoder_spec(args.encoder))
+    embedder = load_embedder(args.encoder)
+    if embedder is None:
+        return 0
     gold = load_labelled(GOLD)
 
     def draw(seed: int) -> list[Call]:

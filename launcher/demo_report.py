@@ -116,21 +116,33 @@ class PeakMemory:
         self.total_mb = max(self.total_mb, sum(sample.values()))
 
 
+def proc_status(pid_dir: Path) -> dict[str, str] | None:
+    """The fields of a process's /proc status file (Linux); None when it is gone."""
+    try:
+        status = (pid_dir / "status").read_text()
+    except OSError:
+        return None
+    return {k: v.strip() for k, v in (line.split(":", 1) for line in status.splitlines() if ":" in line)}
+
+
+def memory_mb(pid: int, field: str = "VmRSS", proc: Path = Path("/proc")) -> float:
+    """A process's resident memory (`VmRSS`) or its peak (`VmHWM`) in MB; 0 when gone or none
+    (kernel threads have none)."""
+    fields = proc_status(proc / str(pid)) or {}
+    return int(fields.get(field, "0 kB").split()[0]) / 1024
+
+
 def read_processes(proc: Path = Path("/proc")) -> tuple[dict[int, int], dict[int, float]]:
     """pid -> parent pid and pid -> VmRSS in MB of every process now (Linux procfs)."""
     parents: dict[int, int] = {}
     rss: dict[int, float] = {}
     for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        fields = proc_status(entry) if entry.name.isdigit() else None
+        if fields is None:
+            continue  # not a process, or gone meanwhile
         pid = int(entry.name)
-        parents[pid] = int(fields.get("PPid", "0").strip() or 0)
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) / 1024  # kernel threads have none
+        parents[pid] = int(fields.get("PPid", "0") or 0)
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
     return parents, rss
 
 
