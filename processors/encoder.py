@@ -276,7 +276,9 @@ def find_task(
 ) -> ConfidentTask[list[str]]:
     """The chunk's topic names in order (Topic Finder): cut where the talk changes
     (`similarity.topic_starts`), name each segment with the phrase of its own that best matches
-    it (processors/keyphrases.py), and name a topic met twice once (`similarity.naming_confidence`
+    it (processors/keyphrases.py) unless it still talks about the segment before it (a host
+    moving from a product's description to its price dips too: `keyphrases.continues`), and
+    name a topic met twice once (`similarity.naming_confidence`
     says how surely). A chunk without a candidate phrase is a failed call, so the role fails
     over to a model that can name things."""
 
@@ -286,8 +288,11 @@ def find_task(
             domain, (similarity.DEPTH_THRESHOLD, similarity.MIN_TOPIC_SENTENCES)
         )
         starts = similarity.topic_starts(vectors, threshold, shortest)
-        names, scores = [], []
+        names: list[str] = []
+        scores: list[float] = []
         for start, end in zip(starts, [*starts[1:], len(texts)], strict=True):
+            if names and keyphrases.continues(names[-1], texts[start:end], lang):
+                continue
             named = name_segment(e, vectors[start:end], texts[start:end], lang)
             if named is not None:
                 names.append(named[0])

@@ -41,12 +41,16 @@ _STOP_WORDS = """a about above after again against all am an and any are aren't 
     thousand dollar dollars bucks percent price prices order orders link links cart sale sales
     discount deal deals shipping buy buying sell check code stock enough color colour colors colours
     size sizes quality red white black brown pink grey gray blue green yellow purple dark affordable
-    cheap expensive popular rare final favorite favourite heavier lighter wear carry inside side"""
+    cheap expensive popular rare final favorite favourite heavier lighter wear carry inside side
+    coupon coupons voucher vouchers bundle bundles item items product products piece pieces free
+    gift gifts offer offers checkout click timer clock minute minutes second seconds hour hours
+    left already chance welcome live stream streams chat host viewers follow followers"""
 STOP_WORDS = frozenset(_STOP_WORDS.split())
 """English words that do not begin or end a name: function words, the fillers of spoken talk
-(a live host says "okay you guys" more often than any product's name), numbers, and the words of
-selling any product (price, order, link, colour, size), which name an aspect of a product, not
-the product, and the adjectives a host praises every product with."""
+(a live host says "okay you guys" more often than any product's name), numbers, the words of
+selling any product (price, coupon, bundle, order, link, colour, size, "item number two"), which
+name an aspect of a product, not the product, the words of the stream itself (live, chat,
+timer, "welcome"), and the adjectives a host praises every product with."""
 
 INNER_WORDS = frozenset({"of", "and", "for", "with", "the", "a", "in", "on", "to", "&"})
 """Stop words a name may hold inside ("bottle of wine", "salt and pepper"); any other (a pronoun,
@@ -72,6 +76,18 @@ def writes_without_spaces(lang: str) -> bool:
 def words(text: str) -> list[str]:
     """The text's words, lower-cased (curly apostrophes made straight, so "don’t" is a stop word)."""
     return [w.replace("’", "'") for w in _WORD.findall(text.casefold())]
+
+
+def singular(word: str) -> str:
+    """An English plural's singular, by its spelling ("cups" -> "cup", "batteries" -> "battery",
+    "boxes" -> "box"): a host says "this cup" and "one hundred cups left", and both say the name."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith(("ses", "xes", "zes", "ches", "shes")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
 
 
 def _word_grams(text: str, max_words: int) -> set[str]:
@@ -105,7 +121,7 @@ def phrase_units(phrase: str, lang: str) -> list[str]:
     """The units whose recurrence scores a phrase: its non-stop words, or its characters."""
     if writes_without_spaces(lang):
         return [c for c in phrase if c not in CJK_STOP_CHARS]
-    return [w for w in phrase.split() if w not in STOP_WORDS]
+    return [singular(w) for w in phrase.split() if w not in STOP_WORDS]
 
 
 def candidate_phrases(sentences: Sequence[str], lang: str) -> Counter[str]:
@@ -119,31 +135,53 @@ def candidate_phrases(sentences: Sequence[str], lang: str) -> Counter[str]:
     return counts
 
 
+def unit_sentences(sentences: Sequence[str], lang: str) -> Counter[str]:
+    """Each unit (a word in its singular, or a character) -> the number of sentences that say it."""
+    said: Counter[str] = Counter()
+    for text in sentences:
+        if writes_without_spaces(lang):
+            said.update(set(phrase_units(text, lang)))
+        else:
+            said.update({singular(w) for w in words(text)})
+    return said
+
+
 def recurrence(phrases: Sequence[str], sentences: Sequence[str], lang: str) -> list[float]:
     """Per phrase, the share of the sentences that say its most said unit: a name whose head word
     ("wig") runs through the segment scores high, one said in passing low; the qualifiers
     ("human hair") are chosen by the similarity half of the score."""
-    said = [set(phrase_units(s, lang)) if writes_without_spaces(lang) else set(words(s)) for s in sentences]
-    unit_share: dict[str, float] = {}
-    scores = []
-    for phrase in phrases:
-        units = phrase_units(phrase, lang) or [phrase]
-        for unit in units:
-            if unit not in unit_share:
-                unit_share[unit] = sum(unit in s for s in said) / max(len(said), 1)
-        scores.append(max(unit_share[u] for u in units))
-    return scores
+    said = unit_sentences(sentences, lang)
+    total = max(len(sentences), 1)
+    return [max(said[u] for u in phrase_units(phrase, lang) or [phrase]) / total for phrase in phrases]
 
 
 def shortlist(counts: Counter[str], sentences: Sequence[str], lang: str, limit: int) -> list[str]:
     """The `limit` candidates whose units recur most (ties: the longer phrase, said more often):
     only these are embedded, which bounds the encoder's cost per segment. A phrase of several
-    words must be said in two sentences at least (when any is): a name is repeated, a piece of
-    a sentence is not."""
-    repeated = [p for p, n in counts.items() if n >= 2 or len(phrase_units(p, lang)) <= 1]
-    phrases = repeated or list(counts)
+    words must be said in two sentences at least, or each of its words must be (when any phrase
+    passes): a name is repeated, whole or in parts ("this human hair wig" once, then "real human
+    hair" and "the wig"), a piece of a sentence is not. Characters recur anyway, so a Chinese
+    phrase must be said twice whole."""
+    said = unit_sentences(sentences, lang)
+
+    def repeated(phrase: str) -> bool:
+        units = phrase_units(phrase, lang)
+        if counts[phrase] >= 2 or len(units) <= 1:
+            return True
+        return not writes_without_spaces(lang) and all(said[u] >= 2 for u in units)
+
+    phrases = [p for p in counts if repeated(p)] or list(counts)
     shares = recurrence(phrases, sentences, lang)
     ranked = sorted(
         zip(phrases, shares, strict=True), key=lambda p: (-p[1], -len(p[0].split()), -counts[p[0]], p[0])
     )
     return [p for p, _ in ranked[:limit]]
+
+
+def continues(name: str, sentences: Sequence[str], lang: str) -> bool:
+    """Do `sentences` still talk about the topic `name`d before them: do two of them say its head
+    (the last unit of the name: "wig" of "human hair wig")? For Chinese, the whole name."""
+    if writes_without_spaces(lang):
+        return sum(name in s for s in sentences) >= 2
+    units = phrase_units(name.casefold(), lang)
+    return bool(units) and unit_sentences(sentences, lang)[units[-1]] >= 2

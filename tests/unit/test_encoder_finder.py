@@ -70,6 +70,46 @@ def test_recurrence_and_the_shortlist_favour_what_the_speaker_repeats() -> None:
     assert "sole" in keyphrases.shortlist(counts, said, "en", 50)
 
 
+def test_a_name_said_once_whole_stays_when_each_of_its_words_is_repeated() -> None:
+    said = [
+        "The first thing today is this human hair wig.",
+        "It is real human hair, not synthetic.",
+        "In the store this wig is listed higher.",
+        "One more thing about the strap.",
+    ]
+    counts = keyphrases.candidate_phrases(said, "en")
+    assert counts["human hair wig"] == 1
+    shortlisted = keyphrases.shortlist(counts, said, "en", 50)
+    assert "human hair wig" in shortlisted  # human, hair and wig are each said twice
+    assert "synthetic" in shortlisted and "real human hair" not in shortlisted  # "real" once
+
+
+def test_plurals_count_as_their_singular() -> None:
+    assert [keyphrases.singular(w) for w in ("cups", "batteries", "boxes", "glass", "cup", "bus")] == [
+        "cup",
+        "battery",
+        "box",
+        "glass",
+        "cup",
+        "bus",
+    ]
+    said = ["The original price of this cup is high.", "We have three hundred cups.", "Only ten cups left."]
+    assert keyphrases.recurrence(["cups", "cup"], said, "en") == [1.0, 1.0]
+
+
+def test_the_words_of_selling_and_of_the_stream_name_no_product() -> None:
+    said = ["There is a coupon on this item.", "Grab the coupon, the timer is live.", "The coupon ends."]
+    assert not {"coupon", "item", "timer", "live"} & set(keyphrases.candidate_phrases(said, "en"))
+
+
+def test_a_segment_that_keeps_saying_the_previous_name_continues_it() -> None:
+    price_talk = ["Today the wig is only $109.", "Click the link.", "Last call on the wig."]
+    assert keyphrases.continues("Human hair wig", price_talk, "en")
+    assert not keyphrases.continues("Human hair wig", ["Now the wig.", "These are running shoes."], "en")
+    assert keyphrases.continues("保温杯", ["这个保温杯", "保温杯只要九十九"], "zh")
+    assert not keyphrases.continues("保温杯", ["这个保温杯", "蓝牙耳机"], "zh")
+
+
 # --- cuts, names and confidences over vectors (processors/similarity.py) ---------------------
 
 
