@@ -135,6 +135,13 @@ REGISTRY: tuple[Benchmark, ...] = (
         targets=True,
     ),
     Benchmark(
+        "finder_names.py",
+        "Topic Finder (encoder) product names on held-out labelled OLP-MINI transcripts",
+        quick=("--split", "report"),
+        timeout_s=900,
+        targets=True,
+    ),
+    Benchmark(
         "olp_mini_rtf.py",
         "OLP-MINI real-time factor and canary quality per model choice",
         quick=("--files", "1", "--sentences", "40", "--choices", "free"),

@@ -52,6 +52,7 @@ def test_run_all_passes_check_only_to_benchmarks_with_targets() -> None:
         "olp_mini_rtf.py",
         "qmsum_recall.py",
         "switch_eval.py",
+        "finder_names.py",
     }
     assert run_all.command(by_name["budget.py"], quick=True, check=True)[-1] == "--check"
     assert "--check" not in run_all.command(by_name["budget.py"], quick=True, check=False)
