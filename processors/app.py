@@ -87,6 +87,7 @@ def make_board(worker: WorkerContext) -> JudgeBoard | None:
         max_pending=judges.max_pending,
         permitted=feed_judges(worker.settings, worker.catalog, models),
         assignment_of=worker.policy.assignments.get,
+        budget=worker.llm_budget,
     )
 
 

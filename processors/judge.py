@@ -57,6 +57,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
+from olp import telemetry
 from olp.catalog import Catalog
 from olp.errors import ModelCallError, ParseError
 from olp.settings import JudgeSettings, Settings
@@ -72,6 +73,7 @@ from processors.domain import (
     span_iou,
 )
 from processors.evidence import CANARY_PREFIX
+from processors.llm_budget import LlmTimeBudget, admitted
 
 log = logging.getLogger("olp.processors.judge")
 
@@ -338,6 +340,10 @@ class JudgedCall:
     """The RoleOutcome the processor recorded for the call (context, cost, latency)."""
 
 
+def _feed(call: JudgedCall) -> str:
+    return str(call.outcome.get("feed") or "default")
+
+
 class JudgeBoard:
     """Samples role calls, asks the judges allowed to judge each, publishes verdicts and the
     board's score.
@@ -346,6 +352,9 @@ class JudgeBoard:
     `permitted(feed)` names the judges a feed allows (`feed_judges`); `assignment_of(role)` is the
     role's current Assignment, from which the sample rate adapts (`sample_rate_for`): from
     `sample_rate` while the role's choice is uncertain down to `settled_rate` once it is settled.
+    `budget` is the worker's LLM time per feed (processors/llm_budget.py): judging only teaches,
+    so a sampled call is judged only by the judges the feed's bucket covers, the others skipped
+    and counted like skipped duels.
     """
 
     def __init__(
@@ -366,6 +375,7 @@ class JudgeBoard:
         max_pending: int = 4,
         permitted: Callable[[str], Sequence[str]] | None = None,
         assignment_of: Callable[[str], Mapping[str, Any] | None] | None = None,
+        budget: LlmTimeBudget | None = None,
     ) -> None:
         self._gateway = gateway
         self.models = tuple(models)
@@ -383,6 +393,7 @@ class JudgeBoard:
         self._max_pending = max_pending
         self._permitted = permitted
         self._assignment_of = assignment_of
+        self._budget = budget
         self.skipped = 0
 
     def rate(self, role: str) -> float:
@@ -404,7 +415,7 @@ class JudgeBoard:
         allows, none on a canary (scored exactly against its labels)."""
         if str(call.outcome.get("stream_id") or "").startswith(CANARY_PREFIX):
             return ()
-        feed = str(call.outcome.get("feed") or "default")
+        feed = _feed(call)
         allowed = self._permitted(feed) if self._permitted is not None else self.models
         return tuple(j for j in self.models if j != call.model and j in allowed)
 
@@ -412,25 +423,41 @@ class JudgeBoard:
         """Judge `call` if sampled; returns the value to pass downstream (maybe a correction)."""
         if not self.judges_for(call) or not self.wants(call.role):
             return call.value
+        judges = self.affordable(call)
+        if not judges:
+            return call.value
         if self.apply_corrections:
-            correction = await self.judge(call)
+            correction = await self.judge(call, judges)
             return call.value if correction is None else correction
         if len(self._pending) >= self._max_pending:  # the board is behind: skip, never queue up
             self.skipped += 1
             return call.value
-        task = asyncio.create_task(self.judge(call))
+        task = asyncio.create_task(self.judge(call, judges))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return call.value
 
-    async def judge(self, call: JudgedCall) -> Any:
-        """Ask every judge, publish the verdicts and the board's score; the chosen correction."""
+    def affordable(self, call: JudgedCall) -> tuple[str, ...]:
+        """The judges of `call` its feed's LLM time budget covers now; the others are skipped."""
+        judges = self.judges_for(call)
+        if self._budget is None:
+            return judges
+        feed = _feed(call)
+        make, skip = admitted(judges, self._budget.expected, self._budget.available(feed))
+        for judge in skip:
+            self._budget.skip("judge")
+            telemetry.record_llm_skipped(call.role, judge, feed, "judge")
+        return tuple(make)
+
+    async def judge(self, call: JudgedCall, judges: Sequence[str] | None = None) -> Any:
+        """Ask every judge (or `judges`), publish the verdicts and the board's score; the chosen
+        correction."""
         prompt = build_prompt(call.prompt, call.answer_text)
         schema = answer_schema(call.schema)
         verdicts: dict[str, Verdict] = {}
         scores: dict[str, float] = {}
         spent = 0.0
-        for judge in self.judges_for(call):
+        for judge in self.judges_for(call) if judges is None else judges:
             started = time.monotonic()
             record: dict[str, Any] = {
                 "event_id": f"{call.event_id}:judge:{judge}",
@@ -453,6 +480,8 @@ class JudgeBoard:
             }
             try:
                 completion = await self._gateway.complete(judge, prompt, schema)
+                if self._budget is not None:
+                    self._budget.spend(_feed(call), judge, completion.latency_ms / 1000.0)
                 record.update(
                     latency_ms=completion.latency_ms,
                     tokens_in=completion.tokens_in,

@@ -9,9 +9,9 @@ costs nothing. Each worker holds one token bucket per feed that refills at that 
 most a quarter of a minute's seconds (a burst of a few chunks, not a minute of backlog). Every
 LLM call spends its latency, and the calls a role must make (the primary, its re-ask on junk,
 its failover) spend even into debt; the calls that only improve or teach (the cascade's
-escalation, warm-up runs of untried models, exploration duels) are made only while the bucket
-covers their expected latency (the model's recent mean), else skipped and counted. Encoder calls
-are never limited.
+escalation, warm-up runs of untried models, exploration duels, the judges' verdicts) are made
+only while the bucket covers their expected latency (the model's recent mean), else skipped and
+counted. Encoder calls are never limited.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ BURST_MINUTES = 0.25
 LATENCY_WEIGHT = 0.3
 """Weight of the newest latency in a model's running mean (a few calls to follow a change)."""
 
-SKIPPED_KINDS = ("escalation", "extra")
-"""What a skipped call was: the cascade's escalation, or an extra (warm-up run or duel)."""
+SKIPPED_KINDS = ("escalation", "extra", "judge")
+"""What a skipped call was: the cascade's escalation, an extra (warm-up run or duel), or a
+judge's verdict on a sampled call (processors/judge.py)."""
 
 
 @dataclass

@@ -64,7 +64,7 @@ class WorkerContext:
     stops the start, not a chunk."""
     llm_budget: LlmTimeBudget = field(init=False)
     """The feeds' LLM seconds per minute, shared by the worker's roles; what it skips is counted
-    in `stats` as `llm_skipped.escalation` / `llm_skipped.extra`."""
+    in `stats` as `llm_skipped.escalation` / `llm_skipped.extra` / `llm_skipped.judge`."""
     _faust_topics: dict[str, Any] = field(default_factory=dict)
     _callers: dict[str, RoleCaller] = field(default_factory=dict)
 

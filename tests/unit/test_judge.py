@@ -26,6 +26,7 @@ from processors.judge import (
     parse_verdict,
     score,
 )
+from processors.llm_budget import LlmTimeBudget
 from processors.relationship_checker import RelationVerdict
 
 CHUNK = [
@@ -291,6 +292,23 @@ async def test_board_publishes_each_verdict_and_the_board_score() -> None:
     for _, messages, schema in gateway.calls:
         assert messages[1]["content"].startswith(_call().prompt[1]["content"])
         assert schema["properties"]["correction"] == topic_locator.answer_schema(IDS)
+
+
+async def test_judges_run_only_while_the_feeds_llm_time_budget_covers_them() -> None:
+    now = [0.0]
+    budget = LlmTimeBudget(lambda feed: 12.0, clock=lambda: now[0])  # 3 s saved up at most
+    budget.spend("default", "judge-a", 1.0)  # known latencies: judge-a 1 s, judge-b 2.5 s
+    budget.spend("default", "judge-b", 2.5)  # the bucket is now 3 - 3.5 = 0.5 s in debt
+    gateway = FakeGateway({"judge-a": '{"correct": true}', "judge-b": '{"correct": true}'})
+    sent: list[tuple[str, str, str, dict[str, Any]]] = []
+    board = _board(gateway, sent, apply_corrections=True, budget=budget)
+    await board.review(_call())
+    assert gateway.calls == [] and budget.skipped["judge"] == 2  # in debt: nobody judges
+    now[0] = 10.0  # refilled by 10 s x 12/60 s: 1.5 s covers judge-a (1 s), not judge-b too
+    await board.review(_call())
+    assert [model for model, _, _ in gateway.calls] == ["judge-a"] and budget.skipped["judge"] == 3
+    assert budget.available("default") == pytest.approx(1.5 - 0.12)  # judge-a's measured 120 ms
+    assert budget.latency_s["judge-a"] == pytest.approx(1.0 + 0.3 * (0.12 - 1.0))
 
 
 async def test_a_failing_judge_is_recorded_and_left_out_of_the_score() -> None:

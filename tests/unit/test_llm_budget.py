@@ -55,7 +55,7 @@ def test_the_budget_is_per_feed_learns_latencies_and_counts_what_it_skips() -> N
     now[0] = 3.0
     assert budget.available("shop") == pytest.approx(8.0)
     budget.skip("escalation")
-    assert budget.skipped == {"escalation": 1, "extra": 0} and kinds == ["escalation"]
+    assert budget.skipped == {"escalation": 1, "extra": 0, "judge": 0} and kinds == ["escalation"]
 
 
 def test_the_default_feed_budget_keeps_two_cores_up_with_speech() -> None:
@@ -162,7 +162,7 @@ async def test_an_empty_budget_skips_the_escalation_and_counts_it() -> None:
     budget.spend("shop", "llm", 7.0)  # 3 s left: less than the LLM's 4 s (now 4.9 s on average)
     value, gateway, _ = await ask(0.3, budget, **CASCADE)
     assert value == ["From the encoder"] and gateway.asked == ["enc"]
-    assert budget.skipped == {"escalation": 1, "extra": 0}
+    assert budget.skipped == {"escalation": 1, "extra": 0, "judge": 0}
 
 
 async def test_an_llm_primary_always_runs_and_its_warmup_extra_waits_for_the_budget() -> None:
@@ -173,6 +173,6 @@ async def test_an_llm_primary_always_runs_and_its_warmup_extra_waits_for_the_bud
     value, gateway, _ = await ask(0.3, budget, primary="llm")  # in debt: the primary still runs
     assert gateway.asked == ["llm"] and budget.available("shop") == -2.0
     _, gateway, _ = await ask(0.3, budget, warmup=["llm"])  # the LLM extra does not
-    assert gateway.asked == ["enc"] and budget.skipped == {"escalation": 0, "extra": 1}
+    assert gateway.asked == ["enc"] and budget.skipped == {"escalation": 0, "extra": 1, "judge": 0}
     _, gateway, _ = await ask(0.3, None, warmup=["llm"])  # no budget: the extra runs
     assert sorted(gateway.asked) == ["enc", "llm"]
