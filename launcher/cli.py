@@ -418,15 +418,14 @@ def _print_evidence(data: Mapping[str, Any]) -> None:
     table = Table("role", "model", "quality (k)", *EVIDENCE_SOURCES, "canary k", "|est-canary|")
     for role in data["roles"]:
         for model, ev in sorted((role.get("evidence") or {}).items()):
-            canary = ev.get("canary_mean")
-            gap = "" if canary is None else f"{abs(ev['quality'] - canary):.2f}"
+            canary, gap = ev.get("canary_mean"), ev.get("canary_gap")
             table.add_row(
                 safe(role["role"]),
                 safe(model),
                 f"{ev['quality']:+.2f} ± {ev['quality_sd']:.2f}",
                 *(f"{ev.get(source, 0):g}" for source in EVIDENCE_SOURCES),
                 "" if canary is None else f"{canary:+.2f}",
-                gap,
+                "" if gap is None else f"{gap:.2f}",
             )
     console.print(table)
 

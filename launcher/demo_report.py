@@ -357,10 +357,7 @@ class Calibration:
     estimate: float
     canary: float
     canary_n: float
-
-    @property
-    def gap(self) -> float:
-        return abs(self.estimate - self.canary)
+    gap: float
 
 
 def calibrations(policy: Mapping[str, Any]) -> list[Calibration]:
@@ -376,6 +373,7 @@ def calibrations(policy: Mapping[str, Any]) -> list[Calibration]:
                         float(ev["quality"]),
                         float(ev["canary_mean"]),
                         float(ev.get("canary") or 0.0),
+                        float(ev["canary_gap"]),
                     )
                 )
     return rows

@@ -162,14 +162,6 @@ class LlmStats:
         }
 
 
-def with_calibration_gap(evidence: Mapping[str, float]) -> dict[str, float | None]:
-    """A model's evidence (`RoleRL.evidence`) with `canary_gap`: how far its quality estimate is
-    from the mean of its gold canaries (None before any canary)."""
-    canary = evidence.get("canary_mean")
-    gap = None if canary is None else round(abs(float(evidence["quality"]) - float(canary)), 6)
-    return {**evidence, "canary_gap": gap}
-
-
 def document_view(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "stream_id": doc["stream_id"],
@@ -394,7 +386,6 @@ def snapshot(app: web.Application, now_ms: int | None = None) -> dict[str, Any]:
     roles = [state.role_view(role) for role in ROLES]
     for view in roles:
         view["q_values"] = {m: round(q, 4) for m, q in view["q_values"].items()}
-        view["evidence"] = {m: with_calibration_gap(ev) for m, ev in view["evidence"].items()}
     feeds = sorted(feed.feeds | set(settings.feeds))
     budgets = []
     for name in feeds:

@@ -361,7 +361,8 @@ class RoleRL:
     def evidence(self, role: str) -> dict[str, dict[str, float]]:
         """Per model of the role: where its estimates come from (weighted labels per source,
         'failure', 'unlabelled' calls), and its role-level quality estimate, the estimate's
-        standard deviation (in k) and the weighted labels behind it (`n_quality`)."""
+        standard deviation (in k) and the weighted labels behind it (`n_quality`); once gold
+        canaries scored it, `canary_gap`: how far that estimate is from their mean (calibration)."""
         rs = self._role(role)
         scores = self._scores(role, ROLE_LEVEL, self.params.cost_weight)
         out: dict[str, dict[str, float]] = {}
@@ -380,6 +381,8 @@ class RoleRL:
                 "quality_sd": round(s.quality_sd / self.params.reward_value, 6),
                 "n_quality": round(s.n_quality, 6),
             }
+            if "canary_mean" in means:
+                out[m]["canary_gap"] = round(abs(s.quality - means["canary_mean"]), 6)
         return out
 
     def select(self, role: str, context: Mapping[str, Any] | None = None) -> CallPlan:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from launcher.cli import main
 
 TOKEN = "r3ad-only"
-EVIDENCE = {"canary": 4.0, "canary_mean": 0.25, "judge": 1.0, "unlabelled": 7.0}
+EVIDENCE = {"canary": 4.0, "canary_mean": 0.25, "canary_gap": 0.25, "judge": 1.0, "unlabelled": 7.0}
 EVIDENCE |= {"quality": 0.5, "quality_sd": 0.3}
 ROLE = {
     "role": "topic_finder",

@@ -14,7 +14,7 @@ from olp.catalog import Catalog, ModelSpec
 from olp.settings import ROLES, load_settings
 from olp.topics import TopicNames
 from policy_store import dashboard
-from policy_store.dashboard import MINUTE_MS, OffsetSamples, with_calibration_gap
+from policy_store.dashboard import MINUTE_MS, OffsetSamples
 from policy_store.history import HISTORY_FIELDS, HistoryPoint, RoleHistory, point_of
 from policy_store.keys import CODEC, SETTINGS, STATE, TOPICS
 from policy_store.state import load_state
@@ -62,12 +62,6 @@ def test_point_of_a_role_view_takes_the_chosen_models_estimate_canary_and_reward
     assert point_of({"model": "c", "q_values": {}, "evidence": {}}, T0) == HistoryPoint(
         T0, "c", None, None, None, None
     )
-
-
-def test_calibration_gap_is_the_distance_from_the_canary_mean() -> None:
-    assert with_calibration_gap({"quality": 0.9, "canary_mean": 0.6})["canary_gap"] == pytest.approx(0.3)
-    assert with_calibration_gap({"quality": -0.2, "canary_mean": 0.1})["canary_gap"] == pytest.approx(0.3)
-    assert with_calibration_gap({"quality": 0.9})["canary_gap"] is None
 
 
 def test_rates_at_a_trickle_are_numbers_not_zero_or_missing() -> None:

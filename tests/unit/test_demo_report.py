@@ -177,8 +177,8 @@ def test_calibration_rows_and_verdict_line(capsys: pytest.CaptureFixture[str]) -
             {
                 "role": "topic_finder",
                 "evidence": {
-                    "smollm2": {"quality": -0.8, "quality_sd": 0.1, "canary": 3, "canary_mean": -0.5},
-                    "minilm": {"quality": 0.4, "quality_sd": 0.2, "canary": 2, "canary_mean": 0.45},
+                    "smollm2": {"quality": -0.8, "canary": 3, "canary_mean": -0.5, "canary_gap": 0.3},
+                    "minilm": {"quality": 0.4, "canary": 2, "canary_mean": 0.45, "canary_gap": 0.05},
                     "untested": {"quality": 0.0, "quality_sd": 1.0},
                 },
             }

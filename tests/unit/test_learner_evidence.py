@@ -140,6 +140,9 @@ def test_evidence_shows_what_each_source_says_beside_the_estimate() -> None:
     assert shown["canary"] == 3.0 and shown["canary_mean"] == pytest.approx(0.5)
     assert shown["judge"] == 1.0 and shown["judge_mean"] == pytest.approx(-1.0)
     assert not any(key.endswith(".k_sum") for key in shown)
+    # calibration: the estimate's distance from what the canaries measured; none without canaries
+    assert shown["canary_gap"] == pytest.approx(abs(shown["quality"] - 0.5)) and shown["canary_gap"] > 0
+    assert "canary_gap" not in learner.evidence("qa")["b"]
     assert RoleRL.restore(learner.snapshot()).evidence("qa") == learner.evidence("qa")
 
 
