@@ -12,6 +12,7 @@ Read the modules in order, starting with `params` (the knobs and the numbered de
 paper): params, paper, estimates, budget, safety, cascade, state, views, decide, learner, snapshot.
 """
 
+from olp.contexts import ROLE_LEVEL, chunk_bucket, context_key
 from policy_store.learner.budget import (
     ALL_FEEDS,
     Budget,
@@ -26,15 +27,7 @@ from policy_store.learner.budget import (
 )
 from policy_store.learner.cascade import Calibration, CascadePlan, cascade_sweep, search_cascade, success_of
 from policy_store.learner.decide import Situation, decide, decide_paper
-from policy_store.learner.estimates import (
-    Estimate,
-    ModelScore,
-    chunk_bucket,
-    context_key,
-    expected_improvement,
-    score_models,
-    shrink,
-)
+from policy_store.learner.estimates import Estimate, ModelScore, expected_improvement, score_models, shrink
 from policy_store.learner.learner import COUNTERS, RoleRL
 from policy_store.learner.paper import (
     START,
@@ -60,6 +53,7 @@ from policy_store.learner.views import Assignment, AssignmentView, CallPlan
 __all__ = [
     "ALL_FEEDS",
     "COUNTERS",
+    "ROLE_LEVEL",
     "START",
     "Assignment",
     "AssignmentView",

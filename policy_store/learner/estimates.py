@@ -12,12 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from olp.contexts import ROLE_LEVEL
 from policy_store.learner.params import RoleRLParams
-
-ROLE_LEVEL = "*"
-"""The context key of a role's estimates over every context."""
 
 
 @dataclass
@@ -62,33 +59,6 @@ def shrink(mean: float, n: float, prior_mean: float, prior_n: float) -> float:
     """Posterior mean of `n` observations averaging `mean` under a prior worth `prior_n` of them."""
     total = n + prior_n
     return (n * mean + prior_n * prior_mean) / total if total > 0 else prior_mean
-
-
-def chunk_bucket(chunk_size: int, edges: Sequence[int]) -> str | None:
-    """Bucket label of a chunk size, e.g. '<40', '40-79', '>=80' for edges (40, 80); None if unknown."""
-    if chunk_size <= 0:
-        return None
-    lower = 0
-    for edge in edges:
-        if chunk_size < edge:
-            return f"<{edge}" if lower == 0 else f"{lower}-{edge - 1}"
-        lower = edge
-    return f">={lower}"
-
-
-def context_key(context: Mapping[str, Any] | None, params: RoleRLParams) -> str:
-    """The context a decision depends on: 'domain=..|lang=..|chunk=..', '*' for the role level."""
-    if not params.contextual or not context:
-        return ROLE_LEVEL
-    parts = []
-    for name in ("domain", "lang"):
-        value = context.get(name)
-        if value:
-            parts.append(f"{name}={value}")
-    bucket = chunk_bucket(int(context.get("chunk_size") or 0), params.chunk_buckets)
-    if bucket:
-        parts.append(f"chunk={bucket}")
-    return "|".join(parts) or ROLE_LEVEL
 
 
 def state_context_key(state: str, ctx: str) -> str:

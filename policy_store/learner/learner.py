@@ -12,10 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from olp.contexts import ROLE_LEVEL, context_key
 from policy_store.learner.budget import Budget, Budgets, BudgetStatus
 from policy_store.learner.cascade import CascadePlan, search_cascade
 from policy_store.learner.decide import Situation, decide, decide_paper
-from policy_store.learner.estimates import ROLE_LEVEL, Estimate, ModelScore, context_key, score_models
+from policy_store.learner.estimates import Estimate, ModelScore, score_models
 from policy_store.learner.learn import (
     learn_calibration,
     learn_estimates,
