@@ -3,10 +3,11 @@
 Pure Python, no I/O, no clock: time comes from the records. The policy store service feeds
 `RoleRL.observe` with `RoleOutcome` dicts read from the feedback topic (`olp.feedback`, schema
 `schemas/role_outcome.avsc`; judge verdicts and human feedback are RoleOutcomes too, with `source`
-= judge / human), and publishes `RoleRL.assignment(role)` as `Assignment` records on `olp.policy`
-(`schemas/assignment.avsc`). A processor turns the assignment it holds into a `CallPlan` with
-`AssignmentView.sample(rng)` (pure sampling shared with the processors, `olp/call_plan.py`). The
-learner's whole state is a JSON document (`RoleRL.snapshot` / `RoleRL.restore`).
+= judge / human), and publishes `RoleRL.context_assignment(role, ctx)` as `Assignment` records on
+`olp.policy` (`schemas/assignment.avsc`): the role level, and each of `RoleRL.contexts(role)`. A
+processor turns the assignment it holds into a `CallPlan` with `AssignmentView.sample(rng)` (pure
+sampling shared with the processors, `olp/call_plan.py`). The learner's whole state is a JSON
+document (`RoleRL.snapshot` / `RoleRL.restore`).
 
 Read the modules in order, starting with `params` (the knobs and the numbered deviations from the
 paper): params, paper, estimates, budget, safety, cascade, state, views, decide, learner, snapshot.

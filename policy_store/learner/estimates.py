@@ -61,9 +61,26 @@ def shrink(mean: float, n: float, prior_mean: float, prior_n: float) -> float:
     return (n * mean + prior_n * prior_mean) / total if total > 0 else prior_mean
 
 
+STATE_SEPARATOR = "#"
+
+
 def state_context_key(state: str, ctx: str) -> str:
     """The key of the estimates of the paper's `state` within context `ctx`."""
-    return f"{state}#{ctx}"
+    return f"{state}{STATE_SEPARATOR}{ctx}"
+
+
+def known_contexts(estimates: Mapping[str, Mapping[str, Estimate]], params: RoleRLParams) -> list[str]:
+    """The contexts (keys of `estimates` below the role level) whose own labels can carry a
+    decision away from the role's: some model's weighted labels there weigh at least the role
+    level's pseudo-count in them (`context_prior`). Sorted, so publishing follows one order."""
+    floor = max(params.context_prior, 1e-9)
+    return sorted(
+        ctx
+        for ctx, table in estimates.items()
+        if ctx != ROLE_LEVEL
+        and STATE_SEPARATOR not in ctx
+        and max((e.n_quality for e in table.values()), default=0.0) >= floor
+    )
 
 
 @dataclass(frozen=True)
