@@ -335,7 +335,7 @@ class RoleRL:
         }
         if self.params.mode == "paper":
             view = decide_paper(role, rs, candidates, open_, self.params.epsilon)
-            return replace(view, evidence=evidence)
+            return replace(view, evidence=evidence, context=ctx)  # the paper's ignores the context
         s = self._situation(role, rs, ctx, context, candidates, now)
         if open_:
             s.notes.append(f"circuit open: {', '.join(open_)}")

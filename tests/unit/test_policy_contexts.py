@@ -173,3 +173,12 @@ def test_processors_keep_versions_per_role_and_context(stale_first: bool) -> Non
     assert not view.apply({**in_zh, "model": "enc", "version": 3})
     assert view.assignment(ROLE, context=ZH).model == "llm"
     assert view.assignment(ROLE).model == "enc" and view.version(ROLE) == 5
+
+
+def test_paper_mode_decides_no_context_on_its_own() -> None:
+    learner = RoleRL({ROLE: list(POOL)}, RoleRLParams.paper(contextual=True))
+    for event in range(20):
+        learner.observe(outcome(event, "enc", "zh", -1.0, learner.version(ROLE)))
+    assert learner.contexts(ROLE) == []
+    view = learner.context_assignment(ROLE, ZH)  # a record published before keeps its key
+    assert (view.context, view.model) == (ZH, learner.assignment(ROLE).model)
