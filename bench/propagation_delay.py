@@ -56,12 +56,18 @@ from pipeline_common import (
 from targets import Target, add_check_argument, report_targets
 
 from launcher.scripted_llm import Reply, ScriptedLLM
+from olp.contexts import ROLE_LEVEL
 from olp.settings import ROLES
 from schemas.codec import make_codec
 
 CHUNK_SIZE = 10
 INJECTED_FAILURES = 5
 """Consecutive failed outcomes per trial (the learner's breaker opens after 3 by default)."""
+
+
+def _role_level(assignment: dict[str, Any]) -> bool:
+    """The role's own assignment, not one of a context (olp/contexts.py)."""
+    return str(assignment.get("context") or ROLE_LEVEL) == ROLE_LEVEL
 
 
 class PolicyWatch:
@@ -105,13 +111,13 @@ class PolicyWatch:
 
     def latest(self, role: str) -> dict[str, Any] | None:
         with self.lock:
-            found = [a for _, a in self.assignments if a["role"] == role]
+            found = [a for _, a in self.assignments if a["role"] == role and _role_level(a)]
         return max(found, key=lambda a: a["version"]) if found else None
 
     def first_change(self, role: str, old_model: str, after: float) -> tuple[float, dict[str, Any]] | None:
         with self.lock:
             for ts, a in self.assignments:
-                if a["role"] == role and a["model"] != old_model and ts >= after - 0.005:
+                if a["role"] == role and _role_level(a) and a["model"] != old_model and ts >= after - 0.005:
                     return ts, a
         return None
 

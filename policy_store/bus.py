@@ -45,7 +45,8 @@ class LeaseHolder(Protocol):
 
 class PolicyBus(Protocol):
     async def publish_assignment(self, record: Mapping[str, Any]) -> None:
-        """Write an Assignment to the policy topic (key role); returns once it is acknowledged."""
+        """Write an Assignment to the policy topic (key `olp.contexts.record_policy_key`: the
+        role, or role|context); returns once it is acknowledged."""
 
     async def publish_feedback(self, outcome: Mapping[str, Any]) -> None:
         """Write a RoleOutcome to the feedback topic (key role); returns once it is acknowledged."""

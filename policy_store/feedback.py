@@ -22,7 +22,7 @@ from olp import telemetry
 from olp.errors import ValidationError
 from olp.settings import ROLES, LearnerSettings
 from policy_store.bus import FeedbackRecord, PolicyBus
-from policy_store.leadership import publish
+from policy_store.leadership import publish, publish_contexts
 from policy_store.learner import reward
 from policy_store.state import PolicyState, save_snapshot
 
@@ -124,7 +124,8 @@ class SnapshotSaver:
 
 async def run_feedback_loop(state: PolicyState, bus: PolicyBus, learner: LearnerSettings) -> None:
     """Learn from the feedback the snapshot lacks, then from everything that arrives; the leader
-    publishes each role whose choice changed or whose published plan went stale."""
+    publishes each role whose choice changed or whose published plan went stale, and each of its
+    contexts whose published plan went stale (or that the learner now knows well enough)."""
     saver = SnapshotSaver(learner.snapshot_path, learner.snapshot_interval_s)
     try:
         async for records in bus.feedback(dict(state.offsets)):
@@ -140,6 +141,8 @@ async def run_feedback_loop(state: PolicyState, bus: PolicyBus, learner: Learner
                     for role in sorted(changed):
                         if changed[role] or state.stale(role):
                             await publish(state, bus, role, causes=changed[role])
+                        else:
+                            await publish_contexts(state, bus, role)
                 saver.changed(state)
     finally:
         state.kafka_ready = False

@@ -1,7 +1,8 @@
 """The policy store's bus on Kafka (policy_store/bus.py; spec section 6).
 
-- Assignments go to `olp.policy`, human verdicts to `olp.feedback`, both keyed by role, with the
-  W3C trace context in the headers when no instrumentation writes it.
+- Assignments go to `olp.policy` keyed by role, or role|context for a context's
+  (`olp.contexts.policy_key`: compaction keeps each), human verdicts to `olp.feedback` keyed by
+  role, with the W3C trace context in the headers when no instrumentation writes it.
 - The feedback and policy readers use no consumer group (every replica reads everything) and wait
   `policy_fetch_max_wait_ms` per fetch (Tansu answers a fetch only when its wait expires).
 - The highest published version is read up to each partition's fetch-reported high watermark
@@ -23,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from olp import telemetry
+from olp.contexts import record_policy_key
 from olp.errors import CodecError, OlpError, UnavailableError
 from olp.kafka import caught_up, read_from_start
 from olp.settings import Settings
@@ -58,7 +60,8 @@ class KafkaBus:
 
     async def publish_assignment(self, record: Mapping[str, Any]) -> None:
         topic = self._topics.policy
-        await self._send(topic, str(record["role"]), self._codec.encode("Assignment", record, topic=topic))
+        value = self._codec.encode("Assignment", record, topic=topic)
+        await self._send(topic, record_policy_key(record), value)
 
     async def publish_feedback(self, outcome: Mapping[str, Any]) -> None:
         topic = self._topics.feedback

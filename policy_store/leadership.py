@@ -1,6 +1,8 @@
 """Who publishes (spec section 4): one replica at a time, the leader, publishes a new versioned
-Assignment to `olp.policy` (key role) whenever what a call acts on changes (model, candidates,
-warm-up, exploration, cascade, pin), so processors hot-swap.
+Assignment to `olp.policy` whenever what a call acts on changes (model, candidates, warm-up,
+exploration, cascade, pin), so processors hot-swap: one per role (key role) and one per context
+the learner decides on its own (key role|context, `olp.contexts.policy_key`). Versions are global,
+so they rise per (role, context) too.
 
 Losing the lease stops publishing before it moves (`Leadership.revoked` waits for a publish in
 flight). A new leader reads the policy topic to its end first and continues above the highest
@@ -21,6 +23,7 @@ from typing import Any
 from opentelemetry.trace import SpanContext
 
 from olp import telemetry
+from olp.contexts import ROLE_LEVEL, policy_key, record_policy_key
 from olp.settings import ROLES
 from policy_store.bus import PolicyBus
 from policy_store.learner import PolicyError
@@ -36,17 +39,54 @@ async def publish(
     reason: str | None = None,
     causes: Sequence[SpanContext] = (),
 ) -> dict[str, Any]:
-    """Publish the learner's current assignment for `role` as a new version (one span each,
-    continuing the trace of the feedback in `causes` that changed it). Call under `state.lock`."""
+    """Publish the learner's current assignment for `role` as a new version, then each of the
+    role's contexts whose published plan differs from the learner's (an operator's pin or ban
+    reaches them too). Returns the role's record. Call under `state.lock`."""
+    record = await publish_one(state, bus, role, ROLE_LEVEL, reason, causes)
+    await publish_contexts(state, bus, role, reason, causes)
+    return record
+
+
+async def publish_contexts(
+    state: PolicyState,
+    bus: PolicyBus,
+    role: str,
+    reason: str | None = None,
+    causes: Sequence[SpanContext] = (),
+    every: bool = False,
+) -> list[dict[str, Any]]:
+    """Publish `role`'s context assignments whose published plan is stale (`every`: all of them).
+    Call under `state.lock`."""
+    return [
+        await publish_one(state, bus, role, ctx, reason, causes)
+        for ctx in state.contexts(role)
+        if every or state.stale(role, ctx)
+    ]
+
+
+async def publish_one(
+    state: PolicyState,
+    bus: PolicyBus,
+    role: str,
+    context: str,
+    reason: str | None = None,
+    causes: Sequence[SpanContext] = (),
+) -> dict[str, Any]:
+    """Publish the learner's assignment for `role` in `context` as a new version (one span each,
+    continuing the trace of the feedback in `causes` that changed it)."""
     if not state.leader:
         raise NotLeader("this policy-store replica is a follower; the leader publishes (retry there)")
     with telemetry.policy_update_span(role, causes) as span:
-        record = state.assignment_record(role, reason)
-        state.published[role] = record
+        record = state.assignment_record(role, reason, context)
+        state.published[policy_key(role, context)] = record
         await bus.publish_assignment(record)
         telemetry.record_policy_update(span, record)
     log.info(
-        "published %s -> %s (version %s): %s", role, record["model"], record["version"], record["reason"]
+        "published %s -> %s (version %s): %s",
+        policy_key(role, context),
+        record["model"],
+        record["version"],
+        record["reason"],
     )
     return record
 
@@ -73,6 +113,7 @@ async def take_over(state: PolicyState, bus: PolicyBus, snapshot_path: Path | No
                 await publish(state, bus, role, "initial assignment")
             elif out_of_step or state.stale(role):
                 await publish(state, bus, role, "republished by a new leader")
+            await publish_contexts(state, bus, role, "republished by a new leader", every=out_of_step)
         save_snapshot(state, snapshot_path)
 
 
@@ -137,16 +178,19 @@ async def follow_policy(state: PolicyState, bus: PolicyBus) -> None:
                     log.error(
                         "another replica published %s version %s while this one leads;"
                         " versions continue above it",
-                        role,
+                        record_policy_key(record),
                         version,
                     )
                 mirror(state, role, record)
 
 
 def mirror(state: PolicyState, role: str, record: Mapping[str, Any]) -> None:
-    """Take another replica's published record of `role` as what processors act on."""
-    state.published[role] = dict(record)
+    """Take another replica's published record of `role` (in its context) as what processors act
+    on; a pin is the role's, so the role-level record carries it."""
+    state.published[record_policy_key(record)] = dict(record)
     state.remember(int(record["version"]), role)
+    if str(record.get("context") or ROLE_LEVEL) != ROLE_LEVEL:
+        return
     view = state.learner.assignment(role)
     try:
         if record.get("pinned") and not (view.pinned and view.model == record["model"]):

@@ -2,7 +2,7 @@
 
 Pure Python, no I/O: no topics or schemas are read or written here. The benchmarks
 (`bench/routing_replay.py`, `bench/budget.py`) compare every policy on the same replayed calls,
-and the policy store runs, through `make_learner`, the ones that publish an assignment per role.
+and the policy store runs, through `make_learner`, the ones that publish assignments.
 A policy decides per input of a role (the `role` key of the context), may run more models on the
 same input (`follow_up`: warm-up, exploration duel, cascade escalation), and learns from
 RoleOutcome-shaped dicts (`update`).
@@ -19,9 +19,9 @@ Registered policies:
   oracle    per-input oracle: the cheapest correct model (benchmarks only: it reads the labels
             the benchmark puts in the context).
 
-The policy store publishes one assignment per role for the processors to sample, so it runs the
-policies whose decision has that form, `paper_q` and `role_rl` (`LEARNERS`, `make_learner`); the
-others decide input by input inside the caller.
+The policy store publishes assignments (per role, and per context it knows well enough) for the
+processors to sample, so it runs the policies whose decision has that form, `paper_q` and
+`role_rl` (`LEARNERS`, `make_learner`); the others decide input by input inside the caller.
 """
 
 from __future__ import annotations

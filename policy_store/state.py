@@ -1,9 +1,10 @@
 """The policy store's state (spec section 4): the Role-RL learner plus what a replica needs to
 publish consistently, and its snapshot file. Pure apart from reading and writing that file.
 
-The snapshot holds the learner, the published records, the version map and the feedback offsets
-it contains, so a restart replays exactly the feedback the snapshot lacks. It is written
-atomically (a crash leaves the old or the new file, never half of one).
+The snapshot holds the learner, the published records (per role, and per role and context), the
+version map and the feedback offsets it contains, so a restart replays exactly the feedback the
+snapshot lacks. It is written atomically (a crash leaves the old or the new file, never half of
+one).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from olp.catalog import Catalog
+from olp.contexts import ROLE_LEVEL, policy_key
 from olp.errors import ConfigError, OlpError
 from olp.settings import ROLES, Settings
 from policy_store.learner import Budget, RoleRL
@@ -43,7 +45,8 @@ class PolicyState:
     version: int = 0
     """Highest version this replica published or continues above."""
     published: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Role -> the Assignment record processors act on (this replica's or the leader's)."""
+    """`olp.contexts.policy_key` (the role, or role|context) -> the Assignment record processors
+    act on (this replica's or the leader's)."""
     version_map: dict[int, int] = field(default_factory=dict)
     """Published (global) version -> the learner's own version of that role at the time, so
     feedback that echoes a published version is judged against the learner's version history
@@ -62,9 +65,11 @@ class PolicyState:
     def replica_role(self) -> str:
         return "leader" if self.leader else "follower"
 
-    def assignment_record(self, role: str, reason: str | None = None) -> dict[str, Any]:
-        """The learner's assignment of `role` as the next version's Assignment record."""
-        view = self.learner.assignment(role)
+    def assignment_record(
+        self, role: str, reason: str | None = None, context: str = ROLE_LEVEL
+    ) -> dict[str, Any]:
+        """The learner's assignment of `role` in `context` as the next version's Assignment record."""
+        view = self.learner.context_assignment(role, context)
         # Above everything published, by this replica or another (a lease handed over).
         self.version = max(self.version, self.seen_version) + 1
         self.remember(self.version, role)
@@ -78,12 +83,21 @@ class PolicyState:
         for old in sorted(self.version_map)[: max(0, len(self.version_map) - VERSION_MAP_SIZE)]:
             del self.version_map[old]
 
-    def stale(self, role: str) -> bool:
-        """What a call acts on differs between the learner and the published record of `role`."""
-        published = self.published.get(role)
+    def stale(self, role: str, context: str = ROLE_LEVEL) -> bool:
+        """What a call acts on differs between the learner and the published record of `role` in
+        `context` (or none is published)."""
+        published = self.published.get(policy_key(role, context))
         if published is None:
             return True
-        return plan_key(self.learner.assignment(role).to_record(0)) != plan_key(published)
+        return plan_key(self.learner.context_assignment(role, context).to_record(0)) != plan_key(published)
+
+    def contexts(self, role: str) -> list[str]:
+        """The contexts of `role` with an assignment of their own: those the learner knows well
+        enough, and those published before (kept up to date: processors hold them)."""
+        published = {
+            str(r.get("context") or ROLE_LEVEL) for r in self.published.values() if r.get("role") == role
+        }
+        return sorted((set(self.learner.contexts(role)) | published) - {ROLE_LEVEL})
 
     def for_learner(self, outcome: Mapping[str, Any]) -> Mapping[str, Any]:
         """The outcome with its policy version in the learner's terms (0, far off-policy, when
@@ -95,7 +109,7 @@ class PolicyState:
 
     def role_view(self, role: str) -> dict[str, Any]:
         """What the API and the dashboard show of `role`: the learner's choice and why, and the
-        version processors act on."""
+        version processors act on; the same, shorter, for each context decided on its own."""
         view = self.learner.assignment(role)
         published = self.published.get(role, {})
         return {
@@ -106,6 +120,19 @@ class PolicyState:
             "candidates": list(view.candidates),
             "reason": view.reason,
             "evidence": self.learner.evidence(role),
+            "published_version": published.get("version"),
+            "published_model": published.get("model"),
+            "contexts": [self._context_view(role, ctx) for ctx in self.contexts(role)],
+        }
+
+    def _context_view(self, role: str, context: str) -> dict[str, Any]:
+        view = self.learner.context_assignment(role, context)
+        published = self.published.get(policy_key(role, context), {})
+        return {
+            "context": context,
+            "model": view.model,
+            "q_values": {m: float(q) for m, q in view.q_values.items()},
+            "reason": view.reason,
             "published_version": published.get("version"),
             "published_model": published.get("model"),
         }

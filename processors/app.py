@@ -25,6 +25,7 @@ from mode import Service
 
 from olp import telemetry
 from olp.catalog import Catalog, load_catalog
+from olp.contexts import record_policy_key
 from olp.errors import CodecError, OlpError
 from olp.faust_transport import broker_url
 from olp.kafka import read_from_start, stop_when_data_lost
@@ -138,7 +139,7 @@ class _Lifecycle(Service):
         if worker.policy.apply(assignment):
             log.info(
                 "policy: %s -> %s (version %s)",
-                assignment["role"],
+                record_policy_key(assignment),
                 assignment["model"],
                 assignment["version"],
             )
@@ -205,7 +206,7 @@ def create_app(
         topics=topics,
         codec=make_codec(settings.schema_registry_url),
         catalog=catalog,
-        policy=PolicyView(pools),
+        policy=PolicyView(pools, params=settings.learner),
         app=app,
         rng=random.Random(seed),
     )

@@ -1,17 +1,17 @@
 """One LLM role call, the way every LLM role makes it (spec sections 3-4):
 
-draw the call plan from the policy (processors/policy_view.py, olp/call_plan.py: primary model with
-its propensity and the policy version, extras, cascade, failover order) -> ask the primary through
-the gateway -> parse the answer with the role's pure parser -> on junk, re-ask once with the
-parser's complaint -> on model faults or persistent junk, fail over (to the cascade's stronger
-model first, then the next-best). Extras (warm-up of untried models, exploration duels) are asked
-the same input concurrently and recorded, but the primary's answer is delivered without waiting
-for them (an extra's only when every other model failed); their outcomes and the evidence that
-compares them follow when they answer (`settle` waits for them). Cascade: when the primary's
-answer has a confidence (token logprobs, or an encoder's `Confident` answer) below the plan's
-threshold, the stronger model is asked and its answer delivered if it parses; no confidence
-counts as not low. This is the LONDI-style switch: a cheap encoder first, the LLM only where
-the encoder is unsure.
+draw the call plan from the policy for the chunk's context (processors/policy_view.py,
+olp/call_plan.py: primary model with its propensity and the policy version, extras, cascade,
+failover order) -> ask the primary through the gateway -> parse the answer with the role's pure
+parser -> on junk, re-ask once with the parser's complaint -> on model faults or persistent junk,
+fail over (to the cascade's stronger model first, then the next-best). Extras (warm-up of untried
+models, exploration duels) are asked the same input concurrently and recorded, but the primary's
+answer is delivered without waiting for them (an extra's only when every other model failed); their
+outcomes and the evidence that compares them follow when they answer (`settle` waits for them).
+Cascade: when the primary's answer has a confidence (token logprobs, or an encoder's `Confident`
+answer) below the plan's threshold, the stronger model is asked and its answer delivered if it
+parses; no confidence counts as not low. This is the LONDI-style switch: a cheap encoder first, the
+LLM only where the encoder is unsure.
 The feed's LLM time budget (processors/llm_budget.py) holds the optional LLM calls: extras and
 escalations it does not cover are skipped and counted; the primary, re-asks and failover spend.
 An encoder model (catalog `kind: encoder`) answers through the role's `encode` task instead of a
@@ -74,6 +74,10 @@ class CallContext:
     chunk_size: int
     call_key: str = "0"
     """Distinguishes several calls of one role on one chunk (e.g. one per topic)."""
+
+    def learner_context(self) -> dict[str, Any]:
+        """What Role-RL decides on, named as in a RoleOutcome (olp/contexts.py reads them)."""
+        return {"domain": self.domain, "lang": self.lang, "chunk_size": self.chunk_size, "feed": self.feed}
 
     @classmethod
     def for_chunk(cls, chunk: Mapping[str, Any], call_key: str = "0") -> CallContext:
@@ -165,8 +169,9 @@ class RoleCaller:
         """Run the call plan drawn from the policy; deliver one parsed answer or raise RoleFailed.
         `grade` scores the answers to a canary chunk (processors/canaries.py); `encode` is how an
         encoder model gives the same answer (processors/similarity.py)."""
-        version = self._policy.version(self.role)  # the version the plan is drawn from: no await between
-        plan = self._policy.choose(self.role, self._rng, allowed_models)
+        context = self._policy.context_key(ctx.learner_context())
+        version = self._policy.version(self.role, context)  # the plan's version: no await between
+        plan = self._policy.choose(self.role, self._rng, allowed_models, context)
         call = _Call(messages, parse, ctx, json_schema, plan, version, encode)
         prev = (self._last_model, self._last_success)  # the state the extras act from
         extras = self._admitted([m for m, _ in plan.extras if m != plan.primary], "extra", ctx, plan.primary)

@@ -55,6 +55,7 @@ HISTORY_FILES: tuple[str, ...] = (
     "history/role_outcome.v1.avsc",
     "history/role_outcome.v2.avsc",
     "history/assignment.v1.avsc",
+    "history/assignment.v2.avsc",
 )
 RECORD_TYPES: tuple[str, ...] = tuple(SCHEMA_FILES)
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"

@@ -84,6 +84,7 @@ def policy_update_span(
 def record_policy_update(span: Span, record: Mapping[str, Any]) -> None:
     if span.is_recording():
         span.set_attribute("olp.policy.model", str(record.get("model")))
+        span.set_attribute("olp.policy.context", str(record.get("context") or "*"))
         span.set_attribute("olp.policy_version", int(record.get("version") or 0))
         span.set_attribute("olp.policy.reason", str(record.get("reason") or "")[:200])
     POLICY_UPDATES.add(

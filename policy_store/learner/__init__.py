@@ -3,15 +3,17 @@
 Pure Python, no I/O, no clock: time comes from the records. The policy store service feeds
 `RoleRL.observe` with `RoleOutcome` dicts read from the feedback topic (`olp.feedback`, schema
 `schemas/role_outcome.avsc`; judge verdicts and human feedback are RoleOutcomes too, with `source`
-= judge / human), and publishes `RoleRL.assignment(role)` as `Assignment` records on `olp.policy`
-(`schemas/assignment.avsc`). A processor turns the assignment it holds into a `CallPlan` with
-`AssignmentView.sample(rng)` (pure sampling shared with the processors, `olp/call_plan.py`). The
-learner's whole state is a JSON document (`RoleRL.snapshot` / `RoleRL.restore`).
+= judge / human), and publishes `RoleRL.context_assignment(role, ctx)` as `Assignment` records on
+`olp.policy` (`schemas/assignment.avsc`): the role level, and each of `RoleRL.contexts(role)`. A
+processor turns the assignment it holds into a `CallPlan` with `AssignmentView.sample(rng)` (pure
+sampling shared with the processors, `olp/call_plan.py`). The learner's whole state is a JSON
+document (`RoleRL.snapshot` / `RoleRL.restore`).
 
 Read the modules in order, starting with `params` (the knobs and the numbered deviations from the
 paper): params, paper, estimates, budget, safety, cascade, state, views, decide, learner, snapshot.
 """
 
+from olp.contexts import ROLE_LEVEL, chunk_bucket, context_key
 from policy_store.learner.budget import (
     ALL_FEEDS,
     Budget,
@@ -26,15 +28,7 @@ from policy_store.learner.budget import (
 )
 from policy_store.learner.cascade import Calibration, CascadePlan, cascade_sweep, search_cascade, success_of
 from policy_store.learner.decide import Situation, decide, decide_paper
-from policy_store.learner.estimates import (
-    Estimate,
-    ModelScore,
-    chunk_bucket,
-    context_key,
-    expected_improvement,
-    score_models,
-    shrink,
-)
+from policy_store.learner.estimates import Estimate, ModelScore, expected_improvement, score_models, shrink
 from policy_store.learner.learner import COUNTERS, RoleRL
 from policy_store.learner.paper import (
     START,
@@ -60,6 +54,7 @@ from policy_store.learner.views import Assignment, AssignmentView, CallPlan
 __all__ = [
     "ALL_FEEDS",
     "COUNTERS",
+    "ROLE_LEVEL",
     "START",
     "Assignment",
     "AssignmentView",

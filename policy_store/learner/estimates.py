@@ -12,12 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from olp.contexts import ROLE_LEVEL
 from policy_store.learner.params import RoleRLParams
-
-ROLE_LEVEL = "*"
-"""The context key of a role's estimates over every context."""
 
 
 @dataclass
@@ -64,36 +61,26 @@ def shrink(mean: float, n: float, prior_mean: float, prior_n: float) -> float:
     return (n * mean + prior_n * prior_mean) / total if total > 0 else prior_mean
 
 
-def chunk_bucket(chunk_size: int, edges: Sequence[int]) -> str | None:
-    """Bucket label of a chunk size, e.g. '<40', '40-79', '>=80' for edges (40, 80); None if unknown."""
-    if chunk_size <= 0:
-        return None
-    lower = 0
-    for edge in edges:
-        if chunk_size < edge:
-            return f"<{edge}" if lower == 0 else f"{lower}-{edge - 1}"
-        lower = edge
-    return f">={lower}"
-
-
-def context_key(context: Mapping[str, Any] | None, params: RoleRLParams) -> str:
-    """The context a decision depends on: 'domain=..|lang=..|chunk=..', '*' for the role level."""
-    if not params.contextual or not context:
-        return ROLE_LEVEL
-    parts = []
-    for name in ("domain", "lang"):
-        value = context.get(name)
-        if value:
-            parts.append(f"{name}={value}")
-    bucket = chunk_bucket(int(context.get("chunk_size") or 0), params.chunk_buckets)
-    if bucket:
-        parts.append(f"chunk={bucket}")
-    return "|".join(parts) or ROLE_LEVEL
+STATE_SEPARATOR = "#"
 
 
 def state_context_key(state: str, ctx: str) -> str:
     """The key of the estimates of the paper's `state` within context `ctx`."""
-    return f"{state}#{ctx}"
+    return f"{state}{STATE_SEPARATOR}{ctx}"
+
+
+def known_contexts(estimates: Mapping[str, Mapping[str, Estimate]], params: RoleRLParams) -> list[str]:
+    """The contexts (keys of `estimates` below the role level) whose own labels can carry a
+    decision away from the role's: some model's weighted labels there weigh at least the role
+    level's pseudo-count in them (`context_prior`). Sorted, so publishing follows one order."""
+    floor = max(params.context_prior, 1e-9)
+    return sorted(
+        ctx
+        for ctx, table in estimates.items()
+        if ctx != ROLE_LEVEL
+        and STATE_SEPARATOR not in ctx
+        and max((e.n_quality for e in table.values()), default=0.0) >= floor
+    )
 
 
 @dataclass(frozen=True)

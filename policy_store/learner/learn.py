@@ -12,8 +12,9 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from olp.contexts import ROLE_LEVEL, context_key
 from policy_store.learner.cascade import Calibration, success_of
-from policy_store.learner.estimates import ROLE_LEVEL, Estimate, context_key, state_context_key
+from policy_store.learner.estimates import Estimate, state_context_key
 from policy_store.learner.paper import Call, q_update, quality, reward_of, state_key
 from policy_store.learner.params import RoleRLParams
 from policy_store.learner.state import LABEL_SUM, Member, RoleState

@@ -12,10 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from olp.contexts import ROLE_LEVEL, context_key
 from policy_store.learner.budget import Budget, Budgets, BudgetStatus
 from policy_store.learner.cascade import CascadePlan, search_cascade
 from policy_store.learner.decide import Situation, decide, decide_paper
-from policy_store.learner.estimates import ROLE_LEVEL, Estimate, ModelScore, context_key, score_models
+from policy_store.learner.estimates import Estimate, ModelScore, known_contexts, score_models
 from policy_store.learner.learn import (
     learn_calibration,
     learn_estimates,
@@ -310,6 +311,21 @@ class RoleRL:
 
     def assignment(self, role: str, context: Mapping[str, Any] | None = None) -> AssignmentView:
         """The current decision for `role` in `context` (domain, lang, chunk_size, feed, ts_ms)."""
+        return self._decide(role, context_key(context, self.params), context)
+
+    def context_assignment(self, role: str, ctx: str) -> AssignmentView:
+        """The decision for `role` in the context with key `ctx` (`ROLE_LEVEL`: the role's), as the
+        policy store publishes it: for the default feed, at the learner's clock."""
+        return self._decide(role, ctx, None)
+
+    def contexts(self, role: str) -> list[str]:
+        """The contexts of `role` known well enough to be decided on their own (none in paper
+        mode, whose decision ignores the context)."""
+        if self.params.mode == "paper":
+            return []
+        return known_contexts(self._role(role).estimates, self.params)
+
+    def _decide(self, role: str, ctx: str, context: Mapping[str, Any] | None) -> AssignmentView:
         rs = self._role(role)
         now = int((context or {}).get("ts_ms") or self.now_ms)
         candidates, open_ = rs.candidates(now, self.params.breaker_cooldown_s)
@@ -319,8 +335,8 @@ class RoleRL:
         }
         if self.params.mode == "paper":
             view = decide_paper(role, rs, candidates, open_, self.params.epsilon)
-            return replace(view, evidence=evidence)
-        s = self._situation(role, rs, context, candidates, now)
+            return replace(view, evidence=evidence, context=ctx)  # the paper's ignores the context
+        s = self._situation(role, rs, ctx, context, candidates, now)
         if open_:
             s.notes.append(f"circuit open: {', '.join(open_)}")
         view = decide(
@@ -333,9 +349,14 @@ class RoleRL:
         return replace(view, evidence=evidence)
 
     def _situation(
-        self, role: str, rs: RoleState, context: Mapping[str, Any] | None, candidates: list[str], now: int
+        self,
+        role: str,
+        rs: RoleState,
+        ctx: str,
+        context: Mapping[str, Any] | None,
+        candidates: list[str],
+        now: int,
     ) -> Situation:
-        ctx = context_key(context, self.params)
         feed = str((context or {}).get("feed") or "default")
         prev = (context or {}).get("prev_model")
         state = (

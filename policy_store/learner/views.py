@@ -1,6 +1,6 @@
-"""What the learner publishes: the decision for one role (`AssignmentView`, the `Assignment`
-record of `schemas/assignment.avsc`), and what a call does under it (`CallPlan`, sampled with the
-pure code shared with the processors, `olp/call_plan.py`)."""
+"""What the learner publishes: the decision for one role in one context (`AssignmentView`, the
+`Assignment` record of `schemas/assignment.avsc`), and what a call does under it (`CallPlan`,
+sampled with the pure code shared with the processors, `olp/call_plan.py`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 from olp.call_plan import Assignment as Assignment
 from olp.call_plan import CallPlan as CallPlan
+from olp.contexts import ROLE_LEVEL
 from policy_store.learner.budget import BudgetStatus
 from policy_store.learner.cascade import CascadePlan
 
@@ -27,7 +28,7 @@ class AssignmentView:
     reason: str
     version: int
     mode: str = "role_rl"
-    context: str = "*"
+    context: str = ROLE_LEVEL
     explore: Mapping[str, float] = field(default_factory=dict)  # challenger distribution
     warmup: tuple[str, ...] = ()  # untried models: run once beside `model` (paper's start)
     incumbent: str | None = None  # paper mode: model kept last; a different `model` means a duel
@@ -82,6 +83,7 @@ class AssignmentView:
             "cascade_to": self.cascade.then if self.cascade else None,
             "cascade_below": float(self.cascade.threshold) if self.cascade else None,
             "pinned": self.pinned,
+            "context": self.context,
         }
 
     def as_dict(self) -> dict[str, Any]:

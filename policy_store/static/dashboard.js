@@ -133,6 +133,18 @@ function sparklines(history) {
   return holder;
 }
 
+// The contexts decided on their own (policy_store/state.py): where a chunk's domain, language or
+// size gets another model than the role's.
+function contextList(contexts) {
+  const list = el("ul", { class: "contexts muted" });
+  for (const c of contexts) {
+    const version = c.published_version === null || c.published_version === undefined ? "" : ` v${c.published_version}`;
+    const item = el("li", { "data-context": c.context, title: c.reason }, `${c.context}: ${c.model}${version}`);
+    list.append(item);
+  }
+  return list;
+}
+
 function renderAssignments(policy, warn, history) {
   const holder = document.getElementById("assignments");
   holder.replaceChildren();
@@ -144,6 +156,7 @@ function renderAssignments(policy, warn, history) {
       title.append(el("span", { class: "muted version" }, `v${role.published_version}`));
     }
     card.append(title, poolTable(role, warn), el("p", { class: "reason" }, role.reason));
+    if (role.contexts && role.contexts.length) card.append(contextList(role.contexts));
     card.append(sparklines((history.roles || {})[role.role]));
     holder.append(card);
   }

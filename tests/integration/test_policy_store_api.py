@@ -1,7 +1,7 @@
 """The policy store's HTTP API and Kafka loop against the real broker (spec section 4,
 "Explainability and control over HTTP"): reads, pin/ban with a bearer token, human feedback
-through `olp.feedback`, 4xx with messages, versioned assignments on the policy topic, state
-restored after a restart."""
+through `olp.feedback`, 4xx with messages, versioned assignments on the policy topic (per role and
+per context), state restored after a restart."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
+from launcher.clients import follow_topic
 from olp.catalog import Catalog, ModelSpec
 from olp.settings import ROLES, Settings, load_settings
 from policy_store.service import create_app
+from schemas.codec import make_codec
 from tests.support.stack import read_topic
 
 pytestmark = pytest.mark.integration
@@ -28,13 +30,15 @@ CATALOG = Catalog(
 AUTH = {"Authorization": "Bearer s3cret-token"}
 
 
-def settings(broker: str, prefix: str, run_dir: Path, token: str | None = "s3cret-token") -> Settings:
+def settings(
+    broker: str, prefix: str, run_dir: Path, token: str | None = "s3cret-token", **knobs: Any
+) -> Settings:
     return load_settings(
         kafka={"bootstrap_servers": broker},
         topic_prefix=prefix,
         app_id=f"{prefix}app",
         api_token=token,
-        learner={"snapshot_path": str(run_dir / "policy.json"), "epsilon": 0.0},
+        learner={"snapshot_path": str(run_dir / "policy.json"), "epsilon": 0.0, **knobs},
     )
 
 
@@ -126,3 +130,43 @@ async def test_state_and_versions_survive_a_restart(
     after = await (await second.get("/v1/policy")).json()
     assert [r["model"] for r in after["roles"]] == [r["model"] for r in before["roles"]]
     assert after["version"] >= before["version"], "versions never go backwards"
+
+
+async def test_a_context_gets_its_own_assignment_keyed_by_role_and_context(
+    aiohttp_client: Any, broker: str, topic_prefix: str, run_dir: Path
+) -> None:
+    """Verdicts on Chinese chunks only: once they outweigh the role level's prior in that
+    context (a light one here: verdicts on a model the learner has moved away from are
+    off-policy), the store publishes the context's assignment, keyed role|context."""
+    conf = settings(broker, topic_prefix, run_dir, context_prior=1.0)
+    client = await aiohttp_client(create_app(conf, CATALOG, seed=1))
+    for i in range(8):
+        for model, quality in (("small", -1.0), ("big", 1.0)):
+            verdict = {"role": "content_organizer", "model": model, "quality": quality, "lang": "zh"}
+            resp = await client.post("/v1/feedback", json={**verdict, "stream_id": f"zh{i}"}, headers=AUTH)
+            assert resp.status == 202
+    zh = "domain=ecommerce|lang=zh"
+    deadline = time.monotonic() + 30
+    while not (await (await client.get("/v1/policy/content_organizer")).json())["contexts"]:
+        assert time.monotonic() < deadline, "no context of content_organizer is published"
+        await asyncio.sleep(0.1)
+    view = await (await client.get("/v1/policy/content_organizer")).json()
+    assert [(c["context"], c["model"]) for c in view["contexts"]] == [(zh, "big")]
+    key = f"content_organizer|{zh}".encode()
+    # The reader blocks: in a thread, so the store's loop goes on (its producer acknowledges).
+    keyed = await asyncio.to_thread(read_keyed, conf, f"{topic_prefix}policy", [key, b"content_organizer"])
+    assert (keyed[key]["context"], keyed[key]["model"]) == (zh, "big")
+    assert keyed[b"content_organizer"]["context"] == "*"
+
+
+def read_keyed(conf: Settings, topic: str, keys: list[bytes], timeout_s: float = 60) -> dict[bytes, Any]:
+    """The newest Assignment of each message key of `topic`, read until every one of `keys` came."""
+    keyed: dict[bytes, dict[str, Any]] = {}
+    codec, deadline = make_codec(None), time.monotonic() + timeout_s
+    for msg in follow_topic(conf, topic):
+        if msg is not None:
+            keyed[msg.key()] = codec.decode(msg.value(), "Assignment")
+        if all(k in keyed for k in keys):
+            return keyed
+        assert time.monotonic() < deadline, f"{topic}: keys {sorted(keyed)}, not all of {keys}"
+    raise AssertionError("unreachable")

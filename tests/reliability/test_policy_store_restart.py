@@ -25,6 +25,7 @@ import pytest
 from confluent_kafka import Producer
 
 from launcher.scripted_llm import scripted_catalog
+from olp.contexts import record_policy_key
 from olp.settings import ROLES, load_settings
 from policy_store.learner import RoleRL, RoleRLParams
 from processors.policy_view import PolicyView
@@ -169,9 +170,9 @@ def test_policy_store_restart_keeps_learner_state_and_versions_grow(
         (run_dir / "policy.json").unlink()
         store = stack.restart_policy_store(store)
         policy = read_all(settings, f"{topic_prefix}policy", "Assignment")
-        by_role: dict[str, list[int]] = {}
+        by_role: dict[str, list[int]] = {}  # per policy key (role, or role|context): its partition's order
         for record in policy:
-            by_role.setdefault(record["role"], []).append(int(record["version"]))
+            by_role.setdefault(record_policy_key(record), []).append(int(record["version"]))
         backwards = sum(1 for versions in by_role.values() for a, b in itertools.pairwise(versions) if b <= a)
         processors = PolicyView({role: list(MODELS) for role in ROLES})
         ignored = sum(1 for record in policy if not processors.apply(record))

@@ -122,6 +122,7 @@ RECORDS: dict[str, dict[str, Any]] = {
         "cascade_to": "llama-3.2-1b",
         "cascade_below": 0.7,
         "pinned": False,
+        "context": "domain=ecommerce|lang=zh|chunk=<40",
     },
     "DeadLetter": {
         "source_topic": "olp.found",
@@ -269,8 +270,10 @@ HISTORY_ADDED: dict[str, tuple[str, dict[str, Any]]] = {
             "cascade_to": None,
             "cascade_below": None,
             "pinned": False,
+            "context": "*",
         },
     ),
+    "history/assignment.v2.avsc": ("Assignment", {"context": "*"}),
 }
 
 
