@@ -144,10 +144,10 @@ class FeedSettings(BaseModel):
             "Seconds of LLM calls (their measured latency; encoders are not counted) each "
             "processor worker may spend on this feed per minute; null: no limit. The calls a role "
             "must make always run; escalations of the cheap-first cascade, warm-up runs, "
-            "exploration duels and judge verdicts that would exceed it are skipped and counted. 40 keeps a local "
-            "LLM busy at most two thirds of the time (10 calls a minute at ~4 s a call on two "
-            "cores), so the stack keeps up with speech; fast remote or scripted models are "
-            "hardly limited."
+            "exploration duels and judge verdicts that would exceed it are skipped and counted. "
+            "40 keeps a local LLM busy at most two thirds of the time (10 calls a minute at ~4 s "
+            "a call on two cores), so the stack keeps up with speech; fast remote or scripted "
+            "models are hardly limited."
         ),
     )
     max_topics: int = Field(

@@ -259,7 +259,8 @@ async def _count_against_finder(worker: WorkerContext, found: Record, located: S
     finder = model_of(list(found["trail"]), "topic_finder")
     if share is None or share >= 1.0 or finder is None or is_canary(chunk["stream_id"]):
         return
-    call = call_outcome(chunk, "topic_finder", finder, worker.policy.version("topic_finder"))
+    context = worker.policy.context_key(CallContext.for_chunk(chunk).learner_context())
+    call = call_outcome(chunk, "topic_finder", finder, worker.policy.version("topic_finder", context))
     await worker.emit_feedback(evidence_outcome(call, "downstream", 2.0 * share - 1.0, "downstream"))
 
 
