@@ -237,10 +237,15 @@ def policy(url: str | None, explain: bool) -> None:
 
 
 def _print_policy(data: Mapping[str, Any]) -> None:
+    """Each role's assignment, then the assignment of each context the learner tells apart
+    (indented; the processors use it for chunks of that context)."""
     for role in data["roles"]:
         q = ", ".join(f"{m}={v:.2f}" for m, v in role["q_values"].items())
         name, model, reason = safe(role["role"]), safe(role["model"]), safe(role["reason"])
         console.print(f"  {name:22} -> [bold]{model}[/]  Q: {safe(q)}  ({reason})")
+        for ctx in role.get("contexts") or ():
+            q = ", ".join(f"{m}={v:.2f}" for m, v in ctx["q_values"].items())
+            console.print(f"    {safe(ctx['context']):40} -> [bold]{safe(ctx['model'])}[/]  Q: {safe(q)}")
 
 
 # --- the embedded stack ---------------------------------------------------------------------

@@ -22,6 +22,9 @@ ROLE = {
     "q_values": {"m[/bold]": 1.5},
     "reason": "[red]x",
     "evidence": {"m[/bold]": EVIDENCE},
+    "contexts": [
+        {"context": "domain=ecommerce|lang=zh|chunk=m", "model": "other", "q_values": {"other": 0.75}}
+    ],
 }
 POLICY = {"roles": [ROLE]}
 
@@ -55,6 +58,8 @@ def test_policy_sends_the_read_token_and_prints_markup_as_text(url: str) -> None
     result = CliRunner().invoke(main, ["policy", "--url", url], env={"OLP_READ_TOKEN": TOKEN})
     assert result.exit_code == 0, result.output
     assert "m[/bold]" in result.output and "[red]x" in result.output
+    context_line = next(line for line in result.output.splitlines() if "lang=zh" in line)
+    assert "-> other" in context_line and "other=0.75" in context_line  # the per-context choice
 
 
 def test_policy_without_a_token_names_the_setting(url: str) -> None:
