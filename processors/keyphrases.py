@@ -159,18 +159,22 @@ def recurrence(phrases: Sequence[str], sentences: Sequence[str], lang: str) -> l
 def shortlist(counts: Counter[str], sentences: Sequence[str], lang: str, limit: int) -> list[str]:
     """The `limit` candidates whose units recur most (ties: the longer phrase, said more often):
     only these are embedded, which bounds the encoder's cost per segment. A phrase of several
-    words must be said in two sentences at least, or each of its words must be and none be a stop
-    word (when any phrase passes): a name is repeated, whole or in parts ("this human hair wig"
-    once, then "real human hair" and "the wig"), a piece of a sentence is not. Characters recur
-    anyway, so a Chinese phrase must be said twice whole."""
+    words must be said in two sentences at least (when any phrase is), or be a repeated name with
+    a repeated head word after it: a host says the full name once ("this human hair wig") and its
+    parts again ("real human hair", "the wig"); a piece of a sentence is not repeated ("if your
+    hair looks good" is no name though "hair" and "looks" recur). Chinese phrases must be said
+    twice whole."""
     said = unit_sentences(sentences, lang)
 
     def repeated(phrase: str) -> bool:
         units = phrase_units(phrase, lang)
         if counts[phrase] >= 2 or len(units) <= 1:
             return True
-        plain = len(units) == len(phrase.split())  # "heat to a wig" is a piece of a sentence
-        return not writes_without_spaces(lang) and plain and all(said[u] >= 2 for u in units)
+        if writes_without_spaces(lang) or len(units) < 3 or len(units) != len(phrase.split()):
+            return False
+        # "this human hair wig" once, then "real human hair" twice and "the wig" twice
+        qualifier = " ".join(phrase.split()[:-1])
+        return counts[qualifier] >= 2 and said[units[-1]] >= 2
 
     phrases = [p for p in counts if repeated(p)] or list(counts)
     shares = recurrence(phrases, sentences, lang)

@@ -70,7 +70,7 @@ def test_recurrence_and_the_shortlist_favour_what_the_speaker_repeats() -> None:
     assert "sole" in keyphrases.shortlist(counts, said, "en", 50)
 
 
-def test_a_name_said_once_whole_stays_when_each_of_its_words_is_repeated() -> None:
+def test_a_name_said_once_whole_stays_when_its_qualifier_and_its_head_are_repeated() -> None:
     said = [
         "The first thing today is this human hair wig.",
         "It is real human hair, not synthetic.",
@@ -80,8 +80,12 @@ def test_a_name_said_once_whole_stays_when_each_of_its_words_is_repeated() -> No
     counts = keyphrases.candidate_phrases(said, "en")
     assert counts["human hair wig"] == 1
     shortlisted = keyphrases.shortlist(counts, said, "en", 50)
-    assert "human hair wig" in shortlisted  # human, hair and wig are each said twice
-    assert "synthetic" in shortlisted and "real human hair" not in shortlisted  # "real" once
+    assert "human hair wig" in shortlisted  # "human hair" is said twice, and so is "wig"
+    assert "synthetic" in shortlisted and "real human hair" not in shortlisted  # "real human" once
+    chatter = ["If your hair looks good, you win.", "My hair is done.", "It looks great."]
+    assert "hair looks" not in keyphrases.shortlist(
+        keyphrases.candidate_phrases(chatter, "en"), chatter, "en", 50
+    )
 
 
 def test_plurals_count_as_their_singular() -> None:
