@@ -478,10 +478,12 @@ class JudgeBoard:
                 "error": None,
                 "ts_ms": int(time.time() * 1000),
             }
+            held = self._budget.begin(_feed(call), judge) if self._budget is not None else 0.0
             try:
                 completion = await self._gateway.complete(judge, prompt, schema)
                 if self._budget is not None:
-                    self._budget.spend(_feed(call), judge, completion.latency_ms / 1000.0)
+                    self._budget.spend(_feed(call), judge, completion.latency_ms / 1000.0, held)
+                    held = 0.0
                 record.update(
                     latency_ms=completion.latency_ms,
                     tokens_in=completion.tokens_in,
@@ -502,6 +504,8 @@ class JudgeBoard:
                     score=scores[judge],
                     correction=None if verdict.correction is None else describe(verdict.correction),
                 )
+            if self._budget is not None and held:  # the judge failed: its seconds are not booked
+                self._budget.release(_feed(call), held)
             await self._safe_emit(self._verdicts_topic, call.role, "JudgeVerdict", record)
         k = board_score(scores, self.weights)
         if k is not None:

@@ -11,7 +11,8 @@ LLM call spends its latency, and the calls a role must make (the primary, its re
 its failover) spend even into debt; the calls that only improve or teach (the cascade's
 escalation, warm-up runs of untried models, exploration duels, the judges' verdicts) are made
 only while the bucket covers their expected latency (the model's recent mean), else skipped and
-counted. Encoder calls are never limited.
+counted. Calls in flight hold their expected latency until they answer, so optional calls
+started together cannot overdraw the bucket. Encoder calls are never limited.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+UNMEASURED_LATENCY_S = 4.0
+"""What an LLM call is expected to cost before the model has answered once: a local 135M model's
+call on two cores. Zero would admit every optional call at start (none has answered yet), and a
+single local server would then queue dozens of them."""
 BURST_MINUTES = 0.25
 """The bucket holds at most this share of a minute's seconds."""
 LATENCY_WEIGHT = 0.3
@@ -89,6 +94,8 @@ class LlmTimeBudget:
         self._on_skip = on_skip
         self.latency_s: dict[str, float] = {}
         """Each LLM's running mean latency: what an optional call of it is expected to cost."""
+        self._in_flight: dict[str, float] = {}
+        """Per feed, the expected seconds of its LLM calls not answered yet."""
         self.skipped: dict[str, int] = dict.fromkeys(SKIPPED_KINDS, 0)
         """Optional LLM calls skipped so far, by kind (the demo reads these)."""
 
@@ -99,19 +106,33 @@ class LlmTimeBudget:
         return self._buckets[feed]
 
     def available(self, feed: str) -> float:
-        """LLM seconds the feed's bucket covers now (infinite without a limit)."""
+        """LLM seconds the feed's bucket covers now, less what its calls in flight are expected
+        to take (infinite without a limit)."""
         bucket = self._bucket(feed)
-        return math.inf if bucket is None else bucket.available(self._clock())
+        if bucket is None:
+            return math.inf
+        return bucket.available(self._clock()) - self._in_flight.get(feed, 0.0)
 
     def expected(self, model: str) -> float:
-        """An LLM call's expected seconds: its running mean, at least a millisecond (so a bucket
-        in debt covers no LLM call, measured or not)."""
-        return max(self.latency_s.get(model, 0.0), 0.001)
+        """An LLM call's expected seconds: its running mean (UNMEASURED_LATENCY_S before its
+        first answer), at least a millisecond (so a bucket in debt covers no LLM call)."""
+        return max(self.latency_s.get(model, UNMEASURED_LATENCY_S), 0.001)
 
-    def spend(self, feed: str, model: str, seconds: float) -> None:
-        """Book one LLM call's measured latency."""
-        held = self.latency_s.get(model)
-        self.latency_s[model] = seconds if held is None else held + LATENCY_WEIGHT * (seconds - held)
+    def begin(self, feed: str, model: str) -> float:
+        """An LLM call starts: it holds its expected seconds until `spend` books it; returns them."""
+        held = self.expected(model)
+        self._in_flight[feed] = self._in_flight.get(feed, 0.0) + held
+        return held
+
+    def release(self, feed: str, held: float) -> None:
+        """A call that `begin` started ends without a latency to book (cancelled, input refused)."""
+        self._in_flight[feed] = max(0.0, self._in_flight.get(feed, 0.0) - held)
+
+    def spend(self, feed: str, model: str, seconds: float, held: float = 0.0) -> None:
+        """Book one LLM call's measured latency (and release the `held` seconds `begin` took)."""
+        self.release(feed, held)
+        known = self.latency_s.get(model)
+        self.latency_s[model] = seconds if known is None else known + LATENCY_WEIGHT * (seconds - known)
         bucket = self._bucket(feed)
         if bucket is not None:
             bucket.spend(self._clock(), seconds)

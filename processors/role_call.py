@@ -175,6 +175,7 @@ class RoleCaller:
         call = _Call(messages, parse, ctx, json_schema, plan, version, encode)
         prev = (self._last_model, self._last_success)  # the state the extras act from
         extras = self._admitted([m for m, _ in plan.extras if m != plan.primary], "extra", ctx, plan.primary)
+        # (their LLM seconds are held from here: the extras start only once this call awaits)
         # Failover: the cascade's stronger model first (a junk answer is as low as confidence
         # gets), then the fallbacks; models already running as extras are not asked twice.
         order = [plan.primary]
@@ -183,7 +184,9 @@ class RoleCaller:
                 order.append(m)
         errors: list[str] = []
         running = [
-            asyncio.ensure_future(self._try(call, m, p, errors, prev)) for m, p in plan.extras if m in extras
+            asyncio.ensure_future(self._try(call, m, p, errors, prev, extras[m]))
+            for m, p in plan.extras
+            if m in extras
         ]
         primary = await self._first_usable(call, order, errors)
         others: list[_Got[T] | None] = []
@@ -199,10 +202,12 @@ class RoleCaller:
             and plan.escalate_below is not None
             and (confidence := _confidence(got.completion)) is not None
             and confidence < plan.escalate_below
-            and self._admitted([plan.escalate_to], "escalation", ctx)
+            and (admitted_now := self._admitted([plan.escalate_to], "escalation", ctx))
         ):
             # Confidence cascade: the cheap answer is unsure; the stronger model's answer wins if usable.
-            escalated = await self._try(call, plan.escalate_to, 1.0, errors)
+            escalated = await self._try(
+                call, plan.escalate_to, 1.0, errors, None, admitted_now[plan.escalate_to]
+            )
             got = escalated or got
         if got is None:  # the primary and every fallback failed: an extra's answer is not lost
             got = next((r for r in others if r is not None), None)
@@ -264,12 +269,13 @@ class RoleCaller:
 
     def _admitted(
         self, optional: Sequence[str], kind: str, ctx: CallContext, primary: str | None = None
-    ) -> list[str]:
+    ) -> dict[str, float | None]:
         """The optional calls (`kind`: extra or escalation) the feed's LLM time budget covers,
-        after the primary's own call; the others are skipped and counted."""
+        after the primary's own call, each with the LLM seconds held for it from now on (None:
+        an encoder or no budget); the others are skipped and counted."""
         budget = self._budget
         if budget is None:
-            return list(optional)
+            return dict.fromkeys(optional, None)
 
         def cost(model: str) -> float:
             return 0.0 if self._is_encoder(model) else budget.expected(model)
@@ -279,7 +285,7 @@ class RoleCaller:
         for model in skip:
             budget.skip(kind)
             telemetry.record_llm_skipped(self.role, model, ctx.feed, kind)
-        return make
+        return {m: None if self._is_encoder(m) else budget.begin(ctx.feed, m) for m in make}
 
     async def _evidence(
         self, got: _Got[T], answered: Sequence[_Got[T]], ctx: CallContext, grade: Grade | None
@@ -314,9 +320,11 @@ class RoleCaller:
         propensity: float,
         errors: list[str],
         prev: tuple[str | None, bool] | None = None,
+        held: float | None = None,
     ) -> _Got[T] | None:
         """Ask one model, re-asking on junk; one RoleOutcome per attempt. None when it gave nothing
-        usable. `prev` fixes the paper's state for a call beside the primary (which does not move it)."""
+        usable. `prev` fixes the paper's state for a call beside the primary (which does not move it);
+        `held`: the LLM seconds its admission already holds for the first attempt."""
         ctx, version = call.ctx, call.policy_version
         if self._is_encoder(model):
             return await self._try_encoder(call, model, propensity, errors, prev)
@@ -329,12 +337,18 @@ class RoleCaller:
                 model, version, propensity, attempt, conversation, call.json_schema is not None
             ) as span:
                 started = time.monotonic()
+                if held is None:
+                    held = self._budget.begin(ctx.feed, model) if self._budget is not None else 0.0
                 try:
                     completion = await self._gateway.complete(model, conversation, call.json_schema)
                 except InputRejected as exc:
                     # The input's fault, not the model's: no other model is asked and none is
                     # charged; the worker dead-letters the chunk with the provider's reason.
                     span.set_attribute("error.type", exc.reason)
+                    self._release(ctx.feed, held)
+                    raise
+                except asyncio.CancelledError:  # an extra cut off when the worker stops
+                    self._release(ctx.feed, held)
                     raise
                 except ModelCallError as exc:
                     telemetry.record_llm_call(
@@ -346,10 +360,11 @@ class RoleCaller:
                         error_type=type(exc).__name__,
                     )
                     errors.append(f"{model}: {exc}")
-                    self._spend(ctx.feed, model, time.monotonic() - started)
+                    self._spend(ctx.feed, model, time.monotonic() - started, held)
                     await self._record(outcome_id, model, version, propensity, ctx, None, str(exc), prev)
                     return None  # a model fault: the next model, not a re-ask
-                self._spend(ctx.feed, model, completion.latency_ms / 1000.0)
+                self._spend(ctx.feed, model, completion.latency_ms / 1000.0, held)
+                held = None  # a re-ask is a new call
                 self._annotate(span, model, ctx, completion)
                 try:
                     value = call.parse(completion.text)
@@ -372,9 +387,13 @@ class RoleCaller:
                 return _Got(value, model, completion, outcome, outcome_id)
         return None
 
-    def _spend(self, feed: str, model: str, seconds: float) -> None:
+    def _release(self, feed: str, held: float) -> None:
         if self._budget is not None:
-            self._budget.spend(feed, model, seconds)
+            self._budget.release(feed, held)
+
+    def _spend(self, feed: str, model: str, seconds: float, held: float) -> None:
+        if self._budget is not None:
+            self._budget.spend(feed, model, seconds, held)
 
     def _is_encoder(self, model: str) -> bool:
         try:

@@ -4,6 +4,7 @@ threshold and only while the feed's LLM budget covers it; the primary call alway
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from types import SimpleNamespace
@@ -47,7 +48,7 @@ def test_the_budget_is_per_feed_learns_latencies_and_counts_what_it_skips() -> N
     limits = {"shop": 40.0, "lab": None}
     budget = LlmTimeBudget(limits.get, clock=lambda: now[0], on_skip=kinds.append)
     assert budget.available("shop") == 10.0 and budget.available("lab") == float("inf")
-    assert budget.expected("llm") == 0.001  # unmeasured: covered by any bucket not in debt
+    assert budget.expected("llm") == 4.0  # unmeasured: a local model's call, not free
     budget.spend("shop", "llm", 4.0)
     budget.spend("lab", "llm", 2.0)
     assert budget.available("shop") == 6.0
@@ -56,6 +57,17 @@ def test_the_budget_is_per_feed_learns_latencies_and_counts_what_it_skips() -> N
     assert budget.available("shop") == pytest.approx(8.0)
     budget.skip("escalation")
     assert budget.skipped == {"escalation": 1, "extra": 0, "judge": 0} and kinds == ["escalation"]
+
+
+def test_calls_in_flight_hold_their_expected_seconds_until_they_answer() -> None:
+    budget = LlmTimeBudget(lambda feed: 40.0, clock=lambda: 0.0)  # 10 s saved up
+    first = budget.begin("shop", "llm")  # unmeasured: 4 s held
+    second = budget.begin("shop", "llm")
+    assert (first, second) == (4.0, 4.0) and budget.available("shop") == 2.0  # a third would not fit
+    budget.spend("shop", "llm", 3.0, first)  # answered in 3 s: the 4 s held are released
+    assert budget.available("shop") == pytest.approx(10.0 - 3.0 - 4.0)
+    budget.release("shop", second)  # cancelled: nothing booked
+    assert budget.available("shop") == pytest.approx(7.0)
 
 
 def test_the_default_feed_budget_keeps_two_cores_up_with_speech() -> None:
@@ -136,6 +148,50 @@ def budget_of(seconds_per_minute: float | None) -> LlmTimeBudget:
     budget = LlmTimeBudget(lambda feed: seconds_per_minute if feed == "shop" else None, clock=lambda: 0.0)
     budget.latency_s["llm"] = 4.0
     return budget
+
+
+async def test_warmups_started_together_before_any_answer_cannot_overdraw_the_budget() -> None:
+    """A cold start: every role's call wants the untried LLM beside the encoder at once. Each LLM
+    call in flight holds 4 s (unmeasured), so a 10 s bucket admits two, not all of them (a single
+    local server would queue every one)."""
+    budget = LlmTimeBudget(lambda feed: 40.0, clock=lambda: 0.0)
+    gateway = Gateway(0.9)
+    gate = asyncio.Event()
+    answer_llm = gateway.complete
+
+    async def slow_llm(model: str, messages: Any, json_schema: Any = None) -> Completion:
+        await gate.wait()  # none answers before all have been asked
+        return await answer_llm(model, messages, json_schema)
+
+    gateway.complete = slow_llm  # type: ignore[method-assign]
+    policy = PolicyView({"topic_finder": ["enc", "llm"]})
+    policy.apply(
+        {
+            "role": "topic_finder",
+            "model": "enc",
+            "q_values": {},
+            "epsilon": 0.0,
+            "candidates": ["enc", "llm"],
+            "version": 2,
+            "reason": "t",
+            "ts_ms": 0,
+            "mode": "role_rl",
+            "warmup": ["llm"],
+        }
+    )
+
+    async def emit(outcome: dict[str, Any]) -> None:
+        pass
+
+    caller = RoleCaller("topic_finder", gateway, policy, emit, random.Random(1), budget=budget)  # type: ignore[arg-type]
+    for _ in range(5):
+        await caller.ask([{"role": "user", "content": "go"}], parse, CTX, encode=lambda embedder: None)
+    await asyncio.sleep(0)  # the admitted extras reach the gateway
+    assert budget.skipped["extra"] == 3
+    gate.set()
+    await caller.settle()
+    assert gateway.asked.count("llm") == 2 and gateway.asked.count("enc") == 5
+    assert budget.available("shop") == pytest.approx(10.0 - 2 * 4.0)  # both answered in 4 s
 
 
 async def test_an_unsure_encoder_escalates_to_the_llm() -> None:
