@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import urllib.request
 from collections import Counter, defaultdict
@@ -161,6 +162,9 @@ class ChoiceRun:
         llms, encoders = installed_local_models(), installed_encoders()
         if not llms:
             raise OlpError("no local model installed (make install)")
+        # A cold learner each run: a policy snapshot left by an earlier run would start this one
+        # with that run's estimates, and its figures would depend on what ran before.
+        shutil.rmtree(self.run_dir, ignore_errors=True)
         self.pins = role_pins(self.choice, llms[0], encoders[0] if encoders else None)
         # The stack's children take their settings from the environment, as in production.
         os.environ["OLP_FEEDS"] = json.dumps({k: dict(v) for k, v in self.feeds.items()}, default=str)
