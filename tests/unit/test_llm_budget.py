@@ -110,9 +110,8 @@ def parse(text: str) -> list[str]:
         raise ParseError("junk") from exc
 
 
-async def ask(
-    confidence: float, budget: LlmTimeBudget | None, primary: str = "enc", **plan: Any
-) -> tuple[list[str], Gateway, list[dict[str, Any]]]:
+def policy_of(primary: str, **plan: Any) -> PolicyView:
+    """The Topic Finder's policy: `primary` answers, with the assignment fields in `plan`."""
     policy = PolicyView({"topic_finder": ["enc", "llm"]})
     policy.apply(
         {
@@ -128,6 +127,13 @@ async def ask(
             **plan,
         }
     )
+    return policy
+
+
+async def ask(
+    confidence: float, budget: LlmTimeBudget | None, primary: str = "enc", **plan: Any
+) -> tuple[list[str], Gateway, list[dict[str, Any]]]:
+    policy = policy_of(primary, **plan)
     outcomes: list[dict[str, Any]] = []
 
     async def emit(outcome: dict[str, Any]) -> None:
@@ -164,21 +170,7 @@ async def test_warmups_started_together_before_any_answer_cannot_overdraw_the_bu
         return await answer_llm(model, messages, json_schema)
 
     gateway.complete = slow_llm  # type: ignore[method-assign]
-    policy = PolicyView({"topic_finder": ["enc", "llm"]})
-    policy.apply(
-        {
-            "role": "topic_finder",
-            "model": "enc",
-            "q_values": {},
-            "epsilon": 0.0,
-            "candidates": ["enc", "llm"],
-            "version": 2,
-            "reason": "t",
-            "ts_ms": 0,
-            "mode": "role_rl",
-            "warmup": ["llm"],
-        }
-    )
+    policy = policy_of("enc", warmup=["llm"])
 
     async def emit(outcome: dict[str, Any]) -> None:
         pass
