@@ -439,13 +439,13 @@ class JudgeBoard:
 
     def affordable(self, call: JudgedCall) -> tuple[str, ...]:
         """The judges of `call` its feed's LLM time budget covers now; the others are skipped."""
-        judges = self.judges_for(call)
-        if self._budget is None:
+        judges, budget = self.judges_for(call), self._budget
+        if budget is None:
             return judges
         feed = _feed(call)
-        make, skip = admitted(judges, self._budget.expected, self._budget.available(feed))
+        make, skip = admitted(judges, budget.expected, budget.available(feed), budget.capacity(feed))
         for judge in skip:
-            self._budget.skip("judge")
+            budget.skip("judge")
             telemetry.record_llm_skipped(call.role, judge, feed, "judge")
         return tuple(make)
 

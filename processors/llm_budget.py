@@ -62,15 +62,18 @@ class TokenBucket:
 
 
 def admitted(
-    optional: Sequence[str], cost: Callable[[str], float], available: float
+    optional: Sequence[str], cost: Callable[[str], float], available: float, capacity: float = math.inf
 ) -> tuple[list[str], list[str]]:
     """(the optional calls to make, the ones to skip), in order: each while the bucket's
-    `available` units cover its expected `cost` (an encoder's is 0: always made)."""
+    `available` units cover its expected `cost` (an encoder's is 0: always made). A full bucket
+    (`available` at its `capacity`) admits one call even if it costs more than the bucket holds:
+    else a model slower than the burst could never be tried; the bucket's debt then spaces its
+    calls out."""
     make: list[str] = []
     skip: list[str] = []
     for model in optional:
         expected = cost(model)
-        if expected <= 0.0 or expected <= available:
+        if expected <= 0.0 or expected <= available or available >= capacity:
             make.append(model)
             available -= expected
         else:
@@ -112,6 +115,11 @@ class LlmTimeBudget:
         if bucket is None:
             return math.inf
         return bucket.available(self._clock()) - self._in_flight.get(feed, 0.0)
+
+    def capacity(self, feed: str) -> float:
+        """The most LLM seconds the feed's bucket saves up (infinite without a limit)."""
+        bucket = self._bucket(feed)
+        return math.inf if bucket is None else bucket.capacity
 
     def expected(self, model: str) -> float:
         """An LLM call's expected seconds: its running mean (UNMEASURED_LATENCY_S before its

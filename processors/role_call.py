@@ -281,7 +281,7 @@ class RoleCaller:
             return 0.0 if self._is_encoder(model) else budget.expected(model)
 
         available = budget.available(ctx.feed) - (cost(primary) if primary is not None else 0.0)
-        make, skip = admitted(optional, cost, available)
+        make, skip = admitted(optional, cost, available, budget.capacity(ctx.feed))
         for model in skip:
             budget.skip(kind)
             telemetry.record_llm_skipped(self.role, model, ctx.feed, kind)

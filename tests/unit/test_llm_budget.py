@@ -40,6 +40,9 @@ def test_admitted_makes_free_calls_always_and_others_while_covered() -> None:
     assert admitted(["a", "enc", "b", "c"], costs.__getitem__, 5.5) == (["a", "enc", "b"], ["c"])
     assert admitted(["a", "enc"], costs.__getitem__, -3.0) == (["enc"], ["a"])
     assert admitted(["a", "c"], costs.__getitem__, float("inf")) == (["a", "c"], [])
+    # a full bucket admits one call dearer than it holds (a slow model can still be tried), not two
+    assert admitted(["a", "c"], costs.__getitem__, 3.0, capacity=3.0) == (["a"], ["c"])
+    assert admitted(["a"], costs.__getitem__, 2.9, capacity=3.0) == ([], ["a"])
 
 
 def test_the_budget_is_per_feed_learns_latencies_and_counts_what_it_skips() -> None:
