@@ -309,10 +309,11 @@ def find_task(
 def name_segment(e: Embedder, vectors: Vectors, texts: Sequence[str], lang: str) -> tuple[str, float] | None:
     """The best-scored candidate phrase of one segment with its score; None without candidates."""
     counts = keyphrases.candidate_phrases(texts, lang)
-    phrases = keyphrases.shortlist(counts, texts, lang, CANDIDATES_PER_TOPIC)
+    said = keyphrases.unit_sentences(texts, lang)  # counted once for the shortlist and the score
+    phrases = keyphrases.shortlist(counts, texts, lang, CANDIDATES_PER_TOPIC, said)
     if not phrases:
         return None
-    recurrence = keyphrases.recurrence(phrases, texts, lang)
+    recurrence = keyphrases.recurrence(phrases, texts, lang, said)
     extra = [max(len(keyphrases.phrase_units(p, lang)) - 1, 0) for p in phrases]
     scores = similarity.phrase_scores(vectors, e.texts(phrases), recurrence, extra)
     best = int(np.argmax(scores))

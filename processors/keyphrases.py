@@ -147,24 +147,29 @@ def unit_sentences(sentences: Sequence[str], lang: str) -> Counter[str]:
     return said
 
 
-def recurrence(phrases: Sequence[str], sentences: Sequence[str], lang: str) -> list[float]:
+def recurrence(
+    phrases: Sequence[str], sentences: Sequence[str], lang: str, said: Counter[str] | None = None
+) -> list[float]:
     """Per phrase, the share of the sentences that say its most said unit: a name whose head word
     ("wig") runs through the segment scores high, one said in passing low; the qualifiers
-    ("human hair") are chosen by the similarity half of the score."""
-    said = unit_sentences(sentences, lang)
+    ("human hair") are chosen by the similarity half of the score. `said`: the sentences'
+    `unit_sentences`, when the caller has them already."""
+    said = unit_sentences(sentences, lang) if said is None else said
     total = max(len(sentences), 1)
     return [max(said[u] for u in phrase_units(phrase, lang) or [phrase]) / total for phrase in phrases]
 
 
-def shortlist(counts: Counter[str], sentences: Sequence[str], lang: str, limit: int) -> list[str]:
+def shortlist(
+    counts: Counter[str], sentences: Sequence[str], lang: str, limit: int, said: Counter[str] | None = None
+) -> list[str]:
     """The `limit` candidates whose units recur most (ties: the longer phrase, said more often):
     only these are embedded, which bounds the encoder's cost per segment. A phrase of several
     words must be said in two sentences at least (when any phrase is), or be a repeated name with
     a repeated head word after it: a host says the full name once ("this human hair wig") and its
     parts again ("real human hair", "the wig"); a piece of a sentence is not repeated ("if your
     hair looks good" is no name though "hair" and "looks" recur). Chinese phrases must be said
-    twice whole."""
-    said = unit_sentences(sentences, lang)
+    twice whole. `said`: the sentences' `unit_sentences`, when the caller has them already."""
+    said = unit_sentences(sentences, lang) if said is None else said
 
     def repeated(phrase: str) -> bool:
         units = phrase_units(phrase, lang)
@@ -177,7 +182,7 @@ def shortlist(counts: Counter[str], sentences: Sequence[str], lang: str, limit: 
         return counts[qualifier] >= 2 and said[units[-1]] >= 2
 
     phrases = [p for p in counts if repeated(p)] or list(counts)
-    shares = recurrence(phrases, sentences, lang)
+    shares = recurrence(phrases, sentences, lang, said)
     ranked = sorted(
         zip(phrases, shares, strict=True), key=lambda p: (-p[1], -len(p[0].split()), -counts[p[0]], p[0])
     )
