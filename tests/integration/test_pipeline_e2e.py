@@ -182,6 +182,7 @@ def test_feedback_changes_policy_and_processor_calls_new_model(
         assert sorted(first_chunk) == ["model-a", "model-a", "model-b"], first_chunk
         replay(settings, segments[30:])
         stack.wait_for_documents("policy-1", [s["segment_id"] for s in segments])
+
         # The learner may still explore model-a beside model-b (the two requests race to the
         # server) until model-a's junk opens its circuit; after that only model-b is asked.
         def settled(records: list[dict]) -> bool:
