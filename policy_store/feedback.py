@@ -19,7 +19,9 @@ from typing import Any
 from opentelemetry.trace import SpanContext
 
 from olp import telemetry
+from olp.contexts import context_key, policy_key
 from olp.errors import ValidationError
+from olp.learner_params import LearnerParams
 from olp.settings import ROLES, LearnerSettings
 from policy_store.bus import FeedbackRecord, PolicyBus
 from policy_store.leadership import publish, publish_contexts
@@ -30,29 +32,41 @@ log = logging.getLogger("olp.policy_store")
 
 
 def human_outcome(
-    body: Mapping[str, Any], published: Mapping[str, Mapping[str, Any]], now_ms: int
+    body: Mapping[str, Any],
+    published: Mapping[str, Mapping[str, Any]],
+    params: LearnerParams,
+    now_ms: int,
 ) -> dict[str, Any]:
     """A person's verdict on one role's answer as a RoleOutcome: quality in [-1, 1] (the paper's
-    k), against the role's published version (the policy the answer was made under)."""
+    k), in the answer's context (domain, language, chunk size), against the policy the answer was
+    made under: the version the body names, else the one published for that context (the role's
+    when the context has none of its own)."""
     role = str(body["role"])
     if role not in ROLES:
         raise ValidationError(f"unknown role {role}; roles are {', '.join(ROLES)}")
     quality = float(body["quality"])
     if not -1.0 <= quality <= 1.0:
         raise ValidationError("quality must lie in [-1, 1]")
+    chunk_size, version = _count(body, "chunk_size"), _count(body, "policy_version")
     model, stream_id = str(body["model"]), str(body.get("stream_id", ""))
+    context = {
+        "domain": str(body.get("domain", "ecommerce")),
+        "lang": str(body.get("lang", "en")),
+        "chunk_size": chunk_size or 0,
+    }
+    if version is None:
+        made_under = published.get(policy_key(role, context_key(context, params))) or published.get(role, {})
+        version = int(made_under.get("version") or 0)
     return {
         "event_id": str(body.get("event_id") or f"human:{uuid.uuid4().hex}"),
         "role": role,
         "model": model,
-        "policy_version": int(published.get(role, {}).get("version") or 0),
+        "policy_version": version,
         "propensity": 1.0,
         "prev_model": None,
         "prev_success": True,
-        "domain": str(body.get("domain", "ecommerce")),
-        "lang": str(body.get("lang", "en")),
+        **context,
         "feed": str(body.get("feed", "default")),
-        "chunk_size": 0,
         "latency_ms": 0.0,
         "tokens_in": 0,
         "tokens_out": 0,
@@ -62,9 +76,19 @@ def human_outcome(
         "quality": quality,
         "source": "human",
         "stream_id": stream_id,
-        "chunk_id": "",
+        "chunk_id": str(body.get("chunk_id", "")),
         "ts_ms": now_ms,
     }
+
+
+def _count(body: Mapping[str, Any], name: str) -> int | None:
+    """An optional non-negative whole number of the verdict's body (None when absent)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationError(f"{name} must be a whole number >= 0")
+    return value
 
 
 def learn(state: PolicyState, records: Sequence[FeedbackRecord]) -> dict[str, list[SpanContext]]:

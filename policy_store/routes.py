@@ -17,7 +17,9 @@ are refused, never open. Reads of the policy (and the dashboard's data) need the
 the store allows only on loopback or with `allow_unauthenticated_reads` (`service.create_app`).
 The health endpoints are open and show no secret. Operator changes are made by the leader replica
 only; a follower answers 409. A human verdict, {"role", "model", "quality" in [-1, 1], optional
-"event_id", "stream_id", "feed", "domain", "lang"}, is produced to `olp.feedback` like every other
+"event_id", "stream_id", "chunk_id", "feed", "domain", "lang", "chunk_size", "policy_version"}
+(the answer's context and the policy version it was made under: by default the version published
+for that context, else the role's), is produced to `olp.feedback` like every other
 outcome (any replica takes it; 202 with its event id), so every replica learns it; an event id
 sent again is dropped as a duplicate.
 Errors are JSON: {"error": message}.
@@ -186,7 +188,8 @@ async def human_feedback(request: web.Request) -> web.Response:
     loop of every replica learns it from there)."""
     _require_token(request)
     body = await _json_body(request)
-    outcome = human_outcome(body, request.app[STATE].published, int(time.time() * 1000))
+    state = request.app[STATE]
+    outcome = human_outcome(body, state.published, state.learner.params, int(time.time() * 1000))
     await request.app[BUS].publish_feedback(outcome)
     return web.json_response(
         {"accepted": True, "event_id": outcome["event_id"], "topic": request.app[TOPICS].feedback}, status=202

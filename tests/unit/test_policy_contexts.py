@@ -17,6 +17,7 @@ from olp.contexts import ROLE_LEVEL, context_key, policy_key, record_policy_key
 from olp.learner_params import LearnerParams
 from policy_store import learner as learner_pkg
 from policy_store.bus import MemoryBus
+from policy_store.feedback import human_outcome
 from policy_store.leadership import mirror, publish, publish_contexts
 from policy_store.learner import RoleRL, RoleRLParams
 from policy_store.state import PolicyState
@@ -182,3 +183,18 @@ def test_paper_mode_decides_no_context_on_its_own() -> None:
     assert learner.contexts(ROLE) == []
     view = learner.context_assignment(ROLE, ZH)  # a record published before keeps its key
     assert (view.context, view.model) == (ZH, learner.assignment(ROLE).model)
+
+
+def test_a_human_verdict_is_filed_under_its_answers_context_and_version() -> None:
+    """A verdict on a Chinese chunk's answer goes to the zh context with the version published
+    for it (the answer was made under that assignment), not to the role's; a verdict naming its
+    version keeps it; one without a chunk size falls back to the role's published version."""
+    published = {ROLE: {"version": 3}, policy_key(ROLE, ZH): {"version": 9}}
+    params = LearnerParams()
+    verdict = {"role": ROLE, "model": "enc", "quality": -1.0, "lang": "zh", "chunk_size": 12}
+    zh = human_outcome(verdict, published, params, now_ms=1)
+    assert (zh["lang"], zh["chunk_size"], zh["policy_version"]) == ("zh", 12, 9)
+    assert context_key(zh, params) == ZH
+    assert human_outcome({**verdict, "policy_version": 7}, published, params, 1)["policy_version"] == 7
+    unsized = human_outcome({k: v for k, v in verdict.items() if k != "chunk_size"}, published, params, 1)
+    assert (unsized["chunk_size"], unsized["policy_version"]) == (0, 3)

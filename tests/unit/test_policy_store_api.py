@@ -143,6 +143,8 @@ async def test_human_feedback_goes_through_the_topic_and_is_learnt(
         ({"role": "topic_finder", "model": "big", "quality": 7}, "[-1, 1]"),
         ({"role": "nobody", "model": "big", "quality": 1}, "unknown role"),
         ({"role": "topic_finder", "quality": 1}, "model"),
+        ({"role": "topic_finder", "model": "big", "quality": 1, "chunk_size": -3}, "chunk_size"),
+        ({"role": "topic_finder", "model": "big", "quality": 1, "policy_version": "7"}, "policy_version"),
     ],
 )
 async def test_bad_feedback_is_refused_and_not_produced(
