@@ -75,7 +75,9 @@ async def test_reads_and_operator_controls(
     resp = await client.put("/v1/policy/topic_locator/ban/small", headers=AUTH)
     assert resp.status == 200 and (await resp.json())["published"]["model"] == "big"
 
-    records = read_topic(
+    # The reader blocks: in a thread, so the store's loops go on meanwhile.
+    records = await asyncio.to_thread(
+        read_topic,
         settings(broker, topic_prefix, run_dir),
         f"{topic_prefix}policy",
         "Assignment",
@@ -95,8 +97,12 @@ async def test_human_feedback_is_produced_to_the_feedback_topic_and_learnt(
     resp = await client.post("/v1/feedback", json=verdict, headers=AUTH)
     assert resp.status == 202
     event_id = (await resp.json())["event_id"]
-    [outcome] = read_topic(
-        conf, f"{topic_prefix}feedback", "RoleOutcome", lambda r: any(o["event_id"] == event_id for o in r)
+    [outcome] = await asyncio.to_thread(
+        read_topic,
+        conf,
+        f"{topic_prefix}feedback",
+        "RoleOutcome",
+        lambda r: any(o["event_id"] == event_id for o in r),
     )
     assert (outcome["source"], outcome["model"], outcome["quality"]) == ("human", "big", -1.0)
 
