@@ -11,6 +11,7 @@ half lives in processors/similarity.py.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -45,13 +46,17 @@ _STOP_WORDS = """a about above after again against all am an and any are aren't 
     coupon coupons voucher vouchers bundle bundles item items product products piece pieces free
     gift gifts offer offers checkout click timer clock minute minutes second seconds hour hours
     left already chance welcome live stream streams chat host viewers follow followers away giving
-    given gave giveaway giveaways"""
+    given gave giveaway giveaways purchase bought brought sold comment question shout shoutout
+    subscribe share tap heart likes ladies gentlemen fam friend friends sis babes darling hun queen
+    bestie yep yup nope hold omg lol city full inch inches ounce oz pound lb lbs gram kg ml liter
+    litre cm mm foot feet"""
 STOP_WORDS = frozenset(_STOP_WORDS.split())
 """English words that do not begin or end a name: function words, the fillers of spoken talk
 (a live host says "okay you guys" more often than any product's name), numbers, the words of
 selling any product (price, coupon, bundle, order, link, colour, size, "item number two"), which
 name an aspect of a product, not the product, the words of the stream itself (live, chat,
-timer, "welcome"), and the adjectives a host praises every product with."""
+timer, "welcome", "shout out to", "hold on, ladies"), units of measure ("sixteen inches"), and
+the adjectives a host praises every product with. `is_stop_word` also takes their inflections."""
 
 INNER_WORDS = frozenset({"of", "and", "for", "with", "the", "a", "in", "on", "to", "&"})
 """Stop words a name may hold inside ("bottle of wine", "salt and pepper"); any other (a pronoun,
@@ -91,15 +96,24 @@ def singular(word: str) -> str:
     return word
 
 
+@functools.lru_cache(maxsize=65536)
+def is_stop_word(word: str) -> bool:
+    """A stop word or a plural or past tense of one: "ordered", "purchases", "looks", "comments"
+    (a host's "you ordered" or "with those purchases" names no product)."""
+    if word in STOP_WORDS or singular(word) in STOP_WORDS or (word.endswith("s") and word[:-1] in STOP_WORDS):
+        return True
+    return len(word) > 4 and word.endswith("ed") and (word[:-2] in STOP_WORDS or word[:-1] in STOP_WORDS)
+
+
 def _word_grams(text: str, max_words: int) -> set[str]:
     tokens = words(text)
     grams = set()
     for n in range(1, max_words + 1):
         for i in range(len(tokens) - n + 1):
             gram = tokens[i : i + n]
-            if gram[0] in STOP_WORDS or gram[-1] in STOP_WORDS or any(t.isdigit() for t in gram):
+            if is_stop_word(gram[0]) or is_stop_word(gram[-1]) or any(t.isdigit() for t in gram):
                 continue
-            if any(t in STOP_WORDS and t not in INNER_WORDS for t in gram[1:-1]):
+            if any(is_stop_word(t) and t not in INNER_WORDS for t in gram[1:-1]):
                 continue
             if n == 1 and len(gram[0]) < 3:  # "tv" is a name, but most two-letter words are noise
                 continue
@@ -122,7 +136,7 @@ def phrase_units(phrase: str, lang: str) -> list[str]:
     """The units whose recurrence scores a phrase: its non-stop words, or its characters."""
     if writes_without_spaces(lang):
         return [c for c in phrase if c not in CJK_STOP_CHARS]
-    return [singular(w) for w in phrase.split() if w not in STOP_WORDS]
+    return [singular(w) for w in phrase.split() if not is_stop_word(w)]
 
 
 def candidate_phrases(sentences: Sequence[str], lang: str) -> Counter[str]:

@@ -106,6 +106,17 @@ def test_the_words_of_selling_and_of_the_stream_name_no_product() -> None:
     assert not {"coupon", "item", "timer", "live"} & set(keyphrases.candidate_phrases(said, "en"))
 
 
+def test_inflections_of_stop_words_and_the_talk_to_viewers_name_no_product() -> None:
+    said = [
+        "Marsha said she ordered two, hold on ladies.",
+        "Thank you for those purchases, shout out to everyone.",
+        "This wig is sixteen inches and very full.",
+    ]
+    assert set(keyphrases.candidate_phrases(said, "en")) == {"marsha", "wig"}
+    assert keyphrases.is_stop_word("ordered") and keyphrases.is_stop_word("looks")
+    assert not keyphrases.is_stop_word("bed") and not keyphrases.is_stop_word("speed")
+
+
 def test_a_segment_that_keeps_saying_the_previous_name_continues_it() -> None:
     price_talk = ["Today the wig is only $109.", "Click the link.", "Last call on the wig."]
     assert keyphrases.continues("Human hair wig", price_talk, "en")
