@@ -127,6 +127,19 @@ class FeedSettings(BaseModel):
     domain: str = "ecommerce"
     lang: str = "en"
     chunk_size: int = Field(40, ge=4, le=400, description="K: new sentences per chunk (paper: 45-120).")
+    chunk_max_wait_s: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Chunk deadline: once the oldest sentence not yet sent has waited this long, a chunk "
+            "goes out with at least half of chunk_size new sentences instead of waiting for all "
+            "of them; null (the default): always chunk_size. A live speaker (about 2.5 sentences "
+            "a second) fills 40 sentences in 16 s. On the demo sample at live pace, 8 s cut the "
+            "median lag to a final document from 13.4 s to 10.8 s but not the p99 (a long "
+            "product stays open until the talk moves on), and the smaller chunks lowered topic "
+            "span recall from 0.58 to 0.52. Replays and backlogs fill chunks at once."
+        ),
+    )
     aspects: tuple[str, ...] | None = Field(None, description="Custom aspect set; default by domain.")
     models: tuple[str, ...] | None = Field(None, description="Restrict this feed to these catalog models.")
     budget_usd_per_hour: float | None = Field(

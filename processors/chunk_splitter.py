@@ -14,7 +14,10 @@ Chunking rule (the paper's OLP, made safe for an endless stream):
    roles found in the previous one.
 2. A chunk is the *carry-over* (sentences already sent whose topic is not final yet) followed by
    up to `k` *new* sentences (never sent before). It is emitted once `k` new sentences are
-   buffered, or, after end of stream, with whatever is buffered.
+   buffered, or, after end of stream, with whatever is buffered. With a deadline (the feed's
+   `chunk_max_wait_s`) it is also emitted once the oldest new sentence has waited that long and
+   at least `min_new(k)` new ones are buffered: a live speaker fills a 40-sentence chunk in
+   16 s, and a document cannot trail its speaker by less than the chunk's fill time.
 3. After a chunk is done, every sentence before `next_start_id` (the start of the unfinished last
    topic) is final and is dropped; the rest is the next chunk's carry-over, so that topic is seen
    again whole. `next_start_id = None` drops the whole chunk.
@@ -70,6 +73,8 @@ class SplitterState:
     in_flight_last: bool = False
     """The chunk in flight was the stream's last: its done record drops all of it."""
     end_of_stream: bool = False
+    waiting_since_ms: int | None = None
+    """When the oldest new sentence was taken (wall clock, ms); None while no new one waits."""
 
     def to_dict(self) -> dict[str, Any]:
         """Every field but the buffer, as JSON values (the buffer is stored in pages)."""
@@ -84,6 +89,7 @@ class SplitterState:
             "in_flight": self.in_flight,
             "in_flight_last": self.in_flight_last,
             "end_of_stream": self.end_of_stream,
+            "waiting_since_ms": self.waiting_since_ms,
         }
 
     @classmethod
@@ -102,6 +108,7 @@ class SplitterState:
                 in_flight=_opt_int(data["in_flight"]),
                 in_flight_last=bool(data["in_flight_last"]),
                 end_of_stream=bool(data["end_of_stream"]),
+                waiting_since_ms=_opt_int(data.get("waiting_since_ms")),  # absent in older states
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValidationError(f"corrupt splitter state: {exc!r}") from exc
@@ -153,8 +160,11 @@ def carry_limit(k: int) -> int:
     return 2 * k - min_new(k)
 
 
-def add_segment(state: SplitterState, sentence: Sentence, end_of_stream: bool) -> SplitterState:
-    """Take one sentence; ids at or below the highest id taken are re-sends and are ignored.
+def add_segment(
+    state: SplitterState, sentence: Sentence, end_of_stream: bool, now_ms: int | None = None
+) -> SplitterState:
+    """Take one sentence (at `now_ms`, for the chunk deadline); ids at or below the highest id
+    taken are re-sends and are ignored.
 
     Ids increase but need not be contiguous. End of stream is sticky (also when it arrives on a
     re-sent sentence). Sentences arriving after the end of stream are still taken and go out in
@@ -163,7 +173,14 @@ def add_segment(state: SplitterState, sentence: Sentence, end_of_stream: bool) -
     eos = state.end_of_stream or end_of_stream
     if state.max_id is not None and sentence.id <= state.max_id:
         return state if eos == state.end_of_stream else replace(state, end_of_stream=eos)
-    return replace(state, buffer=(*state.buffer, sentence), max_id=sentence.id, end_of_stream=eos)
+    waiting = state.waiting_since_ms if _has_new(state) else now_ms
+    buffer = (*state.buffer, sentence)
+    return replace(state, buffer=buffer, max_id=sentence.id, end_of_stream=eos, waiting_since_ms=waiting)
+
+
+def _has_new(state: SplitterState) -> bool:
+    """Does a sentence never sent wait in the buffer (the buffer is in id order)?"""
+    return bool(state.buffer) and (state.sent_upto is None or state.buffer[-1].id > state.sent_upto)
 
 
 def mark_end_of_stream(state: SplitterState) -> SplitterState:
@@ -171,14 +188,17 @@ def mark_end_of_stream(state: SplitterState) -> SplitterState:
     return state if state.end_of_stream else replace(state, end_of_stream=True)
 
 
-def next_chunk(state: SplitterState, k: int) -> tuple[SplitterState, ChunkSpec | None]:
-    """Emit the next chunk when one is due (module docstring, rules 1-4), else None."""
+def next_chunk(
+    state: SplitterState, k: int, now_ms: int | None = None, max_wait_s: float | None = None
+) -> tuple[SplitterState, ChunkSpec | None]:
+    """Emit the next chunk when one is due (module docstring, rules 1-4), else None. `now_ms`
+    and `max_wait_s`: the chunk deadline of rule 2 (none when either is None)."""
     if k < 1:
         raise ConfigError(f"chunk size k must be at least 1, got {k}")
     if state.in_flight is not None or not state.buffer:
         return state, None
     carried, new = _carried_and_new(state)
-    if len(new) < k and not state.end_of_stream:
+    if len(new) < k and not state.end_of_stream and not _waited(state, len(new), k, now_ms, max_wait_s):
         return state, None
     if carried and (len(carried) > 2 * k or (new and len(carried) > carry_limit(k))):
         # Rule 4: the topic of the carry-over is closed; this chunk starts at the new sentences.
@@ -203,8 +223,17 @@ def next_chunk(state: SplitterState, k: int) -> tuple[SplitterState, ChunkSpec |
         next_seq=state.next_seq + 1,
         in_flight=spec.seq,
         in_flight_last=is_last,
+        # The new sentences left out arrived no later than now: their wait is counted from now.
+        waiting_since_ms=now_ms if take < len(new) else None,
     )
     return new_state, spec
+
+
+def _waited(state: SplitterState, new: int, k: int, now_ms: int | None, max_wait_s: float | None) -> bool:
+    """Rule 2's deadline: `min_new(k)` new sentences buffered, the oldest waiting `max_wait_s`."""
+    if max_wait_s is None or now_ms is None or state.waiting_since_ms is None or new < min_new(k):
+        return False
+    return now_ms - state.waiting_since_ms >= max_wait_s * 1000
 
 
 def apply_done(state: SplitterState, seq: int, next_start_id: int | None) -> SplitterState:

@@ -6,7 +6,8 @@ stream's state is written once (one changelog record per stream per batch instea
 segment) and its due chunk, if any, is sent. Events are acked only after the batch, so a crash
 replays them (`add_segment` ignores re-sent ids).
 
-A timer looks at the streams this worker owns: a stream silent for `stream_idle_evict_s` is
+A timer looks at the streams this worker owns: a chunk whose deadline passed while no sentence
+came (a speaker's pause) goes out (rule 2), a stream silent for `stream_idle_evict_s` is
 ended (rule 7: its buffer goes out in last chunks), a chunk in flight for longer than
 `chunk_timeout_s` is sent again (rule 6), and a finished stream (`is_finished`) is deleted once
 it has stayed finished for `FINISHED_KEEP_S`; until then a late re-send of its segments is still
@@ -102,7 +103,8 @@ class SplitterAgent:
             raise ValidationError(f"segment text of {len(text)} chars exceeds {MAX_SENTENCE_CHARS}")
         state = self.load(segment["stream_id"], segment)
         if text:
-            return add_segment(state, Sentence(int(segment["segment_id"]), text), segment["end_of_stream"])
+            sentence = Sentence(int(segment["segment_id"]), text)
+            return add_segment(state, sentence, segment["end_of_stream"], now_ms())
         if segment["end_of_stream"]:
             return mark_end_of_stream(state)
         raise ValidationError("segment text is empty")
@@ -112,7 +114,8 @@ class SplitterAgent:
         try:
             for state, partition in list(self.pending.values()):
                 try:
-                    state, spec = next_chunk(state, self.worker.settings.feed(state.feed).chunk_size)
+                    feed = self.worker.settings.feed(state.feed)
+                    state, spec = next_chunk(state, feed.chunk_size, now_ms(), feed.chunk_max_wait_s)
                     self.store.save(state, partition)
                     if spec is not None:
                         await self.send(spec)
@@ -123,7 +126,7 @@ class SplitterAgent:
             self.pending.clear()
 
     async def send(self, spec: ChunkSpec) -> None:
-        chunk = spec.to_avro(int(time.time() * 1000))
+        chunk = spec.to_avro(now_ms())
         with self.worker.traces.chunk_span(chunk):  # continue the trace of the segment that completed it
             await self.worker.send(self.worker.topics.chunks, spec.stream_id, "Chunk", chunk)
 
@@ -143,6 +146,7 @@ class SplitterAgent:
             if state is None:
                 continue
             state = await self.end_if_idle(state, int(head["partition"]), now)
+            state = await self.send_if_waited(state, int(head["partition"]))
             await self.resend_if_stale(state, now)
             if not is_finished(state):
                 self.finished_since.pop(stream_id, None)
@@ -176,6 +180,19 @@ class SplitterAgent:
             await self.send(spec)
         return ended
 
+    async def send_if_waited(self, state: SplitterState, partition: int) -> SplitterState:
+        """Rule 2's deadline for a stream whose speaker paused: no segment arrives to trigger it.
+        A stream in the batch being processed is left to the batch (its state there is newer)."""
+        if state.stream_id in self.pending:
+            return state
+        feed = self.worker.settings.feed(state.feed)
+        sent, spec = next_chunk(state, feed.chunk_size, now_ms(), feed.chunk_max_wait_s)
+        if spec is None:
+            return state
+        self.store.save(sent, partition)  # before any await: the batch loop reads it from here
+        await self.send(spec)
+        return sent
+
     async def resend_if_stale(self, state: SplitterState, now: float) -> None:
         """Send a chunk again once it has been in flight for `chunk_timeout_s` on this worker.
 
@@ -205,6 +222,10 @@ class SplitterAgent:
         await self.send(spec)
 
 
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def register(worker: WorkerContext) -> SplitterAgent:
     """Add the splitter's agent and timer to the worker's app."""
     app, settings, topics = worker.app, worker.settings, worker.topics
@@ -229,6 +250,7 @@ def register(worker: WorkerContext) -> SplitterAgent:
         mine = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in sources}
         await splitter.look_after_streams(mine, time.monotonic())
 
-    interval = min(30.0, max(1.0, settings.chunk_timeout_s / 4))
+    deadlines = [f.chunk_max_wait_s for f in settings.feeds.values() if f.chunk_max_wait_s is not None]
+    interval = min(30.0, max(1.0, settings.chunk_timeout_s / 4), *(max(1.0, d / 2) for d in deadlines))
     app.timer(interval, name=f"{ROLE}-resend")(look_after_streams)
     return splitter

@@ -231,6 +231,64 @@ def test_k_must_be_positive() -> None:
 # --- next_start_id -----------------------------------------------------------------------------
 
 
+# --- the chunk deadline (rule 2) ---------------------------------------------------------------
+
+
+def live(indices: range, start_ms: int, every_ms: int, state: SplitterState | None = None) -> SplitterState:
+    """Sentences taken one every `every_ms` from `start_ms`, as a live speaker says them."""
+    state = state or SplitterState("live-1")
+    for n, i in enumerate(indices):
+        state = add_segment(state, sentence(i), False, now_ms=start_ms + n * every_ms)
+    return state
+
+
+def test_a_chunk_goes_out_at_its_deadline_with_at_least_half_of_k_new_sentences() -> None:
+    state = live(range(5), start_ms=0, every_ms=400)  # k = 10: half of it is 5
+    assert state.waiting_since_ms == 0
+    assert next_chunk(state, 10, now_ms=7_999, max_wait_s=8.0)[1] is None  # not waited long enough
+    assert next_chunk(state, 10, now_ms=8_000, max_wait_s=None)[1] is None  # no deadline
+    assert next_chunk(live(range(4), 0, 400), 10, now_ms=60_000, max_wait_s=8.0)[1] is None  # < k/2
+    sent, spec = next_chunk(state, 10, now_ms=8_000, max_wait_s=8.0)
+    assert ids(spec) == [sentence(i).id for i in range(5)] and spec is not None and spec.new_count == 5
+    assert sent.waiting_since_ms is None
+
+
+def test_a_burst_fills_chunks_at_once_and_the_deadline_counts_the_rest_from_the_send() -> None:
+    state = live(range(25), start_ms=0, every_ms=0)  # a replay: 25 sentences at once, k = 10
+    sent, spec = next_chunk(state, 10, now_ms=0, max_wait_s=8.0)
+    assert spec is not None and spec.new_count == 10 and sent.waiting_since_ms == 0
+    done = apply_done(sent, 0, None)
+    assert next_chunk(done, 10, now_ms=1, max_wait_s=8.0)[1] is not None  # 15 new: k are there
+    later = live(range(25, 26), start_ms=500, every_ms=0, state=done)
+    assert later.waiting_since_ms == 0  # older new sentences wait already: their wait counts
+
+
+def test_the_deadline_survives_a_round_trip_and_older_states_load_without_it() -> None:
+    state = live(range(3), start_ms=1_700_000_000_000, every_ms=400)
+    assert roundtrip(state) == state and roundtrip(state).waiting_since_ms == 1_700_000_000_000
+    older = {k: v for k, v in state.to_dict().items() if k != "waiting_since_ms"}
+    assert SplitterState.from_dict(older, state.buffer).waiting_since_ms is None
+
+
+async def test_the_agent_sends_a_chunk_at_its_deadline_while_the_speaker_pauses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = {"ms": 0}
+    monkeypatch.setattr("processors.splitter_agent.now_ms", lambda: clock["ms"])
+    worker, table = FakeWorker(), SplitterTable()
+    worker.settings.feed = lambda name: FeedSettings(chunk_size=4, chunk_max_wait_s=8.0)
+    agent = SplitterAgent(worker, table.store)  # type: ignore[arg-type]
+    for i in range(1, 3):  # two sentences, k = 4: half of k, the chunk waits for its deadline
+        await agent.on_event(event(worker.topics.transcripts, segment(i)))
+        await agent.flush()
+    await agent.look_after_streams({1}, now=0.0)
+    assert worker.sent == []
+    clock["ms"] = 8_000  # the speaker paused for 8 s: no segment comes to trigger the chunk
+    await agent.look_after_streams({1}, now=8.0)
+    assert [[s["id"] for s in c["sentences"]] for c in worker.sent] == [[1, 2]]
+    assert not worker.sent[0]["is_last"] and table.read("live-1").in_flight == 0
+
+
 def test_next_start_id_is_the_start_of_the_last_non_final_topic() -> None:
     topics = [
         {"name": "Lace front wig", "first_id": 1000, "last_id": 1010, "final": True},
@@ -444,7 +502,9 @@ class FakeWorker:
     topics: TopicNames = field(default_factory=TopicNames.with_prefix)
     settings: Any = field(
         default_factory=lambda: SimpleNamespace(
-            chunk_timeout_s=10.0, stream_idle_evict_s=3600.0, feed=lambda name: FeedSettings(chunk_size=4)
+            chunk_timeout_s=10.0,
+            stream_idle_evict_s=3600.0,
+            feed=lambda name: FeedSettings(chunk_size=4, chunk_max_wait_s=None),
         )
     )
     traces: SegmentTraces = field(default_factory=SegmentTraces)
