@@ -197,3 +197,32 @@ def test_feedback_changes_policy_and_processor_calls_new_model(
     finally:
         stack.stop()
         server.stop()
+
+
+def test_a_live_feed_chunk_goes_out_at_its_deadline_while_the_speaker_pauses(
+    broker: str, topic_prefix: str, run_dir: Path, scripted: ScriptedLLM
+) -> None:
+    """25 sentences of a 40-sentence chunk, then silence: with `chunk_max_wait_s` the splitter's
+    timer sends them as a chunk (no segment comes to trigger it) and its topics are organised (the
+    last one stays open: the talk about it may go on)."""
+    feeds = {"default": {"chunk_size": 40, "chunk_max_wait_s": 1.0}}
+    stack = ServiceStack(
+        broker, topic_prefix, run_dir, scripted_catalog(scripted.base_url), {"OLP_FEEDS": json.dumps(feeds)}
+    )
+    try:
+        stack.start_policy_store()
+        stack.start_worker()
+        segments = sample_segments("pause-1")[:25]
+        replay(stack.settings(), segments)
+        [chunk] = read_topic(stack.settings(), f"{topic_prefix}chunks", "Chunk", lambda r: len(r) >= 1)
+        assert [s["id"] for s in chunk["sentences"]] == [s["segment_id"] for s in segments]
+        assert not chunk["is_last"]
+        documents = read_topic(
+            stack.settings(),
+            f"{topic_prefix}documents",
+            "TopicDocument",
+            lambda r: any(d["stream_id"] == "pause-1" for d in r),
+        )
+        assert documents[0]["name"] == "Human hair wig" and documents[0]["first_id"] == 1
+    finally:
+        stack.stop()
