@@ -17,7 +17,7 @@ import hashlib
 import json
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,9 +291,11 @@ def find_task(
         names: list[str] = []
         scores: list[float] = []
         for start, end in zip(starts, [*starts[1:], len(texts)], strict=True):
-            if names and keyphrases.continues(names[-1], texts[start:end], lang):
+            segment = texts[start:end]
+            said = keyphrases.unit_sentences(segment, lang)  # counted once per segment
+            if names and keyphrases.continues(names[-1], segment, lang, said):
                 continue
-            named = name_segment(e, vectors[start:end], texts[start:end], lang)
+            named = name_segment(e, vectors[start:end], segment, lang, said)
             if named is not None:
                 names.append(named[0])
                 scores.append(named[1])
@@ -306,10 +308,13 @@ def find_task(
     return find
 
 
-def name_segment(e: Embedder, vectors: Vectors, texts: Sequence[str], lang: str) -> tuple[str, float] | None:
-    """The best-scored candidate phrase of one segment with its score; None without candidates."""
+def name_segment(
+    e: Embedder, vectors: Vectors, texts: Sequence[str], lang: str, said: Counter[str] | None = None
+) -> tuple[str, float] | None:
+    """The best-scored candidate phrase of one segment with its score; None without candidates.
+    `said`: the segment's `keyphrases.unit_sentences`, when the caller has them already."""
     counts = keyphrases.candidate_phrases(texts, lang)
-    said = keyphrases.unit_sentences(texts, lang)  # counted once for the shortlist and the score
+    said = keyphrases.unit_sentences(texts, lang) if said is None else said
     phrases = keyphrases.shortlist(counts, texts, lang, CANDIDATES_PER_TOPIC, said)
     if not phrases:
         return None

@@ -57,7 +57,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
-from olp import telemetry
 from olp.catalog import Catalog
 from olp.errors import ModelCallError, ParseError
 from olp.settings import JudgeSettings, Settings
@@ -73,7 +72,7 @@ from processors.domain import (
     span_iou,
 )
 from processors.evidence import CANARY_PREFIX
-from processors.llm_budget import LlmTimeBudget, admitted
+from processors.llm_budget import LlmTimeBudget
 
 log = logging.getLogger("olp.processors.judge")
 
@@ -442,12 +441,7 @@ class JudgeBoard:
         judges, budget = self.judges_for(call), self._budget
         if budget is None:
             return judges
-        feed = _feed(call)
-        make, skip = admitted(judges, budget.expected, budget.available(feed), budget.capacity(feed))
-        for judge in skip:
-            budget.skip("judge")
-            telemetry.record_llm_skipped(call.role, judge, feed, "judge")
-        return tuple(make)
+        return tuple(budget.admit(_feed(call), call.role, "judge", judges))
 
     async def judge(self, call: JudgedCall, judges: Sequence[str] | None = None) -> Any:
         """Ask every judge (or `judges`), publish the verdicts and the board's score; the chosen

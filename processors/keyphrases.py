@@ -203,10 +203,12 @@ def shortlist(
     return [p for p, _ in ranked[:limit]]
 
 
-def continues(name: str, sentences: Sequence[str], lang: str) -> bool:
+def continues(name: str, sentences: Sequence[str], lang: str, said: Counter[str] | None = None) -> bool:
     """Do `sentences` still talk about the topic `name`d before them: do two of them say its head
-    (the last unit of the name: "wig" of "human hair wig")? For Chinese, the whole name."""
+    (the last unit of the name: "wig" of "human hair wig")? For Chinese, the whole name.
+    `said`: the sentences' `unit_sentences`, when the caller has them already."""
     if writes_without_spaces(lang):
         return sum(name in s for s in sentences) >= 2
     units = phrase_units(name.casefold(), lang)
-    return bool(units) and unit_sentences(sentences, lang)[units[-1]] >= 2
+    said = unit_sentences(sentences, lang) if said is None else said
+    return bool(units) and said[units[-1]] >= 2

@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from olp import telemetry
+
 UNMEASURED_LATENCY_S = 4.0
 """What an LLM call is expected to cost before the model has answered once: a local 135M model's
 call on two cores. Zero would admit every optional call at start (none has answered yet), and a
@@ -144,6 +146,25 @@ class LlmTimeBudget:
         bucket = self._bucket(feed)
         if bucket is not None:
             bucket.spend(self._clock(), seconds)
+
+    def admit(
+        self,
+        feed: str,
+        role: str,
+        kind: str,
+        optional: Sequence[str],
+        cost: Callable[[str], float] | None = None,
+        reserve: float = 0.0,
+    ) -> list[str]:
+        """The optional calls of `kind` (escalation, extra, judge) that `role` may make now: those
+        the feed's bucket covers (`admitted`) after `reserve` seconds for the call they go beside,
+        each at `cost` (default: its expected seconds). The others are skipped and counted."""
+        available = self.available(feed) - reserve
+        make, skip = admitted(optional, cost or self.expected, available, self.capacity(feed))
+        for model in skip:
+            self.skip(kind)
+            telemetry.record_llm_skipped(role, model, feed, kind)
+        return make
 
     def skip(self, kind: str) -> None:
         self.skipped[kind] = self.skipped.get(kind, 0) + 1

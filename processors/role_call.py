@@ -46,7 +46,7 @@ from olp.errors import ModelCallError, OlpError, ParseError
 from processors.encoder import EncoderTask
 from processors.evidence import evidence_outcome, is_canary
 from processors.judge import JudgedCall, agreement
-from processors.llm_budget import LlmTimeBudget, admitted
+from processors.llm_budget import LlmTimeBudget
 from processors.model_gateway import Completion, InputRejected, ModelGateway
 from processors.policy_view import PolicyView
 
@@ -280,11 +280,8 @@ class RoleCaller:
         def cost(model: str) -> float:
             return 0.0 if self._is_encoder(model) else budget.expected(model)
 
-        available = budget.available(ctx.feed) - (cost(primary) if primary is not None else 0.0)
-        make, skip = admitted(optional, cost, available, budget.capacity(ctx.feed))
-        for model in skip:
-            budget.skip(kind)
-            telemetry.record_llm_skipped(self.role, model, ctx.feed, kind)
+        reserve = cost(primary) if primary is not None else 0.0
+        make = budget.admit(ctx.feed, self.role, kind, optional, cost, reserve)
         return {m: None if self._is_encoder(m) else budget.begin(ctx.feed, m) for m in make}
 
     async def _evidence(

@@ -183,9 +183,9 @@ class SplitterAgent:
     async def send_if_waited(self, state: SplitterState, partition: int) -> SplitterState:
         """Rule 2's deadline for a stream whose speaker paused: no segment arrives to trigger it.
         A stream in the batch being processed is left to the batch (its state there is newer)."""
-        if state.stream_id in self.pending:
-            return state
         feed = self.worker.settings.feed(state.feed)
+        if feed.chunk_max_wait_s is None or state.stream_id in self.pending:
+            return state
         sent, spec = next_chunk(state, feed.chunk_size, now_ms(), feed.chunk_max_wait_s)
         if spec is None:
             return state
